@@ -1,0 +1,140 @@
+"""Decoding image files safely, for the image-folder CIFAR layout and face folders.
+
+Every mode PIL reads is turned into 8-bit RGB the way a user would expect:
+grayscale is repeated into three channels, alpha is dropped, palettes are
+expanded, 16-bit images are scaled down (not clipped). A file that cannot be
+decoded (truncated, corrupted, not an image, too small to be a picture) is a
+:class:`BadImage` naming the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cnnlab.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+MIN_SIDE = 8
+"""Images smaller than this on either side are refused: they hold no picture worth training on."""
+
+_IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+
+
+class BadImage(DataError):
+    def __init__(self, path: str | os.PathLike, why: str):
+        self.path = Path(path)
+        self.why = why
+        super().__init__(f"{self.path}: {why}")
+
+
+def list_files(folder: str | os.PathLike) -> list[Path]:
+    """Regular, non-hidden files directly in ``folder``, sorted by name."""
+    folder = Path(folder)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.lower() not in _IGNORED_NAMES
+    )
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        # 16-bit data fills 0..65535; 32-bit "I" images from 16-bit PNGs do too.
+        top = 65535.0 if mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        a = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(a, mode="L").convert("RGB")
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min(initial=0)), float(a.max(initial=1))
+        a = np.clip(np.rint((a - lo) / max(hi - lo, 1e-12) * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(a, mode="L").convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA")  # expands the palette, keeps transparency for the next step
+    if img.mode in ("RGBA", "LA", "PA"):
+        return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def decode_rgb(path: str | os.PathLike, min_side: int = MIN_SIDE) -> Image.Image:
+    """Open ``path`` and return a fully decoded 8-bit RGB image, or raise :class:`BadImage`."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # decodes now, so a truncated file fails here and not later
+            w, h = img.size
+            if min(w, h) < min_side:
+                raise BadImage(path, f"is {w}x{h} pixels, smaller than {min_side}x{min_side}")
+            return _to_rgb(img)
+    except BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise BadImage(path, "is not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise BadImage(path, f"cannot be decoded ({e})") from None
+
+
+def resize_exact(img: Image.Image, size: int) -> Image.Image:
+    if img.size == (size, size):
+        return img
+    return img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def center_crop_resize(img: Image.Image, size: int, crop: float = 1.0) -> Image.Image:
+    """Crop the central square (``crop`` of the shorter side) and resize it to ``size``."""
+    w, h = img.size
+    side = max(1, int(round(min(w, h) * crop)))
+    left, top = (w - side) // 2, (h - side) // 2
+    return resize_exact(img.crop((left, top, left + side, top + side)), size)
+
+
+def load_many(
+    paths: Sequence[Path],
+    transform: Callable[[Image.Image], Image.Image],
+    skip_bad: bool = False,
+    progress: Callable | None = None,
+    min_side: int = MIN_SIDE,
+) -> tuple[np.ndarray, list[int], list[BadImage]]:
+    """Decode ``paths`` (in threads), apply ``transform`` and stack to uint8 (N, 3, H, W).
+
+    Returns the stacked images, the indices into ``paths`` that were kept, and
+    the bad files. Without ``skip_bad`` the first bad file (in ``paths`` order)
+    is raised.
+    """
+
+    def one(p: Path) -> np.ndarray | BadImage:
+        try:
+            return np.asarray(transform(decode_rgb(p, min_side=min_side)), dtype=np.uint8)
+        except BadImage as e:
+            return e
+
+    workers = min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(one, paths, chunksize=64)
+        if progress is not None:
+            results = progress(results, total=len(paths))
+        results = list(results)
+
+    bad = [r for r in results if isinstance(r, BadImage)]
+    if bad and not skip_bad:
+        raise DataError(f"{bad[0]} (use --skip-bad-images to skip such files)")
+    kept = [i for i, r in enumerate(results) if not isinstance(r, BadImage)]
+    if bad:
+        shown = ", ".join(str(b.path) for b in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        logger.warning("skipped %d bad image file(s): %s%s", len(bad), shown, more)
+    if not kept:
+        return np.zeros((0, 3, 0, 0), dtype=np.uint8), kept, bad
+    shapes = {results[i].shape for i in kept}
+    if len(shapes) != 1:
+        raise DataError(f"decoded images have different shapes {sorted(shapes)}; the transform must fix the size")
+    arr = np.stack([results[i] for i in kept]).transpose(0, 3, 1, 2)  # (N, H, W, 3) -> (N, 3, H, W)
+    return np.ascontiguousarray(arr), kept, bad

@@ -1,0 +1,26 @@
+"""The one exception type a user is meant to read.
+
+Anything raised as :class:`CnnlabError` is a problem with the user's input (a
+file, a folder, an option); the CLI prints its message and exits with status 2,
+without a traceback unless ``--debug`` is given.
+"""
+
+
+class CnnlabError(Exception):
+    """A problem with the user's input, worded for the user."""
+
+
+class ConfigError(CnnlabError, ValueError):
+    """An option or config field has a value it cannot take."""
+
+
+class DataError(CnnlabError):
+    """A data file or folder is missing, unreadable or of the wrong layout."""
+
+
+class CheckpointError(CnnlabError):
+    """A checkpoint cannot be loaded into the model at hand."""
+
+
+class TrainingDiverged(CnnlabError):
+    """The loss became NaN or infinite."""
