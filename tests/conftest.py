@@ -20,3 +20,64 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # Decoded-data caches go to a per-session temporary folder, never the user's ~/.cache.
     monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
+# --- tiny CIFAR-10 data, written by the tests themselves --------------------------------
+
+import pickle  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _class_images(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images a small network can tell apart: each class a colour, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), n_per_class)
+    base = rng.integers(30, 225, size=(10, 3, 1, 1))
+    noise = rng.integers(-30, 30, size=(len(labels), 3, 32, 32))
+    images = np.clip(base[labels] + noise, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def write_cifar_batches(root: Path, n_per_class: int = 4, seed: int = 0) -> Path:
+    """Official layout: cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        x, y = _class_images(n_per_class, seed + i)
+        batch = {b"batch_label": name.encode(), b"labels": y.tolist(), b"data": x.reshape(len(x), -1),
+                 b"filenames": [f"{j}.png".encode() for j in range(len(y))]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [c.encode() for c in CLASSES], b"num_vis": 3072}, f, protocol=2)
+    return folder
+
+
+def write_cifar_folders(root: Path, n_train: int = 10, n_test: int = 4, seed: int = 0, ext: str = "png") -> Path:
+    """Image-folder layout: train/<class>/NNNN.png, test/<class>/NNNN.png."""
+    from PIL import Image
+
+    for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 100)):
+        x, y = _class_images(n, s)
+        for j, (img, label) in enumerate(zip(x, y)):
+            d = root / split / CLASSES[label]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.transpose(1, 2, 0)).save(d / f"{j:04d}.{ext}")
+    return root
+
+
+@pytest.fixture
+def cifar_batches(tmp_path) -> Path:
+    """A --data-dir holding tiny official batches (40 train images a class in all, 4 test)."""
+    root = tmp_path / "cifar-batches"
+    write_cifar_batches(root)
+    return root
+
+
+@pytest.fixture
+def cifar_folders(tmp_path) -> Path:
+    """A --data-dir holding tiny train/ and test/ image folders (10 + 4 a class)."""
+    return write_cifar_folders(tmp_path / "cifar-folders")

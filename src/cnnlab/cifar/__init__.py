@@ -1,0 +1,1 @@
+"""The CIFAR-10 block study: train, summarise, evaluate and compare runs."""

@@ -1,0 +1,190 @@
+"""The ``cnnlab`` command line. Thin: it parses, then calls one function per subcommand.
+
+Options of ``train``-like subcommands are generated from the config dataclasses
+(their defaults and help texts), so ``--help`` and the saved ``config.yaml``
+always agree. Precedence: dataclass defaults < ``--config FILE.yaml`` < options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+from cnnlab import __version__
+from cnnlab.errors import CnnlabError
+
+logger = logging.getLogger("cnnlab.cli")
+
+
+# --- options from dataclasses ---------------------------------------------------------
+
+
+def _base_type(hint: Any) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
+    """One ``--option`` per dataclass field; only options actually given end up in the namespace."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group("run options (saved in the run's config.yaml)")
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+        help_text = f.metadata.get("help", "")
+        shown = "auto" if default is None else default
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        t = _base_type(hints[f.name])
+        if t is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction,
+                               help=f"{help_text} (default: {shown})", **kw)
+            continue
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        if typing.get_origin(t) is tuple or t is tuple:
+            kw["type"], kw["nargs"] = float, "+"
+        else:
+            kw["type"] = t if t in (int, float, str) else str
+        kw["metavar"] = f.name.upper() if "choices" not in kw else None
+        group.add_argument(flag, help=f"{help_text} (default: {shown})", **kw)
+
+
+def config_overrides(args: argparse.Namespace, cls: type) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items() if k in names}
+
+
+def build_config(cls: type, args: argparse.Namespace) -> Any:
+    from cnnlab.config import from_dict, load_yaml
+
+    values: dict = {}
+    if getattr(args, "config", None):
+        values.update(load_yaml(args.config))
+    values.update(config_overrides(args, cls))
+    return from_dict(cls, values, source=args.config or "options")
+
+
+# --- cifar ----------------------------------------------------------------------------
+
+
+def _cifar_summary(args: argparse.Namespace) -> int:
+    from cnnlab.cifar.summary import format_summary, model_summary
+
+    s = model_summary(args.blocks, args.width)
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    return 0
+
+
+def _cifar_train(args: argparse.Namespace) -> int:
+    from cnnlab.cifar.train import resume_config, train
+    from cnnlab.config import CifarTrainConfig
+
+    if args.resume:
+        cfg = resume_config(args.resume, config_overrides(args, CifarTrainConfig))
+        summary = train(cfg, args.resume, resume=True)
+    else:
+        if not args.out:
+            raise CnnlabError("cifar train: give --out RUN_DIR (a new folder), or --resume RUN_DIR")
+        summary = train(build_config(CifarTrainConfig, args), args.out)
+    _print_result(summary, ("best_val_accuracy", "test_accuracy", "train_seconds"))
+    return 0
+
+
+def _print_result(summary: dict, keys: tuple[str, ...]) -> None:
+    parts = []
+    for k in keys:
+        if k in summary and isinstance(summary[k], (int, float)):
+            parts.append(f"{k} {summary[k]:.4f}" if isinstance(summary[k], float) else f"{k} {summary[k]}")
+    if parts:
+        print("  ".join(parts))
+
+
+def _add_cifar(sub: argparse._SubParsersAction) -> None:
+    from cnnlab.config import CifarTrainConfig
+
+    cifar = sub.add_parser("cifar", help="the CIFAR-10 block study", description="The CIFAR-10 block study: "
+                           "train BaseCNN variants (blocks A-E), evaluate and compare them.")
+    csub = cifar.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = csub.add_parser("summary", help="layer table and trainable parameters of a variant",
+                        description="Print the layer table, trainable parameters and MACs of a BaseCNN variant.")
+    p.add_argument("--blocks", default="A", help="block design(s), e.g. A, D-sep or AABBCCDE (default: A)")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default: 1.0)")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
+    p.set_defaults(func=_cifar_summary)
+
+    p = csub.add_parser(
+        "train", help="train one variant into a run folder",
+        description="Train one BaseCNN variant on CIFAR-10. The run folder gets config.yaml, metrics.csv, "
+                    "summary.json, checkpoints/{best,last}.pt and train.log; --resume continues it.",
+        epilog="examples:\n  cnnlab cifar train --blocks B --data-dir data/cifar10 --download --out runs/B\n"
+               "  cnnlab cifar train --blocks E --width 0.25 --epochs 5 --precision bf16 --data-dir data/cifar10 "
+               "--out runs/E-quick\n  cnnlab cifar train --resume runs/B",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="new run folder")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--config", metavar="FILE", help="YAML file of options (a run's config.yaml works)")
+    add_config_args(p, CifarTrainConfig)
+    p.set_defaults(func=_cifar_train)
+
+
+# --- main -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnlab",
+        description="cnnlab: the CIFAR-10 CNN block study and Siamese face verification, in PyTorch.",
+    )
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    sub = parser.add_subparsers(dest="study", required=True, metavar="STUDY")
+    _add_cifar(sub)
+    for extra in _EXTRA_STUDIES:
+        extra(sub)
+    return parser
+
+
+# Further subcommand groups register here (see cnnlab.faces.cli).
+_EXTRA_STUDIES: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def _load_extra_studies() -> None:
+    try:
+        from cnnlab.faces.cli import add_faces
+    except ImportError:  # pragma: no cover - during development only
+        return
+    if add_faces not in _EXTRA_STUDIES:
+        _EXTRA_STUDIES.append(add_faces)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cnnlab.run import setup_logging
+
+    _load_extra_studies()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except CnnlabError as e:
+        if args.debug:
+            raise
+        print(f"cnnlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        target = getattr(args, "out", None) or getattr(args, "resume", None)
+        hint = f"; continue with --resume {target}" if target and Path(target).exists() else ""
+        print(f"cnnlab: interrupted{hint}", file=sys.stderr)
+        return 130

@@ -1,0 +1,309 @@
+"""CIFAR-10: find it, download it, decode it once, split it.
+
+Two layouts are read and told apart automatically:
+
+- the official python batches, ``cifar-10-batches-py/`` with ``data_batch_1..5``,
+  ``test_batch`` and ``batches.meta`` (inside ``--data-dir`` or as ``--data-dir``);
+- image folders, ``train/<class>/*`` and ``test/<class>/*``, in any format PIL reads.
+
+Decoded images are a uint8 tensor (N, 3, 32, 32), cached on disk so that a
+second start takes seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cnnlab.data import cache
+from cnnlab.data.images import list_files, load_many, resize_exact
+from cnnlab.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+MD5 = "c58f30108f718f92721af3b95e74349a"
+BATCHES_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IMAGE_SIZE = 32
+_CACHE_VERSION = 1
+
+
+@dataclass
+class Cifar10:
+    train_images: torch.Tensor  # (N, 3, 32, 32) uint8
+    train_labels: torch.Tensor  # (N,) int64
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list[str]
+    layout: str  # "batches" or "folders"
+    root: Path
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+# --- official batches ------------------------------------------------------------
+
+# The only globals the official batches reference (numpy arrays pickled by Python 2
+# era numpy, or by Python 3 numpy, which stores array bytes through codecs.encode).
+# Nothing else may be built.
+_SAFE_GLOBALS = {
+    ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+}
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _SAFE_GLOBALS:
+            raise _Refused(f"refusing to load {module}.{name}")
+        if module == "numpy.core.multiarray":
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _RestrictedUnpickler(f, encoding="bytes").load()
+    except _Refused as e:
+        raise DataError(f"{path}: not a CIFAR-10 batch: it holds objects a batch does not ({e})") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError, KeyError, OSError) as e:
+        raise DataError(f"{path}: truncated or corrupted CIFAR-10 batch ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict in a CIFAR-10 batch, found {type(obj).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One official batch: images (N, 3, 32, 32) uint8 and labels (N,) int64."""
+    d = _unpickle(path)
+    data, labels = d.get("data"), d.get("labels")
+    if not isinstance(data, np.ndarray) or labels is None:
+        raise DataError(f"{path}: a CIFAR-10 batch needs 'data' (an array) and 'labels'")
+    labels = np.asarray(labels, dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE * IMAGE_SIZE:
+        raise DataError(f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
+    if len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+        raise DataError(f"{path}: labels outside 0..{len(CLASSES) - 1}")
+    return data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE), labels
+
+
+def _read_classes(folder: Path) -> list[str]:
+    meta = folder / "batches.meta"
+    if not meta.is_file():
+        return list(CLASSES)
+    names = _unpickle(meta).get("label_names")
+    if not isinstance(names, list) or len(names) != len(CLASSES):
+        raise DataError(f"{meta}: expected 'label_names' with {len(CLASSES)} names")
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def _batch_files(folder: Path) -> list[Path]:
+    files = [folder / n for n in (*TRAIN_BATCHES, TEST_BATCH)]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{folder}: CIFAR-10 batches are incomplete, missing {', '.join(missing)}")
+    return files
+
+
+def _decode_batches(folder: Path) -> dict:
+    files = _batch_files(folder)
+    parts = [read_batch(f) for f in tqdm(files, desc="reading CIFAR-10 batches", leave=False, disable=None)]
+    train_x = np.concatenate([p[0] for p in parts[:-1]])
+    train_y = np.concatenate([p[1] for p in parts[:-1]])
+    return {
+        "train_images": torch.from_numpy(train_x),
+        "train_labels": torch.from_numpy(train_y),
+        "test_images": torch.from_numpy(np.ascontiguousarray(parts[-1][0])),
+        "test_labels": torch.from_numpy(parts[-1][1]),
+        "classes": _read_classes(folder),
+    }
+
+
+# --- image folders ----------------------------------------------------------------
+
+
+def _class_dirs(split_dir: Path) -> list[Path]:
+    return sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _folder_listing(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
+    train_classes = [d.name for d in _class_dirs(root / "train")]
+    test_classes = [d.name for d in _class_dirs(root / "test")]
+    if not train_classes:
+        raise DataError(f"{root / 'train'}: no class folders (expected train/<class>/<image>)")
+    if train_classes != test_classes:
+        raise DataError(
+            f"{root}: train/ and test/ have different class folders "
+            f"({', '.join(sorted(set(train_classes) ^ set(test_classes)))})"
+        )
+    listing = {}
+    for split in ("train", "test"):
+        items = []
+        for label, name in enumerate(train_classes):
+            files = list_files(root / split / name)
+            if not files:
+                raise DataError(f"{root / split / name}: class folder holds no image files")
+            items += [(f, label) for f in files]
+        listing[split] = items
+    return train_classes, listing
+
+
+def _decode_folders(root: Path, classes: list[str], listing: dict, skip_bad: bool) -> dict:
+    out: dict = {"classes": classes}
+    for split in ("train", "test"):
+        paths = [p for p, _ in listing[split]]
+        labels = np.array([y for _, y in listing[split]], dtype=np.int64)
+
+        def bar(it, total, split=split):
+            return tqdm(it, total=total, desc=f"decoding {split} images", unit="img", leave=False, disable=None)
+
+        images, kept, _ = load_many(paths, lambda im: resize_exact(im, IMAGE_SIZE), skip_bad=skip_bad, progress=bar)
+        if not kept:
+            raise DataError(f"{root / split}: none of the {len(paths)} image files could be decoded")
+        out[f"{split}_images"] = torch.from_numpy(images)
+        out[f"{split}_labels"] = torch.from_numpy(labels[kept])
+    return out
+
+
+# --- entry point -------------------------------------------------------------------
+
+
+def detect_layout(data_dir: Path) -> tuple[str, Path]:
+    """``("batches", folder)`` or ``("folders", root)``; a :class:`DataError` otherwise."""
+    if not data_dir.exists():
+        raise DataError(f"--data-dir {data_dir} does not exist (add --download to fetch CIFAR-10 into it)")
+    if not data_dir.is_dir():
+        raise DataError(f"--data-dir {data_dir} is a file, expected a folder")
+    for folder in (data_dir / BATCHES_DIR, data_dir):
+        if (folder / TRAIN_BATCHES[0]).exists() or (folder / TEST_BATCH).exists():
+            return "batches", folder
+    if (data_dir / "train").is_dir() and (data_dir / "test").is_dir():
+        return "folders", data_dir
+    if not any(data_dir.iterdir()):
+        raise DataError(f"--data-dir {data_dir} is empty (add --download to fetch CIFAR-10 into it)")
+    raise DataError(
+        f"--data-dir {data_dir}: holds neither {BATCHES_DIR}/ (the official python batches) "
+        "nor train/<class>/ and test/<class>/ image folders"
+    )
+
+
+def download(data_dir: Path) -> Path:
+    from cnnlab.data.download import download_url, extract_archive
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    archive = download_url(URL, data_dir / "cifar-10-python.tar.gz", md5=MD5)
+    extract_archive(archive, data_dir)
+    return data_dir / BATCHES_DIR
+
+
+def load_cifar10(
+    data_dir: str | Path,
+    download_if_missing: bool = False,
+    skip_bad_images: bool = False,
+    cache_root: str | Path | None = None,
+) -> Cifar10:
+    data_dir = Path(data_dir).expanduser()
+    if download_if_missing and not (data_dir / BATCHES_DIR / TEST_BATCH).is_file():
+        try:
+            detect_layout(data_dir)
+        except DataError:
+            download(data_dir)
+    layout, root = detect_layout(data_dir)
+
+    if layout == "batches":
+        files = _batch_files(root)
+        meta = root / "batches.meta"
+        key_files = files + ([meta] if meta.is_file() else [])
+        classes, listing = None, None
+    else:
+        classes, listing = _folder_listing(root)
+        key_files = [p for split in ("train", "test") for p, _ in listing[split]]
+
+    key = cache.fingerprint(key_files, root, layout, skip_bad_images, _CACHE_VERSION)
+    cache_file = cache.cache_dir(cache_root) / f"cifar10-{key}.pt"
+    data = cache.load_cached(cache_file)
+    if data is None:
+        logger.info("decoding CIFAR-10 from %s (%s layout); cached afterwards in %s", root, layout, cache_file)
+        data = _decode_batches(root) if layout == "batches" else _decode_folders(root, classes, listing,
+                                                                                    skip_bad_images)
+        cache.save_cached(cache_file, data)
+    return Cifar10(
+        train_images=data["train_images"],
+        train_labels=data["train_labels"],
+        test_images=data["test_images"],
+        test_labels=data["test_labels"],
+        classes=list(data["classes"]),
+        layout=layout,
+        root=root,
+    )
+
+
+# --- split -----------------------------------------------------------------------
+
+
+def default_val_per_class(class_counts: torch.Tensor) -> torch.Tensor:
+    """1,000 a class on the full set (20%), the same fraction on smaller sets."""
+    return torch.clamp(class_counts // 5, max=1000)
+
+
+def stratified_split(
+    labels: torch.Tensor, val_per_class: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded, stratified (train_idx, val_idx), disjoint, each sorted.
+
+    One permutation, one stable sort by class and a rank within the class: no
+    membership tests, so it is linear in practice (the sort aside).
+    """
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    n = len(labels)
+    counts = torch.bincount(labels)
+    if val_per_class is None:
+        k = default_val_per_class(counts)
+    else:
+        too_small = (counts > 0) & (counts <= val_per_class)
+        if too_small.any():
+            c = int(torch.nonzero(too_small)[0])
+            raise ConfigError(
+                f"--val-per-class {val_per_class}: class {c} has only {int(counts[c])} training images"
+            )
+        k = torch.full_like(counts, val_per_class)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    order = perm[torch.argsort(labels[perm], stable=True)]  # grouped by class, random within
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n) - starts[labels[order]]
+    is_val = rank < k[labels[order]]
+    return order[~is_val].sort().values, order[is_val].sort().values
+
+
+def subsample(indices: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
+    """A seeded subset of ``n`` of ``indices`` (all of them when ``n`` is None or larger)."""
+    if n is None or n >= len(indices):
+        return indices
+    g = torch.Generator().manual_seed(seed + 1)
+    return indices[torch.randperm(len(indices), generator=g)[:n]].sort().values

@@ -1,0 +1,86 @@
+import torch
+
+from cnnlab.data.augment import (CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, affine_matrices, augment, color_jitter,
+                                 draw_params, eval_transform, hflip, random_affine, train_transform)
+
+
+def _images(n=8, seed=0):
+    return torch.randint(0, 256, (n, 3, 32, 32), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def test_eval_transform_is_deterministic_and_only_normalises():
+    x = _images()
+    a, b = eval_transform(x), eval_transform(x)
+    assert torch.equal(a, b)
+    expected = (x.float() / 255 - torch.tensor(CIFAR10_MEAN)[:, None, None]) / torch.tensor(CIFAR10_STD)[:, None, None]
+    assert torch.allclose(a, expected, atol=1e-6)
+
+
+def test_train_transform_varies_per_draw_and_per_sample():
+    x = _images(1).repeat(6, 1, 1, 1)  # six copies of one image
+    g = torch.Generator().manual_seed(0)
+    first, second = train_transform(x, g), train_transform(x, g)
+    assert not torch.allclose(first, second)
+    # Parameters are drawn per sample: the six copies come out different.
+    assert len({round(float(v), 4) for v in first.flatten(1).mean(1)}) == 6
+
+
+def test_train_transform_is_reproducible_from_the_generator_state():
+    x = _images()
+    a = train_transform(x, torch.Generator().manual_seed(5))
+    b = train_transform(x, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_null_augmentation_is_the_identity():
+    x = _images().float() / 255
+    cfg = AugmentConfig(brightness=0, contrast=0, saturation=0, degrees=0, translate=0, scale=(1, 1), flip_p=0)
+    assert torch.allclose(augment(x, draw_params(len(x), cfg, torch.Generator())), x, atol=1e-5)
+
+
+def test_parameters_stay_in_their_ranges():
+    cfg = AugmentConfig()
+    p = draw_params(10_000, cfg, torch.Generator().manual_seed(0))
+    for k in ("brightness", "contrast", "saturation"):
+        assert p[k].min() >= 0.75 and p[k].max() <= 1.25
+    assert p["angle"].abs().max() <= 10 and p["tx"].abs().max() <= 3.2 and p["ty"].abs().max() <= 3.2
+    assert torch.equal(p["tx"], p["tx"].round())
+    assert p["scale"].min() >= 0.9 and p["scale"].max() <= 1.1
+    assert 0.45 < p["flip"].float().mean() < 0.55
+
+
+def test_translation_moves_pixels_by_whole_pixels():
+    img = torch.zeros(1, 3, 32, 32)
+    img[..., 10, 12] = 1
+    theta = affine_matrices(torch.tensor([0.0]), torch.tensor([3.0]), torch.tensor([-2.0]), torch.tensor([1.0]), 32, 32)
+    out = random_affine(img, theta)
+    assert (out[0, 0] > 0.5).nonzero().tolist() == [[8, 15]]
+
+
+def test_rotation_by_90_degrees_matches_rot90():
+    img = torch.rand(1, 3, 32, 32)
+    theta = affine_matrices(torch.tensor([90.0]), torch.zeros(1), torch.zeros(1), torch.ones(1), 32, 32)
+    out = random_affine(img, theta)
+    assert min((out - torch.rot90(img, k, dims=(2, 3))).abs().max() for k in (1, -1)) < 1e-4
+
+
+def test_flip_only_where_asked():
+    x = torch.rand(2, 3, 4, 4)
+    out = hflip(x, torch.tensor([True, False]))
+    assert torch.equal(out[0], x[0].flip(2)) and torch.equal(out[1], x[1])
+
+
+def test_color_jitter_matches_torchvision_with_one_factor():
+    from torchvision.transforms.v2 import functional as TF
+
+    x = torch.rand(2, 3, 8, 8)
+    f = torch.tensor([1.2, 0.8])
+    ours = color_jitter(x, f, torch.ones(2), torch.ones(2))
+    ref = torch.stack([TF.adjust_brightness(x[i], float(f[i])) for i in range(2)])
+    assert torch.allclose(ours, ref, atol=1e-6)
+    ours = color_jitter(x, torch.ones(2), f, torch.ones(2))
+    ref = torch.stack([TF.adjust_contrast(x[i], float(f[i])) for i in range(2)])
+    assert torch.allclose(ours, ref, atol=1e-5)
+    ours = color_jitter(x, torch.ones(2), torch.ones(2), f)
+    ref = torch.stack([TF.adjust_saturation(x[i], float(f[i])) for i in range(2)])
+    assert torch.allclose(ours, ref, atol=1e-5)

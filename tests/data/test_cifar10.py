@@ -1,0 +1,141 @@
+import pickle
+
+import pytest
+import torch
+
+from cnnlab.data.cifar10 import (detect_layout, load_cifar10, read_batch, stratified_split, subsample)
+from cnnlab.errors import ConfigError, DataError
+
+
+def test_reads_official_batches(cifar_batches):
+    d = load_cifar10(cifar_batches)
+    assert d.layout == "batches"
+    assert d.train_images.shape == (5 * 40, 3, 32, 32) and d.train_images.dtype == torch.uint8
+    assert d.test_images.shape == (40, 3, 32, 32)
+    assert d.train_labels.dtype == torch.int64 and torch.bincount(d.train_labels).tolist() == [20] * 10
+    assert d.classes[0] == "airplane" and d.classes[-1] == "truck"
+    # The pixel layout is the official one: 1024 red, then green, then blue values, row-major.
+    with open(cifar_batches / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")[b"data"]
+    assert torch.equal(d.train_images[0].reshape(-1), torch.from_numpy(raw[0]))
+
+
+def test_batches_folder_itself_is_accepted(cifar_batches):
+    layout, folder = detect_layout(cifar_batches / "cifar-10-batches-py")
+    assert layout == "batches" and folder.name == "cifar-10-batches-py"
+
+
+def test_reads_image_folders(cifar_folders):
+    d = load_cifar10(cifar_folders)
+    assert d.layout == "folders"
+    assert d.train_images.shape == (100, 3, 32, 32) and d.test_images.shape == (40, 3, 32, 32)
+    assert torch.bincount(d.train_labels).tolist() == [10] * 10
+    assert d.classes == sorted(d.classes)
+
+
+def test_folder_images_of_other_formats_and_sizes(tmp_path):
+    from PIL import Image
+
+    from tests.conftest import write_cifar_folders
+
+    root = write_cifar_folders(tmp_path / "c", n_train=2, n_test=1, ext="jpg")
+    Image.new("L", (64, 48), 128).save(root / "train" / "cat" / "gray.png")  # grayscale, other size
+    d = load_cifar10(root)
+    assert d.train_images.shape == (21, 3, 32, 32)
+
+
+def test_second_load_uses_the_cache(cifar_folders, monkeypatch):
+    load_cifar10(cifar_folders)
+    import cnnlab.data.cifar10 as mod
+
+    def boom(*a, **k):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(mod, "_decode_folders", boom)
+    d = load_cifar10(cifar_folders)
+    assert len(d.train_labels) == 100
+
+
+def test_cache_notices_changed_files(cifar_folders):
+    first = load_cifar10(cifar_folders)
+    (cifar_folders / "train" / "cat" / "0030.png").unlink()
+    second = load_cifar10(cifar_folders)
+    assert len(second.train_labels) == len(first.train_labels) - 1
+
+
+@pytest.mark.parametrize("contents, message", [
+    (None, "does not exist"),
+    ([], "is empty"),
+    (["notes.txt"], "holds neither"),
+    (["train/"], "holds neither"),
+])
+def test_missing_empty_and_wrong_layout(tmp_path, contents, message):
+    root = tmp_path / "data"
+    if contents is not None:
+        root.mkdir()
+        for name in contents:
+            (root / name).mkdir() if name.endswith("/") else (root / name).write_text("x")
+    with pytest.raises(DataError, match=f"--data-dir {root}.*{message}"):
+        load_cifar10(root)
+
+
+def test_incomplete_batches_name_the_missing_files(cifar_batches):
+    (cifar_batches / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DataError, match="data_batch_3"):
+        load_cifar10(cifar_batches)
+
+
+def test_truncated_batch_is_a_clear_error(cifar_batches):
+    path = cifar_batches / "cifar-10-batches-py" / "data_batch_2"
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(DataError, match=r"data_batch_2.*truncated or corrupted"):
+        read_batch(path)
+
+
+def test_malicious_batch_executes_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": Evil()}, protocol=2))
+    with pytest.raises(DataError, match=r"data_batch_1.*refusing to load"):
+        read_batch(path)
+    assert not marker.exists()
+
+
+def test_split_is_stratified_disjoint_and_deterministic():
+    labels = torch.arange(10).repeat_interleave(50)[torch.randperm(500, generator=torch.Generator().manual_seed(1))]
+    tr, va = stratified_split(labels, val_per_class=7, seed=3)
+    assert torch.bincount(labels[va]).tolist() == [7] * 10
+    assert len(set(tr.tolist()) & set(va.tolist())) == 0
+    assert len(tr) + len(va) == 500
+    tr2, va2 = stratified_split(labels, val_per_class=7, seed=3)
+    assert torch.equal(tr, tr2) and torch.equal(va, va2)
+    _, va3 = stratified_split(labels, val_per_class=7, seed=4)
+    assert not torch.equal(va, va3)
+
+
+def test_default_split_is_1000_a_class_on_the_full_set_and_proportional_below():
+    full = torch.arange(10).repeat_interleave(5000)
+    _, va = stratified_split(full)
+    assert torch.bincount(full[va]).tolist() == [1000] * 10
+    small = torch.arange(10).repeat_interleave(200)
+    _, va = stratified_split(small)
+    assert torch.bincount(small[va]).tolist() == [40] * 10
+
+
+def test_split_refuses_more_validation_than_a_class_has():
+    with pytest.raises(ConfigError, match="--val-per-class 5"):
+        stratified_split(torch.arange(10).repeat_interleave(5), val_per_class=5)
+
+
+def test_subsample_is_seeded():
+    idx = torch.arange(100)
+    a, b = subsample(idx, 10, 0), subsample(idx, 10, 0)
+    assert torch.equal(a, b) and len(a) == 10 and len(set(a.tolist())) == 10
+    assert torch.equal(subsample(idx, None, 0), idx)
