@@ -1,0 +1,540 @@
+"""Face sets for Siamese verification: people folders, decoding, splits, pairs.
+
+A face set is a folder with one sub-folder per person (LFW and LFW
+deep-funneled, the Kaggle "Extracted Faces" set, or any set laid out the same
+way)::
+
+    <root>/<Name>/<any image file PIL reads>
+
+:func:`load_faces` decodes every image once (centre crop, resize) into one
+uint8 tensor and caches it on disk, so a second run starts in seconds.
+:func:`split_people` makes identity-disjoint train / validation / test splits;
+:func:`sample_pairs`, :func:`fixed_pairs`, :func:`sample_triplets` and
+:class:`PKBatchSampler` draw what the contrastive and triplet losses train on.
+
+Every sampling function takes ``labels`` (the person id of each image of the
+set it samples from, e.g. ``faces.labels[split.train]``) and returns indices
+into that same ``labels``; map them back with ``split.train[i]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import Sampler
+from tqdm import tqdm
+
+from cnnlab.data.cache import cache_dir as _cache_root  # load_faces takes a parameter named cache_dir
+from cnnlab.data.images import center_crop_resize, list_files, load_many
+from cnnlab.errors import ConfigError, DataError
+from cnnlab.files import atomic_open
+
+logger = logging.getLogger(__name__)
+
+LFW_CROP = 0.6
+"""Default centre crop, as a fraction of the shorter side.
+
+LFW deep-funneled images are 250x250 with the face aligned in the middle; the
+face itself (forehead to chin) spans roughly the central 110-130 px. A crop of
+0.6 (150 px) keeps the whole face with a thin margin: at 0.55 chins and
+foreheads already touch the border on some images, at 0.5 they are cut,
+while at 0.7 and above the shoulders and background take a third of the
+picture and the face gets fewer of the 112 pixels.
+"""
+
+_CACHE_VERSION = 1
+_IGNORED_DIRS = {"__MACOSX"}  # left behind by zip archives made on macOS
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+def _is_hidden(p: Path) -> bool:
+    return p.name.startswith(".") or p.name in _IGNORED_DIRS
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p))
+
+
+def _image_suffixes() -> frozenset[str]:
+    # Every extension some installed PIL plugin claims (jpg, png, pgm, ppm, bmp, tif, webp, ...).
+    return frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def _image_files(folder: Path, suffixes: frozenset[str]) -> list[Path]:
+    return [p for p in list_files(folder) if p.suffix.lower() in suffixes]
+
+
+def find_people_root(root: str | os.PathLike) -> Path:
+    """The folder that holds one sub-folder per person, starting from ``root``.
+
+    ``root`` itself is the people folder unless it has exactly one (non-hidden)
+    sub-folder and that sub-folder holds only further sub-folders (no images);
+    then the search goes one level down, at most three times. So ``lfw/``
+    holding ``images_deepfunneled/`` (and the protocol text files),
+    ``lfw-deepfunneled/lfw-deepfunneled/`` as Kaggle's archive unpacks, and the
+    people folder itself all work. A set with a single person is not
+    mistaken for a wrapper, because that person's folder holds images.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"face folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"face folder {root} is not a folder (expected <root>/<person>/<image>)")
+    suffixes = _image_suffixes()
+    current = root
+    for _ in range(3):
+        subs = _subdirs(current)
+        if len(subs) != 1 or _image_files(subs[0], suffixes) or not _subdirs(subs[0]):
+            break
+        current = subs[0]
+    if current != root:
+        logger.info("people folders found in %s", current)
+    return current
+
+
+def _scan(root: Path, skip_bad: bool) -> tuple[list[str], list[list[Path]]]:
+    """Sorted person names and each person's sorted image files."""
+    if not any(True for p in root.iterdir() if not _is_hidden(p)):
+        raise DataError(f"face folder {root} is empty (expected <root>/<person>/<image>)")
+    subs = _subdirs(root)
+    if not subs:
+        raise DataError(
+            f"face folder {root} has no person sub-folders (expected one folder per person, "
+            f"e.g. {root}/<Name>/<Name>_0001.jpg)"
+        )
+    suffixes = _image_suffixes()
+    names, files, empty = [], [], []
+    for person in subs:
+        imgs = _image_files(person, suffixes)
+        if not imgs:
+            empty.append(person)
+            continue
+        names.append(person.name)
+        files.append(imgs)
+    if empty and not skip_bad:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise DataError(
+            f"person folder {empty[0]} holds no image files{more}; remove it or use --skip-bad-images"
+        )
+    if empty:
+        shown = ", ".join(p.name for p in empty[:10])
+        logger.warning("skipped %d person folder(s) without images: %s%s",
+                       len(empty), shown, " ..." if len(empty) > 10 else "")
+    if not names:
+        raise DataError(f"no person folder in {root} holds an image file")
+    return names, files
+
+
+# --------------------------------------------------------------------------- decoding + cache
+
+
+@dataclass
+class FaceSet:
+    """Decoded faces of a people folder.
+
+    ``images`` is uint8 (N, 3, S, S); ``labels`` int64 (N,) indexes ``names``
+    (people sorted by folder name); ``files`` are paths relative to ``root``
+    (the people folder), with ``/`` separators, in the same order as
+    ``images``. Images are sorted by person, then by file name.
+    """
+
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    labels: torch.Tensor  # (N,) int64
+    names: list[str]
+    files: list[str]
+    root: Path
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_people(self) -> int:
+        return len(self.names)
+
+    def counts(self) -> torch.Tensor:
+        """Images per person, int64 (P,)."""
+        return torch.bincount(self.labels, minlength=len(self.names))
+
+
+def _cache_keys(root: Path, image_size: int, crop: float, files: list[list[Path]]) -> tuple[str, str]:
+    """(name, content key) of the cache: the name from the folder, size and crop, the key also from the files.
+
+    One cache file per folder, size and crop, overwritten when the files
+    change, so adding a photo does not leave a stale copy of the whole set
+    behind. Sizes and modification times stand in for the contents:
+    re-hashing 13k images on every start would cost as much as decoding them.
+    """
+    settings = {"version": _CACHE_VERSION, "root": str(root.resolve()), "size": image_size,
+                "crop": round(float(crop), 6)}
+    listing = []
+    for person_files in files:
+        for p in person_files:
+            st = p.stat()
+            listing.append([p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns])
+    name = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
+    blob = json.dumps({**settings, "files": listing}, sort_keys=True, separators=(",", ":"))
+    return name, hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _read_cache(path: Path, key: str, image_size: int) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        n = len(obj["labels"])
+        ok = (
+            obj["images"].dtype == torch.uint8
+            and tuple(obj["images"].shape) == (n, 3, image_size, image_size)
+            and obj["labels"].dtype == torch.int64
+            and len(obj["files"]) == n
+            and (n == 0 or int(obj["labels"].max()) < len(obj["names"]))
+            and all(isinstance(b, str) for b in obj["bad"])
+        )
+        if not ok:
+            raise ValueError("its contents are not a decoded face set")
+    # A cache is disposable: whatever is wrong with it (truncated, from another
+    # version, not a torch file at all), decoding again is the fix.
+    except Exception as e:  # noqa: BLE001
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        logger.warning("ignoring the face cache %s (%s); decoding the images again", path, why)
+        return None
+    if obj["key"] != key:
+        logger.info("the face folder changed since the cache %s was written; decoding again", path)
+        return None
+    return obj
+
+
+def _write_cache(path: Path, obj: dict) -> None:
+    try:
+        # torch.save straight into the atomic temporary file: buffering first
+        # (as atomic_torch_save does) would hold a second copy of every image.
+        with atomic_open(path, "wb") as f:
+            torch.save(obj, f)
+    except OSError as e:
+        logger.warning("could not write the face cache %s (%s); the next run decodes again", path, e)
+
+
+def load_faces(
+    root: str | os.PathLike,
+    image_size: int = 112,
+    crop: float = LFW_CROP,
+    skip_bad: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> FaceSet:
+    """Decode every face under ``root`` (see :func:`find_people_root`) into a :class:`FaceSet`.
+
+    Each image is decoded to RGB (grayscale repeated into three channels),
+    centre-cropped to ``crop`` of its shorter side and resized to
+    ``image_size`` x ``image_size``. The result is cached in ``cache_dir``
+    (default ``$CNNLAB_CACHE_DIR``, else ``~/.cache/cnnlab``), keyed by the folder, the size, the
+    crop and the names, sizes and modification times of the files, so a
+    second call decodes nothing and any change to the folder decodes again
+    (and replaces that folder's cache). A corrupt cache is ignored, with a
+    warning, and written again.
+
+    Without ``skip_bad``, a person folder without images or an image that
+    cannot be decoded is a :class:`DataError` naming it; with it, they are
+    skipped with a warning (a person left with no readable image is dropped,
+    and the ids of the people after it shift down).
+    """
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ConfigError(f"--image-size must be an integer of at least 8, got {image_size!r}")
+    if not 0.0 < float(crop) <= 1.0:
+        raise ConfigError(f"--crop must be a fraction of the image side in (0, 1], got {crop!r}")
+    people_root = find_people_root(root)
+    names, files = _scan(people_root, skip_bad)
+    cache_name, key = _cache_keys(people_root, image_size, crop, files)
+    cache_path = _cache_root(cache_dir) / "faces" / f"{cache_name}.pt"
+
+    cached = _read_cache(cache_path, key, image_size)
+    if cached is not None:
+        if cached["bad"]:
+            first = people_root / cached["bad"][0]
+            if not skip_bad:
+                raise DataError(f"{first}: cannot be decoded (use --skip-bad-images to skip such files)")
+            logger.warning("skipped %d bad image file(s), e.g. %s", len(cached["bad"]), first)
+        logger.info("loaded %d faces of %d people from the cache %s",
+                    len(cached["labels"]), len(cached["names"]), cache_path)
+        return FaceSet(cached["images"], cached["labels"], list(cached["names"]),
+                       list(cached["files"]), people_root)
+
+    flat = [p for person_files in files for p in person_files]
+    person_of = [i for i, person_files in enumerate(files) for _ in person_files]
+
+    def transform(img: Image.Image) -> Image.Image:
+        return center_crop_resize(img, image_size, crop)
+
+    def progress(it, total):
+        return tqdm(it, total=total, desc=f"decoding faces in {people_root.name}", unit="img")
+
+    arr, kept, bad = load_many(flat, transform, skip_bad=skip_bad, progress=progress)
+    if not kept:
+        raise DataError(f"no image under {people_root} could be decoded")
+    # Relabel over the people that still have an image, keeping the sorted order.
+    kept_person = torch.tensor([person_of[i] for i in kept], dtype=torch.int64)
+    present, labels = torch.unique(kept_person, sorted=True, return_inverse=True)
+    kept_names = [names[i] for i in present.tolist()]
+    if len(kept_names) < len(names):
+        dropped = sorted(set(names) - set(kept_names))
+        logger.warning("dropped %d person(s) whose images were all unreadable: %s",
+                       len(dropped), ", ".join(dropped[:10]))
+    images = torch.from_numpy(arr)  # (N, 3, S, S) uint8
+    rel = [flat[i].relative_to(people_root).as_posix() for i in kept]
+    bad_rel = [b.path.relative_to(people_root).as_posix() for b in bad]
+    _write_cache(cache_path, {"key": key, "images": images, "labels": labels.to(torch.int64),
+                              "names": kept_names, "files": rel, "bad": bad_rel})
+    logger.info("decoded %d faces of %d people from %s", len(rel), len(kept_names), people_root)
+    return FaceSet(images, labels.to(torch.int64), kept_names, rel, people_root)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+@dataclass
+class Split:
+    """Image indices into a :class:`FaceSet` for each split (int64, ascending)."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter((self.train, self.val, self.test))
+
+
+def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
+    # Largest remainder, then make sure every split asked for gets somebody
+    # when there are enough people to go round.
+    raw = [f * n for f in fractions]
+    counts = [int(r) for r in raw]
+    wanted = [i for i, f in enumerate(fractions) if f > 0]
+    order = sorted(wanted, key=lambda i: raw[i] - counts[i], reverse=True)
+    for t in range(n - sum(counts)):
+        counts[order[t % len(order)]] += 1
+    if n >= len(wanted):
+        for i in wanted:
+            if counts[i] == 0:
+                donor = max(range(len(counts)), key=lambda j: counts[j])
+                counts[donor] -= 1
+                counts[i] += 1
+    return counts
+
+
+def split_people(
+    labels: torch.Tensor, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> Split:
+    """Identity-disjoint train / validation / test split, the same for the same seed.
+
+    People with two or more images are shuffled and cut by ``fractions``.
+    People with a single image cannot form a positive pair; they are cut by
+    the same fractions on their own, so every split keeps its share of them
+    as impostors (the samplers below never take them as anchors, only as the
+    other image of a negative pair). A fraction may be 0 (e.g. a test split
+    of 0 when LFW's ``pairs.txt`` is the test).
+    """
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(
+            f"split fractions must be three non-negative numbers (train, validation, test) "
+            f"summing to 1, got {fractions}"
+        )
+    if fractions[0] == 0:
+        raise ConfigError(f"split fractions must give the training split some people, got {fractions}")
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    people, counts = torch.unique(labels, return_counts=True)
+    g = torch.Generator().manual_seed(int(seed))
+    part_of = torch.empty(int(people.max()) + 1 if len(people) else 0, dtype=torch.int64)
+    for group in (people[counts >= 2], people[counts == 1]):
+        shuffled = group[torch.randperm(len(group), generator=g)]
+        parts = torch.split(shuffled, _split_counts(len(group), fractions))
+        for s, members in enumerate(parts):
+            part_of[members] = s
+    if fractions[0] > 0 and not bool((part_of[people[counts >= 2]] == 0).any()):
+        raise DataError("the training split has no person with two or more images; a face set needs "
+                        "people with several images to form positive pairs")
+    where = part_of[labels]
+    return Split(*(torch.nonzero(where == s).flatten() for s in range(3)))
+
+
+# --------------------------------------------------------------------------- pairs and triplets
+
+
+def _groups(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(order, start, size)``: the label-sorted image indices, and for each
+    image where its person's block starts in that order and how long it is."""
+    order = torch.argsort(labels, stable=True)  # (N,)
+    _, inverse, counts = torch.unique_consecutive(labels[order], return_inverse=True, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts  # (G,)
+    start_sorted = starts[inverse]  # (N,) in sorted order
+    start = torch.empty_like(start_sorted)
+    size = torch.empty_like(start_sorted)
+    start[order] = start_sorted
+    size[order] = counts[inverse]
+    return order, start, size
+
+
+def _uniform_below(high: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """An integer uniform in [0, high) for each element of ``high`` (all > 0)."""
+    u = torch.rand(high.shape, generator=generator, dtype=torch.float64)
+    return torch.minimum((u * high).long(), high - 1)  # min guards the rare float round-up
+
+
+def _anchors(labels: torch.Tensor, size: torch.Tensor, anchors: torch.Tensor | None) -> torch.Tensor:
+    if anchors is None:
+        anchors = torch.nonzero(size >= 2).flatten()
+    else:
+        anchors = torch.as_tensor(anchors, dtype=torch.int64).flatten()
+        if len(anchors) and (anchors.min() < 0 or anchors.max() >= len(labels)):
+            raise ValueError(f"anchors must index labels (0..{len(labels) - 1})")
+        if bool((size[anchors] < 2).any()):
+            raise ValueError("every anchor must belong to a person with at least two images")
+    if len(anchors) == 0:
+        raise DataError("no person has two or more images, so no positive pair can be formed")
+    return anchors
+
+
+def _positives(a: torch.Tensor, order, start, size, generator) -> torch.Tensor:
+    # Another image of the anchor's person, never the anchor: draw a rank among
+    # the other size-1 images and step over the anchor's own rank.
+    rank = torch.empty_like(start)
+    rank[order] = torch.arange(len(order))
+    rank = rank - start
+    other = _uniform_below(size[a] - 1, generator)
+    other = other + (other >= rank[a]).long()
+    return order[start[a] + other]
+
+
+def _negatives(a: torch.Tensor, order, start, size, generator) -> torch.Tensor:
+    # Uniform over the images of everybody else, exactly and without
+    # resampling: draw a position among the N - size others in label-sorted
+    # order and jump over the anchor's own block.
+    n = len(order)
+    if bool((size[a] >= n).any()):
+        raise DataError("every image belongs to the same person, so no negative pair can be formed")
+    pos = _uniform_below(n - size[a], generator)
+    pos = pos + size[a] * (pos >= start[a]).long()
+    return order[pos]
+
+
+def sample_pairs(
+    labels: torch.Tensor, generator: torch.Generator, anchors: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pair per anchor, as in the study: same person with probability 0.5, else another.
+
+    ``anchors`` defaults to every image whose person has at least two images
+    (people with one image appear only as the other half of negative pairs).
+    A positive partner is another image of the anchor's person (never the
+    anchor itself), uniformly; a negative partner is uniform over the images
+    of all other people. Returns ``(i, j, y)``: int64 indices into ``labels``
+    and float32 ``y`` (1 same person, 0 different), in a random order. Pass a
+    generator that moves on between epochs for fresh pairs each epoch.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    order, start, size = _groups(labels)
+    a = _anchors(labels, size, anchors)
+    a = a[torch.randperm(len(a), generator=generator)]
+    same = torch.rand(len(a), generator=generator) < 0.5
+    j = torch.where(same, _positives(a, order, start, size, generator), _negatives(a, order, start, size, generator))
+    return a, j, same.to(torch.float32)
+
+
+def fixed_pairs(
+    labels: torch.Tensor, seed: int = 0, anchors: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`sample_pairs` with its own seeded generator: the same pairs on every call (validation, test)."""
+    return sample_pairs(labels, torch.Generator().manual_seed(int(seed)), anchors)
+
+
+def sample_triplets(
+    labels: torch.Tensor, generator: torch.Generator, anchors: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One triplet ``(a, p, n)`` per anchor, in a random order: p another image of a's person, n someone else's.
+
+    Anchors and the draws of partners are as in :func:`sample_pairs`.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    order, start, size = _groups(labels)
+    a = _anchors(labels, size, anchors)
+    a = a[torch.randperm(len(a), generator=generator)]
+    return a, _positives(a, order, start, size, generator), _negatives(a, order, start, size, generator)
+
+
+class PKBatchSampler(Sampler[list[int]]):
+    """Batches of ``p`` different people with ``k`` images each, for triplet mining in the batch.
+
+    Only people with at least two images take part (one image repeated k
+    times would give only zero-distance positives). People are visited in a
+    fresh random order each epoch, so every one comes up about equally often;
+    a person with at least ``k`` images gives ``k`` different ones, a person
+    with fewer gives all of them and then draws again from them. An epoch is
+    ``max(1, n // (p * k))`` batches, n the images of the people taking part.
+    The batches hold indices into ``labels`` and depend only on the
+    generator's state (use it as ``DataLoader(..., batch_sampler=...)``).
+    """
+
+    def __init__(self, labels: torch.Tensor, p: int, k: int, generator: torch.Generator | None = None):
+        if not isinstance(p, int) or p < 2:
+            raise ConfigError(f"--pk-people must be an integer of at least 2, got {p!r}")
+        if not isinstance(k, int) or k < 2:
+            raise ConfigError(f"--pk-images must be an integer of at least 2, got {k!r}")
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+        order = torch.argsort(labels, stable=True)
+        _, counts = torch.unique_consecutive(labels[order], return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        keep = counts >= 2
+        self._order = order
+        self._starts = starts[keep]  # (P_all,)
+        self._counts = counts[keep]  # (P_all,)
+        if len(self._counts) < p:
+            raise DataError(
+                f"P x K batches need at least {p} people with two or more images; this set has {len(self._counts)}"
+            )
+        self.p, self.k = p, k
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(
+            int(torch.randint(0, 2**62, (1,)).item()))
+        self._batches = max(1, int(self._counts.sum()) // (p * k))
+
+    def __len__(self) -> int:
+        return self._batches
+
+    def _people(self) -> torch.Tensor:
+        """(batches, p) person positions, p different ones per row, from successive permutations."""
+        n = len(self._counts)
+        rows, pending = [], torch.empty(0, dtype=torch.int64)
+        while len(rows) < self._batches:
+            perm = torch.randperm(n, generator=self.generator)
+            # Leftovers of the last permutation first, then the new one without them,
+            # so a batch never holds the same person twice.
+            stream = torch.cat([pending, perm[~torch.isin(perm, pending)]])
+            full = len(stream) // self.p
+            rows.extend(stream[: full * self.p].view(full, self.p))
+            pending = stream[full * self.p :]
+        return torch.stack(rows[: self._batches])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        people = self._people()  # (B, P)
+        counts = self._counts[people]  # (B, P)
+        width = int(self._counts.max())
+        # A random permutation of each person's images: sort random keys, with
+        # the slots past the person's count pushed to the end.
+        keys = torch.rand((*people.shape, width), generator=self.generator)
+        keys = keys.masked_fill(torch.arange(width) >= counts.unsqueeze(-1), 2.0)
+        rank = torch.argsort(keys, dim=-1)[..., : self.k]  # (B, P, min(k, width))
+        if rank.shape[-1] < self.k:
+            rank = torch.cat([rank, rank.new_zeros((*rank.shape[:-1], self.k - rank.shape[-1]))], -1)
+        # Slots beyond a small person's count draw again from their images.
+        extra = _uniform_below(counts.unsqueeze(-1).expand(-1, -1, self.k), self.generator)
+        rank = torch.where(torch.arange(self.k) >= counts.unsqueeze(-1), extra, rank)
+        index = self._order[self._starts[people].unsqueeze(-1) + rank]  # (B, P, K)
+        for batch in index.view(len(index), -1):
+            yield batch.tolist()

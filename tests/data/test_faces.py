@@ -1,0 +1,406 @@
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from cnnlab.data import faces
+from cnnlab.data.faces import (
+    PKBatchSampler,
+    find_people_root,
+    fixed_pairs,
+    load_faces,
+    sample_pairs,
+    sample_triplets,
+    split_people,
+)
+from cnnlab.errors import ConfigError, DataError
+
+SIDE = 40
+# (name, number of images); the last three people have one image each.
+PEOPLE = [(f"Person_{c}", n) for c, n in zip("ABCDEFGH", [3, 4, 5, 3, 4, 5, 3, 4])] + [
+    ("Solo_X", 1), ("Solo_Y", 1), ("Solo_Z", 1)
+]
+
+
+def _colour(person: int, image: int) -> tuple[int, int, int]:
+    return ((37 * person + 11 * image) % 256, (91 * person) % 256, (53 * image + 17 * person) % 256)
+
+
+def _draw(path: Path, person: int, image: int) -> None:
+    """A square image: a border colour outside the central half, a shape per person inside."""
+    img = Image.new("RGB", (SIDE, SIDE), (250, 250, 250))
+    d = ImageDraw.Draw(img)
+    q = SIDE // 4
+    d.rectangle([q, q, SIDE - q - 1, SIDE - q - 1], fill=_colour(person, image))
+    if person % 3 == 1:  # some grayscale PNGs
+        img.convert("L").save(path.with_suffix(".png"))
+    elif person % 3 == 2:  # some PGMs
+        img.convert("L").save(path.with_suffix(".pgm"))
+    else:
+        img.save(path.with_suffix(".jpg"), quality=95)
+
+
+def make_people(root: Path, people=PEOPLE) -> Path:
+    for p, (name, n) in enumerate(people):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(1, n + 1):
+            _draw(folder / f"{name}_{i:04d}", p, i)
+    return root
+
+
+@pytest.fixture
+def people_dir(tmp_path) -> Path:
+    return make_people(tmp_path / "people")
+
+
+# --------------------------------------------------------------------------- scanning and decoding
+
+
+def test_load_faces_labels_names_files_and_pixels(people_dir, tmp_path):
+    fs = load_faces(people_dir, image_size=16, crop=0.5, cache_dir=tmp_path / "cache")
+    total = sum(n for _, n in PEOPLE)
+    assert fs.images.shape == (total, 3, 16, 16) and fs.images.dtype == torch.uint8
+    assert fs.labels.dtype == torch.int64 and fs.labels.shape == (total,)
+    assert fs.names == sorted(name for name, _ in PEOPLE)
+    assert fs.root == people_dir and len(fs) == total and fs.num_people == len(PEOPLE)
+    assert fs.counts().tolist() == [dict(PEOPLE)[n] for n in fs.names]
+    for label, rel in zip(fs.labels.tolist(), fs.files):
+        assert rel.split("/")[0] == fs.names[label]
+        assert (people_dir / rel).is_file()
+    # The central half holds only the shape's colour: a crop of 0.5 drops the light border.
+    assert int(fs.images.float().mean(dim=(2, 3)).max()) < 250
+    gray = fs.files.index("Person_B/Person_B_0002.png")
+    assert torch.equal(fs.images[gray, 0], fs.images[gray, 1]) and torch.equal(fs.images[gray, 1], fs.images[gray, 2])
+    # The whole image keeps the border.
+    full = load_faces(people_dir, image_size=16, crop=1.0, cache_dir=tmp_path / "cache")
+    assert int(full.images[0, :, 0, 0].min()) > 240
+
+
+def test_default_crop_keeps_the_face_centre_of_a_250px_image(tmp_path):
+    folder = tmp_path / "p" / "Face_A"
+    folder.mkdir(parents=True)
+    img = Image.new("RGB", (250, 250), (0, 0, 255))
+    ImageDraw.Draw(img).rectangle([50, 50, 199, 199], fill=(255, 0, 0))  # the central 150 px
+    img.save(folder / "Face_A_0001.png")
+    fs = load_faces(tmp_path / "p", cache_dir=tmp_path / "c")
+    assert fs.images.shape == (1, 3, 112, 112)
+    assert float(faces.LFW_CROP) == pytest.approx(0.6)
+    # 0.6 of 250 px is exactly the red square: no blue left at all.
+    assert int(fs.images[0, 2].max()) < 30 and int(fs.images[0, 0].min()) > 225
+
+
+@pytest.mark.parametrize("wrapping", [["lfw", "images_deepfunneled"], ["lfw-deepfunneled", "lfw-deepfunneled"]])
+def test_people_folder_found_below_a_wrapper(tmp_path, wrapping):
+    inner = tmp_path.joinpath(*wrapping)
+    make_people(inner, PEOPLE[:3])
+    (tmp_path / wrapping[0] / "pairs.txt").write_text("1\n")  # protocol files beside the folder
+    assert find_people_root(tmp_path / wrapping[0]) == inner
+    fs = load_faces(tmp_path / wrapping[0], image_size=8, cache_dir=tmp_path / "c")
+    assert fs.root == inner and fs.names == ["Person_A", "Person_B", "Person_C"]
+
+
+def test_single_person_set_is_not_taken_for_a_wrapper(tmp_path):
+    make_people(tmp_path / "one", PEOPLE[:1])
+    assert find_people_root(tmp_path / "one") == tmp_path / "one"
+
+
+def test_folder_errors_name_the_path(tmp_path):
+    with pytest.raises(DataError, match=r"missing.*does not exist"):
+        load_faces(tmp_path / "missing")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match=r"afile is not a folder"):
+        load_faces(tmp_path / "afile")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty is empty"):
+        load_faces(tmp_path / "empty")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (20, 20)).save(flat / "a.jpg")
+    with pytest.raises(DataError, match=r"flat has no person sub-folders"):
+        load_faces(flat)
+
+
+def test_person_without_images_is_an_error_or_skipped(people_dir, tmp_path, caplog):
+    (people_dir / "Nobody").mkdir()
+    (people_dir / "Nobody" / "notes.txt").write_text("no pictures here")
+    with pytest.raises(DataError, match=r"Nobody holds no image files.*--skip-bad-images"):
+        load_faces(people_dir, image_size=8, cache_dir=tmp_path / "c")
+    with caplog.at_level(logging.WARNING, logger="cnnlab.data.faces"):
+        fs = load_faces(people_dir, image_size=8, skip_bad=True, cache_dir=tmp_path / "c")
+    assert "Nobody" not in fs.names and len(fs.names) == len(PEOPLE)
+    assert "skipped 1 person folder(s) without images: Nobody" in caplog.text
+
+
+def test_bad_image_is_an_error_or_skipped_and_reported(people_dir, tmp_path, caplog):
+    bad = people_dir / "Person_A" / "Person_A_0009.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    # A person whose only image is bad disappears and the ids after it shift down.
+    (only,) = (people_dir / "Solo_X").iterdir()
+    only.write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"Person_A_0009.jpg"):
+        load_faces(people_dir, image_size=8, cache_dir=tmp_path / "c")
+    with caplog.at_level(logging.WARNING):
+        fs = load_faces(people_dir, image_size=8, skip_bad=True, cache_dir=tmp_path / "c")
+    assert "Person_A/Person_A_0009.jpg" not in fs.files and len(fs) == sum(n for _, n in PEOPLE) - 1
+    assert "Solo_X" not in fs.names and fs.labels.max() == len(fs.names) - 1
+    assert all(rel.split("/")[0] == fs.names[y] for y, rel in zip(fs.labels.tolist(), fs.files))
+    assert "skipped 2 bad image file(s)" in caplog.text and "Person_A_0009.jpg" in caplog.text
+    # The cached result remembers the bad files: without skip_bad it is still an error.
+    with pytest.raises(DataError, match=r"Person_A_0009.jpg"):
+        load_faces(people_dir, image_size=8, cache_dir=tmp_path / "c")
+
+
+def test_bad_option_values():
+    with pytest.raises(ConfigError, match="--image-size"):
+        load_faces(".", image_size=0)
+    with pytest.raises(ConfigError, match="--crop"):
+        load_faces(".", crop=1.5)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _no_decoding(*args, **kwargs):
+    raise AssertionError("images were decoded although the cache should have been used")
+
+
+def test_second_load_comes_from_the_cache(people_dir, monkeypatch):
+    first = load_faces(people_dir, image_size=16)
+    cache_files = list(Path(os.environ["CNNLAB_CACHE_DIR"]).glob("faces/*.pt"))
+    assert len(cache_files) == 1  # in $CNNLAB_CACHE_DIR, which the test session points at a temp folder
+    monkeypatch.setattr(faces, "load_many", _no_decoding)
+    second = load_faces(people_dir, image_size=16)
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert first.names == second.names and first.files == second.files and second.root == people_dir
+
+
+def test_cache_follows_size_crop_and_file_changes(people_dir, tmp_path, monkeypatch):
+    load_faces(people_dir, image_size=16, cache_dir=tmp_path / "c")
+    assert len(list((tmp_path / "c" / "faces").iterdir())) == 1
+    load_faces(people_dir, image_size=12, cache_dir=tmp_path / "c")
+    load_faces(people_dir, image_size=16, crop=0.9, cache_dir=tmp_path / "c")
+    assert len(list((tmp_path / "c" / "faces").iterdir())) == 3
+    calls = []
+    real = faces.load_many
+    monkeypatch.setattr(faces, "load_many", lambda paths, *a, **k: calls.append(len(paths)) or real(paths, *a, **k))
+    _draw(people_dir / "Person_A" / "Person_A_0004", 0, 4)  # a new file
+    fs = load_faces(people_dir, image_size=16, cache_dir=tmp_path / "c")
+    assert calls == [len(fs)] and "Person_A/Person_A_0004.jpg" in fs.files
+    # The changed folder's cache replaced the old one, and serves the next call.
+    assert len(list((tmp_path / "c" / "faces").iterdir())) == 3
+    again = load_faces(people_dir, image_size=16, cache_dir=tmp_path / "c")
+    assert calls == [len(fs)] and again.files == fs.files
+    # A file rewritten in place (new size and time) counts as a change too.
+    _draw(people_dir / "Person_A" / "Person_A_0001", 21, 1)  # same name, same .jpg
+    load_faces(people_dir, image_size=16, cache_dir=tmp_path / "c")
+    assert calls == [len(fs), len(fs)]
+
+
+def test_corrupt_cache_is_ignored_and_rebuilt(people_dir, tmp_path, caplog):
+    first = load_faces(people_dir, image_size=16, cache_dir=tmp_path / "c")
+    (cache,) = (tmp_path / "c" / "faces").iterdir()
+    cache.write_bytes(cache.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="cnnlab.data.faces"):
+        second = load_faces(people_dir, image_size=16, cache_dir=tmp_path / "c")
+    assert "ignoring the face cache" in caplog.text and str(cache) in caplog.text
+    assert torch.equal(first.images, second.images)
+    # Rebuilt: a third load reads it without a warning.
+    caplog.clear()
+    load_faces(people_dir, image_size=16, cache_dir=tmp_path / "c")
+    assert "ignoring" not in caplog.text
+
+
+def test_cache_holding_something_else_is_ignored(people_dir, tmp_path, caplog):
+    load_faces(people_dir, image_size=16, cache_dir=tmp_path / "c")
+    (cache,) = (tmp_path / "c" / "faces").iterdir()
+    torch.save({"key": "other", "images": torch.zeros(1), "labels": torch.zeros(1)}, cache)
+    with caplog.at_level(logging.WARNING, logger="cnnlab.data.faces"):
+        fs = load_faces(people_dir, image_size=16, cache_dir=tmp_path / "c")
+    assert "ignoring the face cache" in caplog.text and fs.images.shape[-1] == 16
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _labels(counts: list[int]) -> torch.Tensor:
+    return torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+
+
+def test_split_is_identity_disjoint_complete_and_seeded():
+    gen = torch.Generator().manual_seed(1)
+    counts = torch.randint(1, 7, (200,), generator=gen).tolist()
+    labels = _labels(counts)
+    split = split_people(labels, (0.8, 0.1, 0.1), seed=3)
+    train, val, test = split
+    assert sorted(torch.cat([train, val, test]).tolist()) == list(range(len(labels)))
+    people = [set(labels[s].tolist()) for s in (train, val, test)]
+    assert not (people[0] & people[1]) and not (people[0] & people[2]) and not (people[1] & people[2])
+    # Cut by people, roughly by the fractions, among the people with several images.
+    multi = {p for p, c in enumerate(counts) if c >= 2}
+    share = [len(s & multi) / len(multi) for s in people]
+    assert share == pytest.approx([0.8, 0.1, 0.1], abs=0.02)
+    # One-image people are spread over every split as impostors.
+    solo = {p for p, c in enumerate(counts) if c == 1}
+    assert all(s & solo for s in people)
+    again = split_people(labels, (0.8, 0.1, 0.1), seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(split, again))
+    other = split_people(labels, (0.8, 0.1, 0.1), seed=4)
+    assert not torch.equal(split.train, other.train)
+
+
+def test_split_with_an_empty_test_and_few_people():
+    labels = _labels([2, 2, 3])
+    split = split_people(labels, (0.5, 0.5, 0.0), seed=0)
+    assert len(split.test) == 0 and len(split.train) > 0 and len(split.val) > 0
+    tiny = split_people(_labels([2, 2, 2]), (0.8, 0.1, 0.1), seed=0)
+    assert all(len(part) == 2 for part in tiny)  # every split asked for gets one person
+
+
+@pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.8, 0.3, 0.1), (0.0, 0.5, 0.5), (1.2, -0.1, -0.1)])
+def test_split_rejects_bad_fractions(fractions):
+    with pytest.raises(ConfigError, match="split fractions"):
+        split_people(_labels([2, 2, 2]), fractions)
+
+
+def test_split_needs_people_with_several_images():
+    with pytest.raises(DataError, match="two or more images"):
+        split_people(_labels([1, 1, 1]))
+
+
+# --------------------------------------------------------------------------- pairs and triplets
+
+COUNTS = [3, 4, 5, 1, 2, 6, 1, 3, 2, 1]
+
+
+def test_pairs_are_valid_and_half_positive():
+    labels = _labels(COUNTS)
+    gen = torch.Generator().manual_seed(0)
+    multi = torch.tensor([c >= 2 for c in COUNTS])[labels]
+    ys = []
+    for _ in range(50):
+        i, j, y = sample_pairs(labels, gen)
+        assert i.dtype == j.dtype == torch.int64 and y.dtype == torch.float32
+        # Every image of a person with >= 2 images is an anchor exactly once.
+        assert sorted(i.tolist()) == torch.nonzero(multi).flatten().tolist()
+        pos, neg = y == 1, y == 0
+        assert torch.equal(labels[i[pos]], labels[j[pos]]) and bool((i[pos] != j[pos]).all())
+        assert bool((labels[i[neg]] != labels[j[neg]]).all())
+        assert bool((i != j).all())
+        ys.append(y)
+    assert float(torch.cat(ys).mean()) == pytest.approx(0.5, abs=0.04)
+
+
+def test_pairs_triplets_and_pk_on_unsorted_labels_with_gaps():
+    # Labels of a split: person ids with gaps, images in any order.
+    perm = torch.randperm(sum(COUNTS), generator=torch.Generator().manual_seed(3))
+    labels = _labels(COUNTS)[perm] * 7 + 3
+    gen = torch.Generator().manual_seed(0)
+    i, j, y = sample_pairs(labels, gen)
+    pos = y == 1
+    assert torch.equal(labels[i[pos]], labels[j[pos]]) and bool((i != j).all())
+    assert bool((labels[i[~pos]] != labels[j[~pos]]).all())
+    a, p, n = sample_triplets(labels, gen)
+    assert torch.equal(labels[a], labels[p]) and bool((a != p).all()) and bool((labels[a] != labels[n]).all())
+    for batch in PKBatchSampler(labels, 3, 2, gen):
+        people = labels[torch.tensor(batch)].view(3, 2)
+        assert bool((people[:, 0] == people[:, 1]).all()) and len(set(people[:, 0].tolist())) == 3
+
+
+def test_negatives_reach_everybody_else_including_one_image_people():
+    labels = _labels(COUNTS)
+    gen = torch.Generator().manual_seed(0)
+    # The anchor 0 repeated: one call gives many independent draws for it.
+    i, j, y = sample_pairs(labels, gen, anchors=torch.zeros(5000, dtype=torch.int64))
+    assert set(j[y == 1].tolist()) == {1, 2}
+    hits = torch.bincount(j[y == 0], minlength=len(labels))
+    assert int(hits[: COUNTS[0]].sum()) == 0
+    # Uniform over the other 26 images: about 2500 / 26 = 96 each.
+    assert int(hits[COUNTS[0]:].min()) > 50 and int(hits.max()) < 150
+
+
+def test_validation_pairs_repeat_and_training_pairs_change():
+    labels = _labels(COUNTS)
+    a = fixed_pairs(labels, seed=7)
+    b = fixed_pairs(labels, seed=7)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    gen = torch.Generator().manual_seed(7)
+    epoch1, epoch2 = sample_pairs(labels, gen), sample_pairs(labels, gen)
+    assert not all(torch.equal(x, y) for x, y in zip(epoch1, epoch2))
+
+
+def test_pairs_on_a_large_set_stay_vectorised():
+    # 100k images of 20k people: a Python loop per image would be far slower than this allows.
+    labels = torch.sort(torch.randint(0, 20_000, (100_000,), generator=torch.Generator().manual_seed(0))).values
+    i, j, y = sample_pairs(labels, torch.Generator().manual_seed(1))
+    pos = y == 1
+    assert torch.equal(labels[i[pos]], labels[j[pos]]) and bool((labels[i[~pos]] != labels[j[~pos]]).all())
+    assert bool((i != j).all())
+
+
+def test_pair_errors():
+    with pytest.raises(DataError, match="no person has two or more images"):
+        sample_pairs(_labels([1, 1, 1]), torch.Generator())
+    with pytest.raises(DataError, match="same person"):
+        sample_pairs(_labels([4]), torch.Generator())
+    with pytest.raises(ValueError, match="at least two images"):
+        sample_pairs(_labels([1, 3]), torch.Generator(), anchors=torch.tensor([0]))
+
+
+def test_triplets_are_valid():
+    labels = _labels(COUNTS)
+    gen = torch.Generator().manual_seed(0)
+    a, p, n = sample_triplets(labels, gen)
+    assert len(a) == sum(c for c in COUNTS if c >= 2)
+    assert torch.equal(labels[a], labels[p]) and bool((a != p).all())
+    assert bool((labels[a] != labels[n]).all())
+    again = sample_triplets(labels, torch.Generator().manual_seed(0))
+    assert all(torch.equal(x, y) for x, y in zip((a, p, n), again))
+
+
+# --------------------------------------------------------------------------- P x K batches
+
+
+def test_pk_batches_hold_p_people_with_k_images_each():
+    counts = [2, 3, 4, 6, 8, 1, 5, 2, 7, 3, 1, 4]
+    labels = _labels(counts)
+    sampler = PKBatchSampler(labels, p=4, k=3, generator=torch.Generator().manual_seed(0))
+    eligible = sum(c for c in counts if c >= 2)
+    assert len(sampler) == eligible // 12
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    seen = set()
+    for batch in batches:
+        assert len(batch) == 12
+        people = labels[torch.tensor(batch)].view(4, 3)
+        assert bool((people == people[:, :1]).all())  # K images of one person per row
+        assert len(set(people[:, 0].tolist())) == 4  # P different people
+        for row, person in zip(torch.tensor(batch).view(4, 3), people[:, 0].tolist()):
+            assert counts[person] >= 2
+            # Enough images: K different ones; fewer: every one of them.
+            assert len(set(row.tolist())) == min(3, counts[person])
+            seen.add(person)
+    # Over a few epochs every eligible person comes up.
+    for _ in range(5):
+        for batch in sampler:
+            seen.update(labels[torch.tensor(batch)].tolist())
+    assert seen == {p for p, c in enumerate(counts) if c >= 2}
+
+
+def test_pk_is_deterministic_given_the_generator():
+    labels = _labels([3, 4, 5, 2, 6, 4, 3])
+    a = list(PKBatchSampler(labels, 3, 2, torch.Generator().manual_seed(5)))
+    b = list(PKBatchSampler(labels, 3, 2, torch.Generator().manual_seed(5)))
+    assert a == b
+    sampler = PKBatchSampler(labels, 3, 2, torch.Generator().manual_seed(5))
+    assert list(sampler) != list(sampler)  # the next epoch differs
+
+
+def test_pk_errors():
+    with pytest.raises(DataError, match="at least 4 people with two or more images"):
+        PKBatchSampler(_labels([3, 3, 3, 1, 1]), p=4, k=2)
+    with pytest.raises(ConfigError, match="--pk-images"):
+        PKBatchSampler(_labels([3, 3, 3]), p=2, k=1)
