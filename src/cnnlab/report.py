@@ -1,0 +1,164 @@
+"""Markdown and self-contained HTML reports of a run or a study folder.
+
+A report is a list of sections (title, Markdown text, tables, figures). The
+Markdown file links figures by relative path; the HTML page embeds them as
+base64 so it can be mailed or uploaded on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from cnnlab.files import atomic_write_text
+
+
+@dataclass
+class Figure:
+    path: Path
+    caption: str = ""
+
+
+@dataclass
+class Table:
+    columns: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    items: list = field(default_factory=list)  # Table | Figure | str (pre-formatted code block)
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    if isinstance(v, bool) or v is None:
+        return "" if v is None else str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "| " + " | ".join(columns) + " |"
+    sep = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"
+    body = ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def _md(section: Section, root: Path) -> str:
+    out = [f"## {section.title}", ""]
+    if section.text:
+        out += [section.text, ""]
+    for item in section.items:
+        if isinstance(item, Table):
+            if item.caption:
+                out += [f"*{item.caption}*", ""]
+            out += [markdown_table(item.columns, item.rows), ""]
+        elif isinstance(item, Figure):
+            rel = Path(item.path).resolve().relative_to(root.resolve()) if _inside(item.path, root) else item.path
+            out += [f"![{item.caption}]({Path(rel).as_posix()})", ""]
+            if item.caption:
+                out += [f"*{item.caption}*", ""]
+        else:
+            out += ["```", str(item).rstrip(), "```", ""]
+    return "\n".join(out)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _inline_md(text: str) -> str:
+    """The little Markdown the reports use in prose: **bold**, `code`, paragraphs."""
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", t)
+    t = re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+    return "".join(f"<p>{p.strip()}</p>" for p in re.split(r"\n\s*\n", t) if p.strip())
+
+
+def _html(section: Section) -> str:
+    out = [f"<section><h2>{html.escape(section.title)}</h2>"]
+    if section.text:
+        out.append(_inline_md(section.text))
+    figures: list[str] = []
+
+    def flush():
+        if figures:
+            out.append('<div class="figures">' + "".join(figures) + "</div>")
+            figures.clear()
+
+    for item in section.items:
+        if isinstance(item, Figure):
+            data = base64.b64encode(Path(item.path).read_bytes()).decode()
+            cap = f"<figcaption>{html.escape(item.caption)}</figcaption>" if item.caption else ""
+            figures.append(f'<figure><img alt="{html.escape(item.caption)}" src="data:image/png;base64,{data}">'
+                           f"{cap}</figure>")
+            continue
+        flush()
+        if isinstance(item, Table):
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in item.columns)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in r) + "</tr>" for r in item.rows)
+            cap = f"<caption>{html.escape(item.caption)}</caption>" if item.caption else ""
+            out.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        else:
+            out.append(f"<pre>{html.escape(str(item))}</pre>")
+    flush()
+    out.append("</section>")
+    return "\n".join(out)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1100px;margin:2rem auto;
+padding:0 1.5rem;color:#1f2328;line-height:1.5}
+h1{font-size:1.8rem;border-bottom:1px solid #d0d7de;padding-bottom:.4rem}
+h2{font-size:1.3rem;margin-top:2.2rem;border-bottom:1px solid #eaeef2;padding-bottom:.3rem}
+table{border-collapse:collapse;margin:1rem 0;font-variant-numeric:tabular-nums;font-size:.92rem}
+th,td{border:1px solid #d0d7de;padding:.35rem .7rem;text-align:right}
+th:first-child,td:first-child{text-align:left}
+thead th{background:#f6f8fa}
+tbody tr:nth-child(even){background:#fafbfc}
+caption{caption-side:top;text-align:left;color:#57606a;padding-bottom:.3rem}
+.figures{display:flex;flex-wrap:wrap;gap:1rem}
+figure{margin:0;flex:1 1 420px;max-width:100%}
+figure img{max-width:100%;height:auto;border:1px solid #eaeef2;border-radius:4px}
+figcaption{color:#57606a;font-size:.88rem;margin-top:.3rem}
+pre{background:#f6f8fa;padding:.8rem;border-radius:6px;overflow-x:auto;font-size:.85rem}
+code{background:#f6f8fa;padding:.1rem .3rem;border-radius:4px}
+.meta{color:#57606a;font-size:.9rem}
+"""
+
+
+def write_report(folder: str | Path, title: str, sections: list[Section], intro: str = "",
+                 stem: str = "report") -> tuple[Path, Path]:
+    """Write ``report.md`` and a self-contained ``report.html`` into ``folder``."""
+    folder = Path(folder)
+    md = [f"# {title}", ""]
+    if intro:
+        md += [intro, ""]
+    md += [_md(s, folder) for s in sections]
+    md_path, html_path = folder / f"{stem}.md", folder / f"{stem}.html"
+    atomic_write_text(md_path, "\n".join(md).rstrip() + "\n")
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>{_inline_md(intro) if intro else ''}"
+            + "\n".join(_html(s) for s in sections) + "</body></html>\n")
+    atomic_write_text(html_path, page)
+    return md_path, html_path
