@@ -77,6 +77,8 @@ class CifarTrainConfig:
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(5e-4, "L2 weight decay (not applied to BatchNorm and biases)")
     gamma: float = opt(0.85, "ExponentialLR decay per epoch: lr_t = lr_0 * gamma^t")
+    warmup_epochs: float = opt(1.0, "linear warm-up of the learning rate over the first steps "
+                                    "(in epochs; 0 = none)")
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss")
     # runtime
     seed: int = opt(0, "seed for the split, initialisation, shuffling and augmentation")
@@ -99,6 +101,8 @@ class CifarTrainConfig:
                      self.max_train_samples)
         _require(0 <= self.label_smoothing < 1, "label_smoothing", "a value in [0, 1)", self.label_smoothing)
         _require(self.momentum >= 0, "momentum", "a value >= 0", self.momentum)
+        _require(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", "a value in [0, --epochs]",
+                 self.warmup_epochs)
         check_common(self)
 
 
@@ -144,3 +148,4 @@ def load_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     return data or {}
+

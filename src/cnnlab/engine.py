@@ -61,13 +61,17 @@ def train_one_epoch(
     epoch: int = 0,
     log_every: int = 25,
     progress: bool = True,
+    lr_factor: Callable[[int], float] | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; returns sums (loss, correct, count) so ranks can add them.
 
+    ``lr_factor(step)`` scales the epoch's learning rate at each step (a warm-up);
+    the epoch's rate is restored at the end so an epoch scheduler continues from it.
     The loss is checked for NaN/inf without a device sync per step: the first bad
     step is recorded on the device and looked at every ``log_every`` steps.
     """
     model.train()
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     first_bad = torch.full((), -1, device=device, dtype=torch.int64)
@@ -78,6 +82,10 @@ def train_one_epoch(
         dev_idx = idx.to(images.device, non_blocking=True)
         x = _prepare(transform(images[dev_idx].to(device, non_blocking=True)), channels_last)
         y = labels[dev_idx].to(device, non_blocking=True)
+        if lr_factor is not None:
+            f = lr_factor(step)
+            for g, lr in zip(optimizer.param_groups, base_lrs):
+                g["lr"] = lr * f
         with autocast(device, precision):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
@@ -94,6 +102,8 @@ def train_one_epoch(
             _check_finite(first_bad, epoch)
             if not bar.disable:
                 bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}", acc=f"{correct.item() / count:.3f}")
+    for g, lr in zip(optimizer.param_groups, base_lrs):
+        g["lr"] = lr
     _check_finite(first_bad, epoch)
     return {"loss_sum": loss_sum.item(), "correct": float(correct.item()), "count": float(count)}
 

@@ -56,3 +56,10 @@ def test_parse_blocks(spec, expected):
 def test_bad_block_strings_name_the_option(spec, message):
     with pytest.raises(ConfigError, match=f"--blocks.*{message}"):
         parse_blocks(spec)
+
+
+@pytest.mark.parametrize("name", ["D", "D-sep", "E"])
+def test_residual_blocks_start_as_their_shortcut(name):
+    block = create_block(name, 16, 16).eval()
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.allclose(block(x), torch.relu(x))

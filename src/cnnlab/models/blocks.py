@@ -89,11 +89,20 @@ def _shortcut(in_ch: int, out_ch: int) -> nn.Module:
 
 
 class _Residual(nn.Module):
+    """``relu(body(x) + shortcut(x))``.
+
+    The body's last BatchNorm starts with zero scale (Goyal et al., "Accurate, Large
+    Minibatch SGD", 2017), so each block starts as its shortcut: stacks of these
+    blocks then train stably at the default learning rate from the first step.
+    """
+
     def __init__(self, body: nn.Module, in_ch: int, out_ch: int):
         super().__init__()
         self.body = body
         self.shortcut = _shortcut(in_ch, out_ch)
         self.act = nn.ReLU(inplace=True)
+        last_bn = [m for m in body.modules() if isinstance(m, nn.BatchNorm2d)][-1]
+        nn.init.zeros_(last_bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.body(x) + self.shortcut(x))
