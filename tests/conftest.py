@@ -2,6 +2,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models gain nothing from several threads, and OpenMP threads competing with
+# other processes for two cores can make a step 20x slower. One thread keeps the
+# suite fast and its timing steady.
+torch.set_num_threads(1)
 
 # Real-data samples live beside a checkout in some setups (../shared/datasets);
 # CNNLAB_DATASETS points elsewhere. Tests that use them skip when absent.

@@ -1,0 +1,59 @@
+import os
+
+import pytest
+import torch
+
+from cnnlab.errors import CheckpointError
+from cnnlab.files import atomic_open, atomic_torch_save, atomic_write_json, load_checkpoint, read_json
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temporary(tmp_path):
+    p = tmp_path / "a.json"
+    atomic_write_json(p, {"x": 1})
+    atomic_write_json(p, {"x": 2})
+    assert read_json(p) == {"x": 2}
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(p, "w") as f:
+            f.write("half of the new")
+            raise RuntimeError("disk full")
+    assert p.read_text() == "old" and os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    p = tmp_path / "c.pt"
+    atomic_torch_save({"model": {"w": torch.ones(2)}, "epoch": 3}, p)
+    assert load_checkpoint(p)["epoch"] == 3
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="c.pt cannot be loaded safely"):
+        load_checkpoint(p)
+
+
+def test_malicious_checkpoint_executes_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    p = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, p)
+    with pytest.raises(CheckpointError, match="evil.pt cannot be loaded safely"):
+        load_checkpoint(p)
+    assert not marker.exists()
