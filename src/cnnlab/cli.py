@@ -98,6 +98,49 @@ def _cifar_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cifar_evaluate(args: argparse.Namespace) -> int:
+    from cnnlab.cifar.evaluate import evaluate_run
+
+    summary = evaluate_run(args.run_dir, tsne_samples=args.tsne_samples, feature_image=args.feature_image,
+                           device=args.device, data_dir=args.data_dir)
+    _print_result(summary, ("best_val_accuracy", "test_accuracy"))
+    print(f"figures: {Path(args.run_dir) / 'figures'}")
+    return 0
+
+
+def _cifar_figures(args: argparse.Namespace) -> int:
+    from cnnlab.cifar.evaluate import redraw_figures
+
+    for path in redraw_figures(args.run_dir):
+        print(path)
+    return 0
+
+
+def _cifar_data_figures(args: argparse.Namespace) -> int:
+    from cnnlab.cifar.evaluate import data_figures
+
+    for path in data_figures(args.data_dir, args.out, seed=args.seed, val_per_class=args.val_per_class,
+                             skip_bad_images=args.skip_bad_images):
+        print(path)
+    return 0
+
+
+def _cifar_compare(args: argparse.Namespace) -> int:
+    from cnnlab.cifar.compare import compare, parse_seeds, parse_variants, read_comparison, table_rows
+    from cnnlab.config import CifarTrainConfig
+    from cnnlab.report import markdown_table
+
+    variants = parse_variants(args.blocks)
+    args.blocks = variants[0]  # the config is checked with one variant; compare sets each in turn
+    base = build_config(CifarTrainConfig, args)
+    rows = compare(base, variants, args.out, seeds=parse_seeds(args.seeds, base.seed),
+                   evaluate=not args.no_evaluate, tsne_samples=args.tsne_samples)
+    best = max(rows, key=lambda r: r["best_val_accuracy"])["variant"]
+    print(markdown_table(*table_rows(read_comparison(args.out), best)))
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
 def _print_result(summary: dict, keys: tuple[str, ...]) -> None:
     parts = []
     for k in keys:
@@ -134,6 +177,64 @@ def _add_cifar(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML file of options (a run's config.yaml works)")
     add_config_args(p, CifarTrainConfig)
     p.set_defaults(func=_cifar_train)
+
+    p = csub.add_parser(
+        "evaluate", help="test a run's best checkpoint and draw its figures",
+        description="Load RUN_DIR/checkpoints/best.pt, run the test set once and write test_predictions.npz, "
+                    "features.npz (with the t-SNE coordinates), feature_maps.npz and figures/*.png into the run "
+                    "folder; the test accuracy, per-class accuracy and confusion matrix go into summary.json.",
+        epilog="example:\n  cnnlab cifar evaluate runs/E-quick --tsne-samples 0 --feature-image 7",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of cnnlab cifar train")
+    p.add_argument("--tsne-samples", type=int, default=2000, metavar="N",
+                   help="test images in the t-SNE, a seeded random subset (default: 2000; 0 = all)")
+    p.add_argument("--feature-image", type=int, default=0, metavar="INDEX",
+                   help="index of the test image whose feature maps are drawn (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="CIFAR-10 folder, if not where the run was trained from (default: the run's --data-dir)")
+    p.set_defaults(func=_cifar_evaluate)
+
+    p = csub.add_parser(
+        "figures", help="redraw a run's figures from its saved files",
+        description="Redraw every figure of RUN_DIR from metrics.csv and the files cnnlab cifar evaluate saved, "
+                    "without the model and without recomputing t-SNE. Figures whose data is absent are skipped.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of cnnlab cifar train")
+    p.set_defaults(func=_cifar_figures)
+
+    p = csub.add_parser(
+        "data-figures", help="figures of the training data and its augmentation",
+        description="Write augmented_samples.png (50 augmented training images with their classes), "
+                    "val_class_distribution.png (the validation split training makes) and augment_draws.png "
+                    "(one image, 10 draws of ColorJitter and 10 of RandomAffine) into --out.")
+    p.add_argument("--data-dir", default=CifarTrainConfig.data_dir, metavar="DIR",
+                   help=f"CIFAR-10 folder (default: {CifarTrainConfig.data_dir})")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files (created if needed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of the drawn images (default: 0)")
+    p.add_argument("--val-per-class", type=int, default=None, metavar="N",
+                   help="validation images per class, as in training (default: 1000, or 20%% of each class "
+                        "on smaller sets)")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip image files that cannot be decoded")
+    p.set_defaults(func=_cifar_data_figures)
+
+    p = csub.add_parser(
+        "compare", help="train, evaluate and compare several variants (the study)",
+        description="Train each variant (reusing finished runs in --out, resuming unfinished ones), evaluate it, "
+                    "and write comparison.csv, comparison.md, report.md and a self-contained report.html. "
+                    "The best variant is chosen by validation accuracy, never by test accuracy.",
+        epilog="example:\n  cnnlab cifar compare --blocks A,B,C,D,D-sep,E --width 0.25 --epochs 5 "
+               "--data-dir data/cifar10 --out studies/quick",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--blocks", default="A,B,C,D,D-sep,E", metavar="LIST",
+                   help="comma-separated variants (default: A,B,C,D,D-sep,E)")
+    p.add_argument("--out", required=True, metavar="STUDY_DIR", help="study folder (created; reused when rerun)")
+    p.add_argument("--seeds", metavar="LIST", help="comma-separated seeds, e.g. 0,1,2 (default: --seed)")
+    p.add_argument("--tsne-samples", type=int, default=2000, metavar="N",
+                   help="test images in each t-SNE (default: 2000; 0 = all)")
+    p.add_argument("--no-evaluate", action="store_true", help="only train and tabulate; no figures")
+    p.add_argument("--config", metavar="FILE", help="YAML file of training options")
+    add_config_args(p, CifarTrainConfig, exclude=("blocks",))
+    p.set_defaults(func=_cifar_compare)
 
 
 # --- main -----------------------------------------------------------------------------

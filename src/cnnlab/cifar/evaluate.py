@@ -1,0 +1,335 @@
+"""The figures of a CIFAR-10 run and of the data.
+
+- :func:`evaluate_run` (``cnnlab cifar evaluate``) loads ``best.pt``, looks at the
+  test set once, saves what the figures need (predictions, features with their
+  t-SNE coordinates, the feature maps of one image) and draws every figure.
+- :func:`redraw_figures` (``cnnlab cifar figures``) draws them again from those
+  files alone: no model, no training, no t-SNE.
+- :func:`data_figures` (``cnnlab cifar data-figures``) draws the augmented
+  training images, the validation split's classes and the augmentation draws.
+
+The computing happens here; the drawing lives in :mod:`cnnlab.viz.cifar`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab.config import CifarTrainConfig, from_dict
+from cnnlab.data.augment import (AugmentConfig, affine_matrices, augment, color_jitter, draw_params, eval_transform,
+                                 random_affine)
+from cnnlab.data.cifar10 import load_cifar10, stratified_split
+from cnnlab.engine import infer
+from cnnlab.errors import CnnlabError, ConfigError, DataError
+from cnnlab.files import atomic_open
+from cnnlab.metrics import accuracy, confusion_matrix, per_class_accuracy
+from cnnlab.run import RunDir, log_to_file
+from cnnlab.runtime import resolve_device, resolve_precision
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = "test_predictions.npz"
+FEATURES_FILE = "features.npz"
+FEATURE_MAPS_FILE = "feature_maps.npz"
+FIGURES = {
+    "curves": "curves.png",
+    "confusion_matrix": "confusion_matrix.png",
+    "per_class_accuracy": "per_class_accuracy.png",
+    "tsne": "tsne.png",
+    "feature_maps": "feature_maps.png",
+}
+DATA_FIGURES = ("augmented_samples.png", "val_class_distribution.png", "augment_draws.png")
+MAX_MAP_CHANNELS = 16  # per layer: enough to see what a layer responds to, small enough to keep
+
+
+# --- evaluate --------------------------------------------------------------------------
+
+
+def evaluate_run(run_dir: str | Path, tsne_samples: int = 2000, feature_image: int = 0, device: str = "auto",
+                 data_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Test ``best.pt`` of a run once, save what the figures need, draw them; returns the summary.
+
+    ``tsne_samples`` test images (a seeded random subset; 0 = all) go into the
+    t-SNE; ``feature_image`` is the index of the test image whose feature maps
+    are drawn. ``data_dir`` overrides the run's ``--data-dir`` (a run folder
+    moved to another machine).
+    """
+    from cnnlab.cifar.train import load_run_model
+
+    if not isinstance(tsne_samples, int) or tsne_samples < 0:
+        raise ConfigError(f"--tsne-samples: expected 0 (all test images) or a positive number, got {tsne_samples!r}")
+    if not isinstance(feature_image, int) or feature_image < 0:
+        raise ConfigError(f"--feature-image: expected the index of a test image (0 or more), got {feature_image!r}")
+    run = RunDir(run_dir)
+    cfg = from_dict(CifarTrainConfig, run.read_config(), source=str(run.config_path))
+    summary = run.read_summary()
+    with log_to_file(run.log_path):
+        dev = resolve_device(device)
+        # The precision and memory format training tested with, so the test accuracy is the same number.
+        precision = summary.get("precision") or resolve_precision(cfg.precision, dev)
+        channels_last = summary.get("channels_last")
+        if channels_last is None:
+            channels_last = cfg.channels_last if cfg.channels_last is not None else precision == "bf16"
+        model, ckpt = load_run_model(run, "best", dev)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if summary.get("status") != "finished":
+            logger.warning("%s has not finished training; evaluating its best checkpoint so far (epoch %s)",
+                           run.path, ckpt.get("epoch", "?"))
+
+        data = load_cifar10(data_dir if data_dir is not None else cfg.data_dir, False, cfg.skip_bad_images)
+        n_test = len(data.test_labels)
+        if feature_image >= n_test:
+            raise ConfigError(f"--feature-image {feature_image}: the test set has {n_test} images "
+                              f"(indices 0..{n_test - 1})")
+        classes = list(data.classes)
+        logger.info("evaluating %s (best epoch %s) on %d test images on %s, %s", run.path, ckpt.get("epoch", "?"),
+                    n_test, dev, precision)
+
+        logits, feats = infer(model, data.test_images, eval_transform, device=dev, batch_size=cfg.eval_batch_size,
+                              precision=precision, channels_last=channels_last, features=True,
+                              desc="test" if progress else None)
+        labels = data.test_labels.numpy()
+        preds = logits.argmax(1).numpy()
+        test_acc = accuracy(preds, labels)
+        cm = confusion_matrix(preds, labels, len(classes))
+        per_class = per_class_accuracy(cm)
+        trained = summary.get("test_accuracy")
+        if isinstance(trained, (int, float)) and not math.isclose(trained, test_acc, abs_tol=1e-9):
+            logger.warning("test accuracy %.4f differs from the %.4f measured after training "
+                           "(another data folder or device?)", test_acc, trained)
+        _save_npz(run.path / PREDICTIONS_FILE, logits=logits.numpy(), predictions=preds, labels=labels,
+                  classes=np.array(classes))
+
+        subset = _tsne_subset(n_test, tsne_samples, cfg.seed)
+        coords = tsne_2d(feats[subset].numpy(), cfg.seed)
+        _save_npz(run.path / FEATURES_FILE, features=feats[subset].numpy(), labels=labels[subset],
+                  test_index=subset, tsne=coords, classes=np.array(classes))
+
+        maps = feature_maps(model, data.test_images[feature_image], dev)
+        _save_npz(run.path / FEATURE_MAPS_FILE, image=data.test_images[feature_image].numpy(),
+                  label=np.int64(labels[feature_image]), prediction=np.int64(preds[feature_image]),
+                  test_index=np.int64(feature_image), classes=np.array(classes),
+                  layer_names=np.array([name for name, _, _ in maps]),
+                  **{f"map_{i}": m for i, (_, m, _) in enumerate(maps)},
+                  **{f"channels_{i}": c for i, (_, _, c) in enumerate(maps)})
+
+        written = redraw_figures(run.path)
+        summary = run.update_summary(
+            test_accuracy=test_acc,
+            per_class_accuracy={c: (None if math.isnan(a) else float(a)) for c, a in zip(classes, per_class)},
+            confusion_matrix=cm.tolist(),
+            tsne_samples=len(subset),
+            feature_image=feature_image,
+            evaluated_epoch=ckpt.get("epoch"),
+            evaluated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            figures=[p.name for p in written],
+        )
+        logger.info("test accuracy %.4f; figures in %s", test_acc, run.figures)
+    return summary
+
+
+def _tsne_subset(n: int, samples: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded random subset of ``samples`` of ``n`` (all when 0 or more than ``n``)."""
+    if samples == 0 or samples >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=samples, replace=False))
+
+
+def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(N, F) features -> (N, 2) t-SNE coordinates (scikit-learn, PCA initialisation, seeded)."""
+    from sklearn.manifold import TSNE
+
+    n = len(features)
+    if n < 3:
+        raise CnnlabError(f"t-SNE needs at least 3 test images, got {n}")
+    # The perplexity must stay below the number of points; 30 is the usual value.
+    perplexity = float(min(30.0, (n - 1) / 3))
+    logger.info("t-SNE of %d features of dimension %d (perplexity %g)%s", n, features.shape[1], perplexity,
+                "; this takes a minute or so" if n > 3000 else "")
+    t0 = time.perf_counter()
+    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
+                  random_state=seed).fit_transform(features.astype(np.float32))
+    logger.info("t-SNE done in %.1fs", time.perf_counter() - t0)
+    return coords.astype(np.float32)
+
+
+@torch.no_grad()
+def feature_maps(model, image: torch.Tensor, device: torch.device,
+                 max_channels: int = MAX_MAP_CHANNELS) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(layer name, maps (K, H, W), channel indices (K,))`` for the stem and each block.
+
+    Of each layer the ``max_channels`` channels with the strongest mean
+    activation are kept (in channel order): after a ReLU many channels are
+    silent for any one image, and a grid of blank squares says nothing.
+    """
+    model.eval()
+    x = eval_transform(image[None]).to(device)  # (1, 3, H, W)
+    _, maps = model.forward_features(x.contiguous(memory_format=torch.contiguous_format), return_maps=True)
+    names = ["stem"] + [f"block {i + 1}: {b}" for i, b in enumerate(model.block_names)]
+    out = []
+    for name, m in zip(names, maps):
+        m = m[0].float().cpu()  # (C, H, W)
+        k = min(max_channels, m.shape[0])
+        keep = torch.topk(m.mean(dim=(1, 2)), k).indices.sort().values
+        out.append((name, m[keep].numpy(), keep.numpy()))
+    return out
+
+
+# --- figures of a run ------------------------------------------------------------------
+
+
+def redraw_figures(run_dir: str | Path) -> list[Path]:
+    """Draw every figure of a run whose data is in the folder; returns the files written.
+
+    The curves need only ``metrics.csv``; the others need the files that
+    ``cnnlab cifar evaluate`` saves, and are skipped (with a log line) without them.
+    """
+    from cnnlab.viz import cifar as viz
+
+    run = RunDir(run_dir)
+    if not run.metrics_path.is_file():
+        raise CnnlabError(f"{run.path} has no metrics.csv: it holds no run, or no epoch has finished yet")
+    summary = run.read_summary()
+    name = _run_name(run, summary)
+    fig_dir = run.figures
+    written = [viz.plot_curves(run.metrics_path, fig_dir / FIGURES["curves"],
+                               best_epoch=summary.get("best_epoch"), title=f"Training curves: {name}")]
+
+    pred = _load_npz(run.path / PREDICTIONS_FILE, ("predictions", "labels", "classes"), run)
+    if pred is not None:
+        classes = [str(c) for c in pred["classes"]]
+        cm = confusion_matrix(pred["predictions"], pred["labels"], len(classes))
+        acc = accuracy(pred["predictions"], pred["labels"])
+        written.append(viz.plot_confusion_matrix(
+            cm, classes, fig_dir / FIGURES["confusion_matrix"],
+            title=f"Confusion matrix: {name}, {int(cm.sum()):,} test images, accuracy {acc:.1%}"))
+        written.append(viz.plot_per_class_accuracy(
+            per_class_accuracy(cm), classes, fig_dir / FIGURES["per_class_accuracy"], overall=acc,
+            title=f"Per-class test accuracy: {name}"))
+
+    feats = _load_npz(run.path / FEATURES_FILE, ("tsne", "labels", "classes"), run)
+    if feats is not None:
+        written.append(viz.plot_tsne(
+            feats["tsne"], feats["labels"], [str(c) for c in feats["classes"]], fig_dir / FIGURES["tsne"],
+            title=f"t-SNE of the pre-classifier features: {name}, {len(feats['labels']):,} test images"))
+
+    fm = _load_npz(run.path / FEATURE_MAPS_FILE, ("image", "label", "prediction", "test_index", "classes",
+                                                  "layer_names"), run)
+    if fm is not None:
+        layers = [str(n) for n in fm["layer_names"]]
+        missing = [f"map_{i}" for i in range(len(layers)) if f"map_{i}" not in fm]
+        if missing:
+            raise DataError(f"{run.path / FEATURE_MAPS_FILE} lacks {', '.join(missing)}; "
+                            f"run `cnnlab cifar evaluate {run.path}` again")
+        classes = [str(c) for c in fm["classes"]]
+        true, pred_c = classes[int(fm["label"])], classes[int(fm["prediction"])]
+        written.append(viz.plot_feature_maps(
+            fm["image"], [fm[f"map_{i}"] for i in range(len(layers))], layers, fig_dir / FIGURES["feature_maps"],
+            title=f"Feature maps: {name}",
+            caption=f"test image {int(fm['test_index'])}\ntrue class: {true}\npredicted: {pred_c}\n\n"
+                    f"each row: the {fm['map_0'].shape[0]} channels of a layer with the strongest mean activation,\n"
+                    "each on its own colour scale (bright = strong)"))
+    logger.info("wrote %d figure(s) to %s", len(written), fig_dir)
+    return written
+
+
+def _run_name(run: RunDir, summary: dict) -> str:
+    blocks, width = summary.get("blocks"), summary.get("width")
+    if blocks is None:
+        try:
+            cfg = run.read_config()
+            blocks, width = cfg.get("blocks"), cfg.get("width")
+        except CnnlabError:
+            return run.path.name
+    return f"BaseCNN {blocks}" + (f" (width {width:g})" if isinstance(width, (int, float)) else "")
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    with atomic_open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def _load_npz(path: Path, keys: tuple[str, ...], run: RunDir) -> dict[str, np.ndarray] | None:
+    """The arrays of ``path``, or None (logged) when it is absent; a :class:`DataError` when unreadable."""
+    if not path.is_file():
+        logger.info("skipping the figures of %s: it is absent (run `cnnlab cifar evaluate %s` first)",
+                    path.name, run.path)
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path} cannot be read ({e}); run `cnnlab cifar evaluate {run.path}` again") from None
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise DataError(f"{path} lacks {', '.join(missing)}; run `cnnlab cifar evaluate {run.path}` again")
+    return arrays
+
+
+# --- figures of the data ---------------------------------------------------------------
+
+
+def data_figures(data_dir: str | Path, out: str | Path, seed: int = 0, val_per_class: int | None = None,
+                 skip_bad_images: bool = False, samples: int = 50, draws: int = 10) -> list[Path]:
+    """The augmented training images, the validation split's classes and one image's augmentation draws.
+
+    The split is the one training makes with the same ``seed`` and
+    ``val_per_class``; images are shown un-normalised.
+    """
+    from cnnlab.viz import cifar as viz
+
+    if val_per_class is not None and val_per_class < 1:
+        raise ConfigError(f"--val-per-class: expected a positive integer, got {val_per_class}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CnnlabError(f"--out {out} is a file, expected a folder")
+    data = load_cifar10(data_dir, False, skip_bad_images)
+    classes = list(data.classes)
+    train_idx, val_idx = stratified_split(data.train_labels, val_per_class, seed)
+    aug = AugmentConfig()
+    g = torch.Generator().manual_seed(seed)
+    written = []
+
+    pick = train_idx[torch.randperm(len(train_idx), generator=g)[:samples]]
+    x = data.train_images[pick].float() / 255  # (S, 3, H, W) in [0, 1]
+    shown = augment(x, draw_params(len(x), aug, g, size=x.shape[-1]))
+    written.append(viz.plot_image_grid(
+        shown.numpy(), data.train_labels[pick].tolist(), classes, out / DATA_FIGURES[0], cols=10,
+        title=f"{len(pick)} random training images after augmentation (ColorJitter, RandomAffine, flip)"))
+
+    counts = torch.bincount(data.train_labels[val_idx], minlength=len(classes)).numpy()
+    rule = f"{val_per_class} a class" if val_per_class is not None else "20% of each class, at most 1,000"
+    written.append(viz.plot_class_distribution(
+        counts, classes, out / DATA_FIGURES[1],
+        title=f"Validation split: {int(counts.sum()):,} images ({rule}, seed {seed}); "
+              f"{len(train_idx):,} left for training"))
+
+    one = x[:1].expand(draws, -1, -1, -1)  # the first sample, drawn `draws` times
+    p = draw_params(draws, aug, g, size=x.shape[-1])
+    jitter = color_jitter(one.clone(), p["brightness"], p["contrast"], p["saturation"])
+    theta = affine_matrices(p["angle"], p["tx"], p["ty"], p["scale"], x.shape[2], x.shape[3])
+    affine = random_affine(one.clone(), theta)
+    jitter_captions = [f"b {b:.2f} c {c:.2f}\ns {s:.2f}"
+                       for b, c, s in zip(p["brightness"].tolist(), p["contrast"].tolist(), p["saturation"].tolist())]
+    # Rounded to ints first, so that no caption reads "-0".
+    affine_captions = [f"{round(a):+d}° x{s:.2f}\nshift ({round(tx):+d}, {round(ty):+d})"
+                       for a, s, tx, ty in zip(p["angle"].tolist(), p["scale"].tolist(), p["tx"].tolist(),
+                                               p["ty"].tolist())]
+    written.append(viz.plot_augment_draws(
+        x[0].numpy(), [("ColorJitter", jitter.numpy(), jitter_captions),
+                       ("RandomAffine", affine.numpy(), affine_captions)],
+        out / DATA_FIGURES[2],
+        title=f"One training image ({classes[int(data.train_labels[pick[0]])]}): {draws} draws of ColorJitter "
+              f"(brightness, contrast, saturation {aug.brightness}) and of RandomAffine "
+              f"(±{aug.degrees:g}°, translate {aug.translate}, scale {aug.scale[0]}–{aug.scale[1]})"))
+    logger.info("wrote %s to %s", ", ".join(p.name for p in written), out)
+    return written
