@@ -87,3 +87,8 @@ def cifar_batches(tmp_path) -> Path:
 def cifar_folders(tmp_path) -> Path:
     """A --data-dir holding tiny train/ and test/ image folders (10 + 4 a class)."""
     return write_cifar_folders(tmp_path / "cifar-folders")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--kill-points", type=int, default=3,
+                     help="how many SIGKILL points the crash/resume test tries (default 3; 10 for a full check)")

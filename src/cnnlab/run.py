@@ -62,9 +62,13 @@ class RunDir:
                 )
         elif self.path.is_dir() and any(p for p in self.path.iterdir() if p.name != "train.log"):
             raise CnnlabError(f"{option} {self.path} is not empty and holds no cnnlab run; choose an empty folder")
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if resume:
+            for tmp in self.path.rglob(".*.tmp"):  # left by a write that was killed; never read
+                tmp.unlink(missing_ok=True)
+        # config.yaml first: a folder killed right after this is a run that --resume continues.
         if not self.exists():
             atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
 
     def read_config(self) -> dict:
         if not self.config_path.is_file():

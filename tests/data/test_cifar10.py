@@ -139,3 +139,37 @@ def test_subsample_is_seeded():
     a, b = subsample(idx, 10, 0), subsample(idx, 10, 0)
     assert torch.equal(a, b) and len(a) == 10 and len(set(a.tolist())) == 10
     assert torch.equal(subsample(idx, None, 0), idx)
+
+
+def _archive_of(batches_root, tmp_path):
+    import tarfile
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(batches_root / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return archive
+
+
+def test_download_fetches_checks_and_extracts(cifar_batches, tmp_path, monkeypatch):
+    import cnnlab.data.cifar10 as mod
+    from cnnlab.data.download import md5sum
+
+    archive = _archive_of(cifar_batches, tmp_path)
+    monkeypatch.setattr(mod, "URL", archive.as_uri())
+    monkeypatch.setattr(mod, "MD5", md5sum(archive))
+    target = tmp_path / "fresh"
+    d = load_cifar10(target, download_if_missing=True)
+    assert d.layout == "batches" and len(d.train_labels) == 200
+    assert (target / "cifar-10-batches-py" / "test_batch").is_file()
+
+
+def test_download_with_a_wrong_checksum_is_an_error_and_leaves_nothing(cifar_batches, tmp_path, monkeypatch):
+    import cnnlab.data.cifar10 as mod
+
+    archive = _archive_of(cifar_batches, tmp_path)
+    monkeypatch.setattr(mod, "URL", archive.as_uri())  # MD5 stays the official one: a mismatch
+    target = tmp_path / "fresh"
+    with pytest.raises(DataError, match="c58f30108f718f92721af3b95e74349a"):
+        load_cifar10(target, download_if_missing=True)
+    assert not (target / "cifar-10-batches-py").exists()
+    assert not (target / "cifar-10-python.tar.gz").exists()

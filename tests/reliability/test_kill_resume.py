@@ -1,0 +1,89 @@
+"""Kill a training process with SIGKILL at random points, resume it, and check that
+the run ends exactly where an uninterrupted run ends, with every checkpoint loadable.
+
+Half of the kill points are random moments; the other half wait for a checkpoint
+write in progress (its temporary file) and kill then. `--kill-points N` sets how
+many (default 3; the full check is 10).
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cnnlab.files import load_checkpoint
+from cnnlab.run import RunDir
+
+COMPARED = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+
+
+def _env(tmp_path):
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CNNLAB_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def _train_args(data, out):
+    return [sys.executable, "-m", "cnnlab", "cifar", "train", "--blocks", "D", "--width", "0.125", "--epochs", "4",
+            "--batch-size", "16", "--data-dir", str(data), "--device", "cpu", "--out", str(out)]
+
+
+def _run_to_end(cmd, env):
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+
+def _kill_when(proc, out: Path, deadline: float, nth_write: int | None) -> str:
+    """SIGKILL ``proc`` at ``deadline``, or with ``nth_write`` while its n-th checkpoint is half written."""
+    ckpts, seen = out / "checkpoints", set()
+    while proc.poll() is None:
+        if nth_write is not None:
+            if ckpts.is_dir():
+                seen |= {p.name for p in ckpts.iterdir() if p.suffix == ".tmp"}
+                if len(seen) >= nth_write:
+                    proc.send_signal(signal.SIGKILL)
+                    return f"during checkpoint write {nth_write}"
+        elif time.monotonic() >= deadline:
+            proc.send_signal(signal.SIGKILL)
+            return f"at a random moment"
+        time.sleep(0.0002 if nth_write is not None else 0.01)
+    return "too late: the run had finished"
+
+
+def test_sigkill_then_resume_equals_the_uninterrupted_run(cifar_batches, tmp_path, request):
+    env = _env(tmp_path)
+    ref = tmp_path / "reference"
+    t0 = time.monotonic()
+    _run_to_end(_train_args(cifar_batches, ref), env)
+    duration = time.monotonic() - t0
+    expected = RunDir(ref).read_metrics()
+    expected_test = RunDir(ref).read_summary()["test_accuracy"]
+
+    rng = random.Random(1234)
+    points = request.config.getoption("--kill-points")
+    outcomes = []
+    for k in range(points):
+        out = tmp_path / f"killed-{k}"
+        proc = subprocess.Popen(_train_args(cifar_batches, out), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        # 4 epochs write best.pt and last.pt up to 8 times; aim at one of them.
+        nth = rng.randint(1, 6) if k % 2 == 1 else None
+        when = _kill_when(proc, out, time.monotonic() + rng.uniform(0.5, duration), nth)
+        proc.wait()
+        outcomes.append(when)
+        for pt in (out / "checkpoints").glob("*.pt") if (out / "checkpoints").is_dir() else []:
+            load_checkpoint(pt)  # every checkpoint left on disk loads
+        resume = ["--resume", str(out)] if (out / "config.yaml").is_file() else ["--out", str(out)]
+        cmd = _train_args(cifar_batches, out)[:-2] + resume
+        _run_to_end(cmd, env)
+        got = RunDir(out).read_metrics()
+        assert len(got) == len(expected), (k, when)
+        for a, b in zip(expected, got):
+            for key in COMPARED:
+                assert a[key] == pytest.approx(b[key], abs=1e-6), (k, when, a["epoch"], key)
+        assert RunDir(out).read_summary()["test_accuracy"] == expected_test
+        assert not list(out.rglob("*.tmp"))  # what a killed write left is cleared on resume
+    print("kill points:", outcomes)
