@@ -21,11 +21,19 @@ def shared_datasets() -> Path:
     return _SHARED
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    # Decoded-data caches go to a per-session temporary folder, never the user's ~/.cache.
-    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+def pytest_configure(config):
+    # Decoded-data caches go to a temporary folder for the whole session (module-scoped
+    # fixtures included), never the user's ~/.cache.
+    import tempfile
+
+    os.environ["CNNLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnlab-test-cache-")
+    os.environ["MPLBACKEND"] = "Agg"
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    shutil.rmtree(os.environ.get("CNNLAB_CACHE_DIR", ""), ignore_errors=True)
 
 
 # --- tiny CIFAR-10 data, written by the tests themselves --------------------------------

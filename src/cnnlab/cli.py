@@ -282,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"cnnlab: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished
+        if args.debug:
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"cnnlab: error: {e.strerror or e}{where}; what was written before is intact "
+              "(files are replaced atomically)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -1,0 +1,281 @@
+"""The bad-input corpus: each case gives one clear message naming the culprit, a
+non-zero exit status, no traceback, and leaves what was already written unchanged.
+
+Each row: an id, a function that prepares the case under ``tmp_path`` and returns
+(argv, text the message must contain), and the expected exit status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.cli import main
+from tests.conftest import write_cifar_batches, write_cifar_folders
+
+TRAIN = ["cifar", "train", "--width", "0.125", "--epochs", "1", "--batch-size", "32"]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file()}
+
+
+# --- case builders: (tmp_path, previous_run) -> (argv, culprit) -------------------------
+
+
+def _folders(tmp, mutate):
+    root = write_cifar_folders(tmp / "imgs", n_train=6, n_test=2)
+    culprit = mutate(root / "train" / "cat")
+    return TRAIN + ["--data-dir", str(root), "--out", str(tmp / "new")], culprit
+
+
+def _write(name, data):
+    def mutate(folder):
+        p = folder / name
+        p.write_bytes(data(folder) if callable(data) else data)
+        return name
+    return mutate
+
+
+def _jpeg_bytes(size=(32, 32)):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _batches(tmp, mutate):
+    root = tmp / "batches"
+    folder = write_cifar_batches(root)
+    culprit = mutate(folder)
+    return TRAIN + ["--data-dir", str(root), "--out", str(tmp / "new")], culprit
+
+
+def _truncate_batch(folder):
+    p = folder / "data_batch_2"
+    p.write_bytes(p.read_bytes()[:1000])
+    return "data_batch_2: truncated or corrupted"
+
+
+def _garble_batch(folder):
+    p = folder / "data_batch_4"
+    p.write_bytes(os.urandom(4000))
+    return "data_batch_4"
+
+
+def _evil_batch(folder):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {folder / 'PWNED'}",))
+
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}, protocol=2))
+    return "test_batch: not a CIFAR-10 batch"
+
+
+def _data_dir(tmp, make):
+    d = tmp / "data"
+    make(d)
+    return TRAIN + ["--data-dir", str(d), "--out", str(tmp / "new")], f"--data-dir {d}"
+
+
+def _option(*opts, culprit):
+    def case(tmp, prev):
+        root = write_cifar_batches(tmp / "b").parent
+        return TRAIN + ["--data-dir", str(root), "--out", str(tmp / "new"), *opts], culprit
+    return case
+
+
+def _other_run_in_out(tmp, prev):
+    data = prev.parent / "data"
+    return TRAIN + ["--blocks", "E", "--data-dir", str(data), "--out", str(prev)], "already holds a different run"
+
+
+def _other_arch_checkpoint(tmp, prev):
+    from cnnlab.files import atomic_torch_save
+    from cnnlab.models.basecnn import BaseCNN
+
+    bad = tmp / "other.pt"
+    atomic_torch_save({"model": BaseCNN("E", 0.125).state_dict(), "epoch": 1}, bad)
+    (prev / "checkpoints" / "best.pt").write_bytes(bad.read_bytes())
+    return ["cifar", "evaluate", str(prev)], "best.pt was saved from another architecture"
+
+
+def _evil_checkpoint(tmp, prev):
+    marker = tmp / "PWNED"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    buf = io.BytesIO()
+    torch.save({"model": Evil(), "epoch": 1}, buf)
+    (prev / "checkpoints" / "last.pt").write_bytes(buf.getvalue())
+    (prev / "summary.json").unlink()  # an unfinished run, so --resume reads last.pt
+    return ["cifar", "train", "--resume", str(prev)], "last.pt cannot be loaded safely"
+
+
+def _resume_nothing(tmp, prev):
+    (tmp / "empty").mkdir()
+    return ["cifar", "train", "--resume", str(tmp / "empty")], "holds no cnnlab run"
+
+
+CASES = [
+    ("missing data folder", lambda t, p: _data_dir(t, lambda d: None), 2),
+    ("empty data folder", lambda t, p: _data_dir(t, lambda d: d.mkdir()), 2),
+    ("wrong layout", lambda t, p: _data_dir(t, lambda d: (d.mkdir(), (d / "x.csv").write_text("1"))), 2),
+    ("batches incomplete", lambda t, p: _batches(t, lambda f: ((f / "data_batch_5").unlink(), "data_batch_5")[1]), 2),
+    ("truncated batch", lambda t, p: _batches(t, _truncate_batch), 2),
+    ("corrupted batch", lambda t, p: _batches(t, _garble_batch), 2),
+    ("malicious batch", lambda t, p: _batches(t, _evil_batch), 2),
+    ("corrupted jpeg", lambda t, p: _folders(t, _write("bad.jpg", b"\xff\xd8\xff\xe0" + os.urandom(300))), 2),
+    ("truncated jpeg", lambda t, p: _folders(t, _write("cut.jpg", _jpeg_bytes()[:200])), 2),
+    ("non-image file", lambda t, p: _folders(t, _write("notes.txt", b"hello")), 2),
+    ("1x1 image", lambda t, p: _folders(t, lambda f: (Image.new("RGB", (1, 1)).save(f / "dot.png"), "dot.png")[1]), 2),
+    ("class folder without images", lambda t, p: _folders(
+        t, lambda f: ([x.unlink() for x in f.iterdir()], "cat: class folder holds no image files")[1]), 2),
+    ("blocks too short", _option("--blocks", "AAB", culprit="--blocks 'AAB'"), 2),
+    ("blocks unknown letter", _option("--blocks", "AAAAAAAZ", culprit="'Z' is not a block name"), 2),
+    ("zero epochs", _option("--epochs", "0", culprit="--epochs"), 2),
+    ("negative epochs", _option("--epochs", "-3", culprit="--epochs"), 2),
+    ("zero batch size", _option("--batch-size", "0", culprit="--batch-size"), 2),
+    ("negative width", _option("--width", "-0.5", culprit="--width"), 2),
+    ("negative lr", _option("--lr", "-1", culprit="--lr"), 2),
+    ("missing device", _option("--device", "cuda:9", culprit="--device cuda:9"), 2),
+    ("unknown device", _option("--device", "tpu", culprit="--device"), 2),
+    ("out holds another run", _other_run_in_out, 2),
+    ("checkpoint of another architecture", _other_arch_checkpoint, 2),
+    ("malicious checkpoint", _evil_checkpoint, 2),
+    ("resume of a folder with no run", _resume_nothing, 2),
+]
+
+
+@pytest.fixture(scope="module")
+def previous_run(tmp_path_factory):
+    """A finished run whose files must never change because of a bad command."""
+    root = tmp_path_factory.mktemp("prev")
+    write_cifar_batches(root / "data")
+    out = root / "run"
+    assert main(TRAIN + ["--data-dir", str(root / "data"), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("name, build, status", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_clear_message(name, build, status, tmp_path, previous_run, capsys):
+    # Work on a copy so cases that damage a file of the run do not affect the others.
+    import shutil
+
+    shutil.copytree(previous_run.parent, tmp_path / "prev")
+    prev = tmp_path / "prev" / "run"
+    case = tmp_path / "case"
+    case.mkdir()
+    argv, culprit = build(case, prev)
+    before = _snapshot(prev)
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == status, err
+    assert culprit in err, err
+    assert err.strip().splitlines()[-1].startswith("cnnlab: error: ") and "Traceback" not in err
+    assert not list(tmp_path.rglob("PWNED")), "a pickle ran code"
+    after = _snapshot(prev)
+    damaged = {"checkpoint of another architecture": "checkpoints/best.pt",
+               "malicious checkpoint": "checkpoints/last.pt"}.get(name)
+    if damaged:  # the case itself replaced that file; nothing else may change
+        before.pop(damaged), after.pop(damaged)
+    assert after == before
+
+
+def test_skip_bad_images_skips_and_reports_them(tmp_path, capsys, caplog):
+    root = write_cifar_folders(tmp_path / "imgs", n_train=6, n_test=2)
+    (root / "train" / "cat" / "bad.jpg").write_bytes(b"\xff\xd8garbage")
+    (root / "train" / "dog" / "notes.txt").write_text("hi")
+    Image.new("RGB", (1, 1)).save(root / "test" / "cat" / "dot.png")
+    caplog.set_level("WARNING", logger="cnnlab")
+    rc = main(TRAIN + ["--data-dir", str(root), "--out", str(tmp_path / "r"), "--skip-bad-images"])
+    assert rc == 0
+    log = caplog.text
+    assert "skipped 2 bad image file(s)" in log and "bad.jpg" in log and "notes.txt" in log
+    assert "skipped 1 bad image file(s)" in log and "dot.png" in log
+
+
+def test_every_png_mode_decodes(tmp_path):
+    """Grayscale, RGBA, palette and 16-bit PNGs in an image folder are read, not refused."""
+    from cnnlab.data.cifar10 import load_cifar10
+
+    root = write_cifar_folders(tmp_path / "imgs", n_train=2, n_test=1)
+    cat = root / "train" / "cat"
+    Image.new("L", (32, 32), 200).save(cat / "gray.png")
+    Image.new("RGBA", (32, 32), (10, 20, 30, 0)).save(cat / "rgba.png")
+    Image.new("RGB", (32, 32), (250, 0, 0)).convert("P", palette=Image.Palette.ADAPTIVE).save(cat / "pal.png")
+    Image.fromarray(np.full((32, 32), 65535, dtype=np.uint16)).save(cat / "sixteen.png")
+    d = load_cifar10(root)
+    assert len(d.train_labels) == 24
+    imgs = {}
+    files = sorted(p.name for p in cat.iterdir())
+    start = int((d.train_labels < d.classes.index("cat")).sum())
+    for i, name in enumerate(files):
+        imgs[name] = d.train_images[start + i]
+    assert imgs["gray.png"].float().mean() == 200
+    assert imgs["rgba.png"][:, 0, 0].tolist() == [10, 20, 30]
+    assert imgs["pal.png"][:, 0, 0].tolist()[0] > 240
+    assert imgs["sixteen.png"].min() == 255  # 16-bit white is 8-bit white, not clipped noise
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    import cnnlab.engine as engine
+
+    root = write_cifar_batches(tmp_path / "b").parent
+    out = tmp_path / "run"
+    real = engine.F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):  # training steps only: fine for epoch 1 (5 steps), NaN from step 3 of epoch 2
+        loss = real(*a, **k)
+        if "label_smoothing" not in k:  # validation and test scoring
+            return loss
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] >= 5 + 3 else loss
+
+    monkeypatch.setattr(engine.F, "cross_entropy", poisoned)
+    rc = main(TRAIN + ["--epochs", "3", "--data-dir", str(root), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "NaN or infinite at epoch 2, step 3" in err
+    from cnnlab.files import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(out / "checkpoints" / "last.pt")["model"].values()
+               if v.is_floating_point())
+
+
+def _evil_archive(tmp_path: Path, member_name: str) -> Path:
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo(member_name)
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    return archive
+
+
+@pytest.mark.parametrize("member", ["../escaped.txt", "/tmp/cnnlab-absolute-escape.txt"])
+def test_download_of_an_archive_that_escapes_is_refused(tmp_path, capsys, monkeypatch, member):
+    import cnnlab.data.cifar10 as cifar10
+    from cnnlab.data.download import md5sum
+
+    archive = _evil_archive(tmp_path, member)
+    monkeypatch.setattr(cifar10, "URL", archive.as_uri())
+    monkeypatch.setattr(cifar10, "MD5", md5sum(archive))
+    target = tmp_path / "data" / "inner"
+    rc = main(TRAIN + ["--data-dir", str(target), "--download", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and member.lstrip("/") in err and "Traceback" not in err
+    assert not (tmp_path / "data" / "escaped.txt").exists()
+    assert not Path("/tmp/cnnlab-absolute-escape.txt").exists()
