@@ -23,7 +23,7 @@ import torch
 from cnnlab.errors import CheckpointError
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsynced
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -49,7 +49,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _umask() -> int:

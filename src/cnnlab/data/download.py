@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from cnnlab import __version__
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.files import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -344,16 +345,7 @@ def _finish(part: Path, dest: Path, md5: str | None, source: str, chunk_size: in
                 f"checksum mismatch for {source} (downloading to {dest}): expected md5 {md5}, got {actual}"
             ) from None
     os.replace(part, dest)
-    _fsync_dir(dest.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsynced
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(dest.parent)
 
 
 # --------------------------------------------------------------------------- extraction
@@ -409,7 +401,7 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> list
             _move_entries_into(work, dest)
         else:
             os.replace(work, dest)
-        _fsync_dir(work_parent)
+        fsync_dir(work_parent)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
