@@ -48,7 +48,7 @@ def _kill_when(proc, out: Path, deadline: float, nth_write: int | None) -> str:
                     return f"during checkpoint write {nth_write}"
         elif time.monotonic() >= deadline:
             proc.send_signal(signal.SIGKILL)
-            return f"at a random moment"
+            return "at a random moment"
         time.sleep(0.0002 if nth_write is not None else 0.01)
     return "too late: the run had finished"
 

@@ -28,7 +28,7 @@ from cnnlab.files import atomic_write_text
 from cnnlab.models.basecnn import BaseCNN
 from cnnlab.models.blocks import format_blocks, parse_blocks
 from cnnlab.models.profile import count_macs
-from cnnlab.report import Figure, Section, Table, fmt, markdown_table, write_report
+from cnnlab.report import Figure, Section, Table, markdown_table, write_report
 from cnnlab.run import RunDir, log_to_file
 
 logger = logging.getLogger(__name__)

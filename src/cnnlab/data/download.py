@@ -15,7 +15,6 @@ complete. No member may land outside the target folder: absolute names,
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import http.client
