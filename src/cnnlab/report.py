@@ -22,6 +22,20 @@ from cnnlab.files import atomic_write_text
 class Figure:
     path: Path
     caption: str = ""
+    wide: bool | None = None  # the full page width; default: when the image is much wider than tall
+
+    def is_wide(self) -> bool:
+        if self.wide is not None:
+            return self.wide
+        w, h = _png_size(Path(self.path))
+        return w >= 1.6 * h
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    if head[:8] != b"\x89PNG\r\n\x1a\n":
+        return 1, 1
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
 @dataclass
@@ -107,7 +121,8 @@ def _html(section: Section) -> str:
         if isinstance(item, Figure):
             data = base64.b64encode(Path(item.path).read_bytes()).decode()
             cap = f"<figcaption>{html.escape(item.caption)}</figcaption>" if item.caption else ""
-            figures.append(f'<figure><img alt="{html.escape(item.caption)}" src="data:image/png;base64,{data}">'
+            cls = ' class="wide"' if item.is_wide() else ""
+            figures.append(f'<figure{cls}><img alt="{html.escape(item.caption)}" src="data:image/png;base64,{data}">'
                            f"{cap}</figure>")
             continue
         flush()
@@ -137,6 +152,7 @@ tbody tr:nth-child(even){background:#fafbfc}
 caption{caption-side:top;text-align:left;color:#57606a;padding-bottom:.3rem}
 .figures{display:flex;flex-wrap:wrap;gap:1rem}
 figure{margin:0;flex:1 1 420px;max-width:100%}
+figure.wide{flex-basis:100%}
 figure img{max-width:100%;height:auto;border:1px solid #eaeef2;border-radius:4px}
 figcaption{color:#57606a;font-size:.88rem;margin-top:.3rem}
 pre{background:#f6f8fa;padding:.8rem;border-radius:6px;overflow-x:auto;font-size:.85rem}

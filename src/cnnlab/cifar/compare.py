@@ -212,11 +212,11 @@ def write_study_report(out: Path, results: list[VariantResult], best: VariantRes
                 [Figure(curves, "validation curves of all variants")]),
     ]
     bfig = best.runs[0] / "figures"
-    best_items = [Figure(bfig / n, c) for n, c in (
-        ("confusion_matrix.png", f"{best.variant}: confusion matrix on the test set"),
-        ("tsne.png", f"{best.variant}: t-SNE of test features"),
-        ("feature_maps.png", f"{best.variant}: feature maps of one test image"),
-        ("curves.png", f"{best.variant}: loss and accuracy")) if (bfig / n).is_file()]
+    best_items = [Figure(bfig / n, c, wide) for n, c, wide in (
+        ("confusion_matrix.png", f"{best.variant}: confusion matrix on the test set", True),
+        ("curves.png", f"{best.variant}: loss and accuracy", None),
+        ("tsne.png", f"{best.variant}: t-SNE of test features", None),
+        ("feature_maps.png", f"{best.variant}: feature maps of one test image", True)) if (bfig / n).is_file()]
     if best_items:
         sections.append(Section(f"Best variant: {best.variant}", "", best_items))
     tsne = [Figure(r.runs[0] / "figures" / "tsne.png", f"{r.variant}") for r in results

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.ticker import ScalarFormatter
+
 from cnnlab.run import read_metrics
 from cnnlab.viz.common import figure, save
 
@@ -21,7 +23,9 @@ def plot_curves_overlay(metrics: dict[str, str | Path], path: str | Path) -> Pat
         ax_loss.plot(epochs, [r["val_loss"] for r in rows], marker="o", ms=3, label=label)
     ax_acc.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
     ax_loss.set(title="Validation loss", xlabel="epoch", ylabel="cross-entropy")
-    ax_loss.set_yscale("log")
+    ax_loss.set_yscale("log")  # one diverging early epoch should not flatten every other curve
+    ax_loss.yaxis.set_major_formatter(ScalarFormatter())
+    ax_loss.yaxis.set_minor_formatter(ScalarFormatter())
     ax_acc.legend(title="variant", ncol=2)
     fig.tight_layout()
     return save(fig, path)
