@@ -93,6 +93,18 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def load_model_state(model: "torch.nn.Module", state: Any, path: str | os.PathLike, what: str = "") -> None:
+    """Load ``state`` into ``model``, or a :class:`CheckpointError` naming the file and the model."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds no model weights")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        target = what or type(model).__name__
+        raise CheckpointError(f"checkpoint {path} was saved from another architecture than {target} ({first})") from None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint without running any code it might carry (``weights_only=True``)."""
     path = Path(path)

@@ -96,6 +96,28 @@ class RunDir:
         return summary
 
 
+def resume_config(cls: type, run_dir: str | Path, overrides: dict | None, runtime_fields: tuple[str, ...]):
+    """The saved config of a run as ``cls``, with only ``runtime_fields`` overridden.
+
+    A resumed run keeps what it computes; only how it runs (device, data location...) may change.
+    """
+    from dataclasses import replace
+
+    from cnnlab.config import from_dict
+
+    run = RunDir(run_dir)
+    saved = run.read_config()
+    overrides = overrides or {}
+    bad = sorted(k for k in overrides if k not in runtime_fields and overrides[k] != saved.get(k))
+    if bad:
+        raise CnnlabError(
+            f"--resume {run.path}: cannot change {', '.join('--' + b.replace('_', '-') for b in bad)} "
+            f"of a run (only {', '.join('--' + f.replace('_', '-') for f in runtime_fields)} may change)"
+        )
+    cfg = from_dict(cls, saved, source=str(run.config_path))
+    return replace(cfg, **{k: v for k, v in overrides.items() if k in runtime_fields})
+
+
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
     path = Path(path)
     if not path.is_file():

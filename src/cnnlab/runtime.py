@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+
+
+def device_name(device: torch.device) -> str:
+    """What a summary records: the device type and the processor or GPU model."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()})"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from cnnlab.errors import ConfigError
-from cnnlab.models.basecnn import BaseCNN, count_parameters
+from cnnlab.models.basecnn import BaseCNN
 from cnnlab.models.blocks import block_names
-from cnnlab.models.profile import count_macs
+from cnnlab.models.profile import count_macs, count_parameters
 
 # The original study's table (DESIGN.md): a model that differs is not the same model.
 STUDY_PARAMS = {"A": 7_771_658, "B": 7_774_226, "C": 7_901_354, "D": 7_935_498, "D-sep": 1_139_338, "E": 752_266}

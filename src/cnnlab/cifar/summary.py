@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cnnlab.models.basecnn import BaseCNN, count_parameters
-from cnnlab.models.profile import count_macs, layer_table
+from cnnlab.models.basecnn import BaseCNN
+from cnnlab.models.profile import count_macs, count_parameters, layer_table
 
 
 def model_summary(blocks: str = "A", width: float = 1.0, num_classes: int = 10) -> dict:

@@ -8,9 +8,7 @@ shard of each epoch, sums reduced across ranks, only rank 0 writes files).
 from __future__ import annotations
 
 import logging
-import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,12 +20,14 @@ from cnnlab.config import CifarTrainConfig, from_dict, to_dict
 from cnnlab.data.augment import AugmentConfig, eval_transform, train_transform
 from cnnlab.data.cifar10 import Cifar10, load_cifar10, stratified_split, subsample
 from cnnlab.engine import batch_indices, infer, train_one_epoch
-from cnnlab.errors import CheckpointError, CnnlabError
-from cnnlab.files import atomic_torch_save, load_checkpoint
+from cnnlab.errors import CnnlabError
+from cnnlab.files import atomic_torch_save, load_checkpoint, load_model_state
 from cnnlab.metrics import accuracy
-from cnnlab.models.basecnn import BaseCNN, count_parameters
+from cnnlab.models.basecnn import BaseCNN
+from cnnlab.models.profile import count_parameters
 from cnnlab.run import RunDir, log_to_file
-from cnnlab.runtime import (DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
+from cnnlab.run import resume_config as run_resume_config
+from cnnlab.runtime import (device_name, DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
                             resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state)
 
 logger = logging.getLogger(__name__)
@@ -53,33 +53,18 @@ def build_optimizer(model: nn.Module, cfg: CifarTrainConfig) -> torch.optim.Opti
     return torch.optim.Adam(groups, lr=cfg.lr)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()})"
-
-
 def load_run_model(run: RunDir, checkpoint: str = "best", device: str | torch.device = "cpu") -> tuple[BaseCNN, dict]:
     """The model of a finished run with the weights of ``checkpoints/<checkpoint>.pt``."""
     cfg = from_dict(CifarTrainConfig, run.read_config(), source=str(run.config_path))
     model = build_model(cfg)
     path = run.checkpoints / f"{checkpoint}.pt"
     ckpt = load_checkpoint(path)
-    load_state(model, ckpt.get("model"), path)
+    load_model_state(model, ckpt.get("model"), path, _what(model))
     return model.to(device), ckpt
 
 
-def load_state(model: nn.Module, state: dict | None, path: Path) -> None:
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} holds no model weights")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise CheckpointError(
-            f"checkpoint {path} was saved from another architecture than "
-            f"{getattr(model, 'variant', type(model).__name__)} at this width ({first})"
-        ) from None
+def _what(model: BaseCNN) -> str:
+    return f"{model.variant} at width {model.width}"
 
 
 class _Data:
@@ -163,7 +148,7 @@ def _train(cfg, run: RunDir, resume, device, dinfo: DistInfo, progress) -> dict:
         start = 0
         if resume and run.last_checkpoint.is_file():
             ckpt = load_checkpoint(run.last_checkpoint)
-            load_state(model, ckpt.get("model"), run.last_checkpoint)
+            load_model_state(model, ckpt.get("model"), run.last_checkpoint, _what(model))
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             set_rng_state(ckpt["rng"][min(dinfo.rank, len(ckpt["rng"]) - 1)], shuffle_gen, aug_gen)
@@ -238,7 +223,7 @@ def _train(cfg, run: RunDir, resume, device, dinfo: DistInfo, progress) -> dict:
         best_ckpt = load_checkpoint(run.best_checkpoint) if run.best_checkpoint.is_file() else None
         if best_ckpt is None:
             raise CnnlabError(f"{run.best_checkpoint} is missing; the run cannot be tested")
-        load_state(model, best_ckpt["model"], run.best_checkpoint)
+        load_model_state(model, best_ckpt["model"], run.best_checkpoint, _what(model))
         test_loss, test_acc = _evaluate(model, d.test_x, d.test_y, device, cfg, precision, channels_last, dinfo,
                                         desc="test" if progress and dinfo.is_main else None)
         in_sync = _ranks_in_sync(model, dinfo)
@@ -326,14 +311,4 @@ def _sync_best(best: dict, dinfo: DistInfo) -> dict:
 
 def resume_config(run_dir: str | Path, overrides: dict | None = None) -> CifarTrainConfig:
     """The saved config of a run, with only runtime fields overridden."""
-    run = RunDir(run_dir)
-    saved = run.read_config()
-    overrides = overrides or {}
-    bad = sorted(k for k in overrides if k not in RUNTIME_FIELDS and overrides[k] != saved.get(k))
-    if bad:
-        raise CnnlabError(
-            f"--resume {run.path}: cannot change {', '.join('--' + b.replace('_', '-') for b in bad)} "
-            f"of a run (only {', '.join('--' + f.replace('_', '-') for f in RUNTIME_FIELDS)} may change)"
-        )
-    cfg = from_dict(CifarTrainConfig, saved, source=str(run.config_path))
-    return replace(cfg, **{k: v for k, v in overrides.items() if k in RUNTIME_FIELDS})
+    return run_resume_config(CifarTrainConfig, run_dir, overrides, RUNTIME_FIELDS)
