@@ -149,3 +149,128 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     return data or {}
 
+
+# --- face verification -----------------------------------------------------------------
+
+FACE_LOSSES = ("contrastive", "triplet")
+FACE_MINERS = ("batch-hard", "semi-hard", "all")
+FACE_PROTOCOLS = ("none", "lfw-view1")
+FACE_DEFAULT_MARGIN = {"contrastive": 1.0, "triplet": 0.2}
+"""``--margin`` when none is given: the study's 1.0 for the contrastive loss, FaceNet's 0.2 for the triplet loss."""
+
+
+@dataclass
+class FaceTrainConfig:
+    """One Siamese face-verification run (``cnnlab faces train``).
+
+    The defaults are the ones measured to give a working verifier; see
+    :mod:`cnnlab.faces.train` for why each one is what it is.
+    """
+
+    # data
+    data_dir: str = opt("data/lfw", "face folder: one sub-folder per person (for LFW the folder holding "
+                                    "lfw-deepfunneled/ or images_deepfunneled/ and the protocol files)")
+    download: bool = opt(False, "download LFW deep-funneled and its protocol files into --data-dir if no face "
+                                "folder is there")
+    protocol: str = opt("none", "none: identity-disjoint train/validation/test people drawn with --seed; "
+                                "lfw-view1: train on peopleDevTrain.txt (less a validation group), test on "
+                                "pairsDevTest.txt", choices=FACE_PROTOCOLS)
+    protocol_dir: str | None = opt(None, "folder of LFW's protocol files (default: --data-dir, then its parent)")
+    val_fraction: float = opt(0.1, "fraction of the training people held back for validation")
+    test_fraction: float = opt(0.1, "fraction of the people kept for testing (--protocol none)")
+    image_size: int = opt(112, "side of the decoded, cached face images in pixels")
+    crop: float = opt(0.6, "centre crop before resizing, as a fraction of the shorter side (0.6 frames an "
+                           "LFW face)")
+    skip_bad_images: bool = opt(False, "skip image files that cannot be decoded instead of stopping")
+    augment: bool = opt(True, "training augmentation: horizontal flip and a small random zoom and shift")
+    # model
+    backbone: str = opt("efficientnet_lite0", "efficientnet_lite0 (ImageNet weights work offline), "
+                                              "efficientnet_b0 or tiny (tests)")
+    weights: str = opt("imagenet", "backbone weights: imagenet, none, or a path to a state-dict file")
+    embedding_dim: int = opt(512, "size D of the embedding (backbone -> Linear -> ReLU)")
+    normalize_embeddings: bool = opt(True, "scale every embedding to unit length (distances in [0, 2])")
+    trainable_layers: int | None = opt(None, "train only the last N layers of the backbone (the rest keep "
+                                             "their ImageNet weights); default: all")
+    freeze_bn: bool = opt(True, "keep the backbone's BatchNorm statistics at their ImageNet values while "
+                                "training")
+    # loss
+    loss: str = opt("contrastive", "contrastive (pairs) or triplet (P x K batches with --miner)",
+                    choices=FACE_LOSSES)
+    margin: float | None = opt(None, "margin of the loss (default: 1.0 contrastive, 0.2 triplet)")
+    miner: str = opt("batch-hard", "triplet mining inside a batch: batch-hard, semi-hard or all",
+                     choices=FACE_MINERS)
+    pk_images: int = opt(4, "K, images per person in a triplet batch (P = --batch-size / K people)")
+    # optimisation
+    epochs: int = opt(20, "training epochs (0: only evaluate the untrained model)")
+    batch_size: int = opt(64, "images per training step: --batch-size / 2 pairs, or P x K for triplets")
+    optimizer: str = opt("adam", "adam, adamw or sgd (Nesterov momentum 0.9)", choices=OPTIMIZERS)
+    lr: float = opt(1e-3, "learning rate of the embedding head")
+    backbone_lr_mult: float = opt(0.1, "backbone learning rate = --lr x this (0 freezes the backbone)")
+    freeze_epochs: int = opt(0, "train only the head for this many epochs before the backbone joins")
+    weight_decay: float = opt(0.0, "weight decay (not applied to BatchNorm parameters and biases)")
+    step_size: int = opt(10, "StepLR: multiply the learning rates by --gamma every this many epochs")
+    gamma: float = opt(0.1, "StepLR decay factor")
+    # runtime
+    seed: int = opt(0, "seed for the split, pairs, initialisation and augmentation")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N")
+    precision: str = opt("auto", "fp32 or bf16 autocast; auto = bf16 on CUDA, fp32 on CPU", choices=PRECISIONS)
+    channels_last: bool | None = opt(None, "channels-last memory format (default: on with bf16)")
+    eval_batch_size: int = opt(256, "batch size for embedding validation and test images")
+
+    def __post_init__(self) -> None:
+        _require(self.protocol in FACE_PROTOCOLS, "protocol", " or ".join(FACE_PROTOCOLS), self.protocol)
+        _require(self.loss in FACE_LOSSES, "loss", " or ".join(FACE_LOSSES), self.loss)
+        _require(self.miner in FACE_MINERS, "miner", " or ".join(FACE_MINERS), self.miner)
+        _require(0 < self.val_fraction < 1, "val_fraction", "a fraction in (0, 1)", self.val_fraction)
+        _require(0 <= self.test_fraction < 1, "test_fraction", "a fraction in [0, 1)", self.test_fraction)
+        if self.protocol == "none":
+            _require(self.test_fraction > 0, "test_fraction", "a fraction in (0, 1) with --protocol none",
+                     self.test_fraction)
+            _require(self.val_fraction + self.test_fraction < 1, "val_fraction",
+                     "a fraction that leaves training people beside --test-fraction", self.val_fraction)
+        _require(isinstance(self.image_size, int) and self.image_size >= 16, "image_size",
+                 "an integer of at least 16", self.image_size)
+        _require(0 < self.crop <= 1, "crop", "a fraction in (0, 1]", self.crop)
+        _require(isinstance(self.embedding_dim, int) and self.embedding_dim >= 1, "embedding_dim",
+                 "a positive integer", self.embedding_dim)
+        if self.trainable_layers is not None:
+            _require(isinstance(self.trainable_layers, int) and self.trainable_layers >= 0, "trainable_layers",
+                     "an integer >= 0", self.trainable_layers)
+        if self.margin is None:
+            self.margin = FACE_DEFAULT_MARGIN[self.loss]
+        if self.loss == "contrastive":
+            _require(self.margin > 0, "margin", "a positive number for the contrastive loss", self.margin)
+            _require(self.batch_size >= 2 and self.batch_size % 2 == 0, "batch_size",
+                     "an even number of at least 2 (two images a pair)", self.batch_size)
+        else:
+            _require(self.margin >= 0, "margin", "a number >= 0 for the triplet loss", self.margin)
+            _require(isinstance(self.pk_images, int) and self.pk_images >= 2, "pk_images",
+                     "an integer of at least 2", self.pk_images)
+            _require(self.batch_size % self.pk_images == 0 and self.batch_size // self.pk_images >= 2,
+                     "batch_size", f"a multiple of --pk-images ({self.pk_images}) holding at least two people",
+                     self.batch_size)
+        _require(isinstance(self.epochs, int) and self.epochs >= 0, "epochs", "an integer >= 0", self.epochs)
+        _require(self.backbone_lr_mult >= 0, "backbone_lr_mult", "a value >= 0", self.backbone_lr_mult)
+        _require(isinstance(self.freeze_epochs, int) and self.freeze_epochs >= 0, "freeze_epochs",
+                 "an integer >= 0", self.freeze_epochs)
+        _require(isinstance(self.step_size, int) and self.step_size >= 1, "step_size", "a positive integer",
+                 self.step_size)
+        check_common(self)
+
+
+@dataclass
+class FaceSearchConfig:
+    """A random search over :class:`FaceTrainConfig` fields (``cnnlab faces search``)."""
+
+    trials: int = opt(10, "finished trials the study should hold; a rerun adds only the missing ones")
+    study: str = opt("faces", "Optuna study name (several workers sharing --storage join the same study)")
+    storage: str | None = opt(None, "Optuna storage URL (default: sqlite:///OUT/search.db); "
+                                    "postgresql://... or mysql://... for workers on several machines")
+    space: str | None = opt(None, "YAML file of the search space (default: lr, margin, step_size, gamma, epochs "
+                                  "around the study's best)")
+    search_seed: int = opt(0, "seed of the random sampler (trial n draws from seed and n only)")
+    prune: bool = opt(False, "stop unpromising trials early (Optuna's median pruner on validation ROC AUC)")
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.trials, int) and self.trials >= 1, "trials", "a positive integer", self.trials)
+        _require(isinstance(self.study, str) and bool(self.study.strip()), "study", "a non-empty name", self.study)

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Face verification on LFW View 1 with EfficientNet-Lite0 on the CPU: every run of the measured report.
+#
+#   bash benchmarks/faces_view1.sh DATA_DIR [OUT_DIR] [extra cnnlab options for every run...]
+#
+# DATA_DIR: LFW deep-funneled with its protocol files, e.g. after
+#   cnnlab faces download --data-dir data/lfw
+# (people folders in DATA_DIR/lfw-deepfunneled/ or DATA_DIR/images_deepfunneled/; peopleDevTrain.txt,
+# peopleDevTest.txt, pairsDevTest.txt and pairs.txt in DATA_DIR).
+#
+# Runs (test = the 1,000 pairs of pairsDevTest.txt; all at 112 px, bf16 autocast):
+#   imagenet      --epochs 0: ImageNet Lite0 + a random head; backbone_* = the ImageNet features alone
+#   contrastive   the default recipe, 6 epochs (StepLR 3 + 3), then analyze and View 2 (pairs.txt)
+#   triplet       batch-hard triplet loss, margin 0.2, 8 epochs (StepLR 6 + 2), then analyze and View 2
+#   abl-*         the ablations, shorter: contrastive margin 1 and margin 2 for 1 epoch, triplet for
+#                 2 epochs (a triplet epoch shows each image once, a contrastive epoch twice: the
+#                 same number of images)
+#   compare       all of them side by side (compare/report.html)
+# With DIAGNOSTICS=1 also three 1-epoch runs behind the defaults' docstring (cnnlab.faces.train):
+# backbone at the head's learning rate, BatchNorm in train mode, and the original notebook's settings.
+#
+# On a machine other jobs share, torch's default of one thread per core can be several times slower
+# than one thread (threads wait for each other at every layer); the measured report ran each job
+# with OMP_NUM_THREADS=1, two jobs side by side on a 2-core CPU.
+set -euo pipefail
+data=${1:?usage: faces_view1.sh DATA_DIR [OUT_DIR] [options]}
+out=${2:-studies/faces-view1-$(date +%Y%m%d-%H%M%S)}
+shift $(( $# >= 2 ? 2 : 1 ))
+common=(--data-dir "$data" --protocol lfw-view1 --backbone efficientnet_lite0 --image-size 112
+        --precision bf16 "$@")
+
+echo "load before the runs: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
+run() {  # NAME OPTIONS...: a finished run is kept, an unfinished one resumed
+  local name=$1; shift
+  if [[ -f "$out/$name/config.yaml" ]]; then
+    cnnlab faces train --resume "$out/$name"
+  else
+    cnnlab faces train "${common[@]}" "$@" --out "$out/$name"
+  fi
+}
+
+run imagenet --epochs 0
+run contrastive --epochs 6 --step-size 3
+run triplet --loss triplet --miner batch-hard --margin 0.2 --epochs 8 --step-size 6
+run abl-margin1 --epochs 1 --margin 1.0
+run abl-margin2 --epochs 1 --margin 2.0
+run abl-triplet --epochs 2 --loss triplet --miner batch-hard --margin 0.2
+if [[ "${DIAGNOSTICS:-0}" == 1 ]]; then
+  run x-backbone-lr --epochs 1 --backbone-lr-mult 1.0
+  run x-bn-train --epochs 1 --no-freeze-bn
+  run x-notebook --epochs 1 --no-normalize-embeddings --backbone-lr-mult 1.0 --no-freeze-bn
+fi
+
+for r in imagenet contrastive triplet abl-margin1 abl-margin2 abl-triplet; do
+  cnnlab faces analyze "$out/$r" --log-far
+done
+for r in contrastive triplet; do
+  cnnlab faces evaluate "$out/$r" --pairs "$data/pairs.txt"
+done
+cnnlab faces compare "$out/imagenet" "$out/contrastive" "$out/triplet" "$out/abl-margin1" "$out/abl-margin2" \
+  "$out/abl-triplet" --out "$out/compare"
+echo "load after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+python - "$out" <<'PY'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+cols = ("roc_auc", "eer", "accuracy", "backbone_roc_auc", "precision_at_1", "train_seconds")
+print(f"\n{'run':<14}" + "".join(f"{c:>18}" for c in cols) + f"{'img/s':>8}")
+for run in sorted(p for p in out.iterdir() if (p / "summary.json").is_file()):
+    s = json.loads((run / "summary.json").read_text())
+    ips = s.get("train_images_per_second") or 0
+    print(f"{run.name:<14}" + "".join(f"{s.get(c) if s.get(c) is not None else float('nan'):>18.4f}" for c in cols)
+          + f"{ips:>8.1f}")
+for name in ("contrastive", "triplet"):
+    s = json.loads((out / name / "summary.json").read_text())
+    print(f"{name}: View 2 (pairs.txt, 10 folds) {s['lfw_accuracy_mean']:.4f} ± {s['lfw_accuracy_std']:.4f}"
+          f" ({s['lfw_pairs_with_training_people']} of {s['lfw_num_pairs']} pairs hold a training person)")
+PY

@@ -1,0 +1,254 @@
+"""``cnnlab faces analyze RUN_DIR`` and ``cnnlab faces figures RUN_DIR``: the verification figures of a run.
+
+``analyze`` reads what training saved (``test_pairs.csv``,
+``test_embeddings.pt``; recomputed from the best checkpoint when missing),
+scores retrieval over the test people (precision@1, MAP@R, into
+``summary.json``), picks the nearest neighbours of a few random test images
+and saves them with their thumbnails (``neighbours.pt``), then draws every
+figure into ``RUN_DIR/figures`` and writes ``report.md`` / ``report.html``.
+
+``figures`` (:func:`redraw_figures`) draws the same figures from those files
+alone: no model, no data folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab.data.images import BadImage, center_crop_resize, decode_rgb
+from cnnlab.errors import CnnlabError, DataError
+from cnnlab.faces.model import load_run_model, run_config
+from cnnlab.files import atomic_torch_save, load_checkpoint
+from cnnlab.metrics import (
+    equal_error_rate,
+    knn,
+    mean_average_precision_at_r,
+    operating_point_at_far,
+    precision_at_1,
+    roc_auc,
+    roc_curve,
+)
+from cnnlab.run import RunDir
+
+logger = logging.getLogger(__name__)
+
+NEIGHBOURS = "neighbours.pt"
+FIGURES = ("loss_curves.png", "distance_boxplot.png", "distance_histogram.png", "roc.png", "neighbours.png")
+
+
+# --------------------------------------------------------------------------- saved files
+
+
+def read_test_pairs(path: str | Path) -> dict[str, np.ndarray]:
+    """``test_pairs.csv`` as arrays: ``a``, ``b`` (rows of test_embeddings.pt), ``same`` (bool), ``distance``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; it is written at the end of cnnlab faces train "
+                        "(finish the run with --resume, or run cnnlab faces analyze on it)")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"same", "distance"} <= set(rows[0]):
+        raise DataError(f"{path} is not a test_pairs.csv of cnnlab (expected columns same, distance)")
+    return {
+        "a": np.array([int(r["a"]) for r in rows], dtype=np.int64),
+        "b": np.array([int(r["b"]) for r in rows], dtype=np.int64),
+        "same": np.array([int(r["same"]) == 1 for r in rows]),
+        "distance": np.array([float(r["distance"]) for r in rows]),
+        "file_a": [r.get("file_a", "") for r in rows],
+        "file_b": [r.get("file_b", "") for r in rows],
+    }
+
+
+def roc_of(pairs: dict[str, np.ndarray], label: str, far_target: float = 1e-3):
+    """A :class:`~cnnlab.viz.faces.RocCurve` of saved test pairs."""
+    from cnnlab.viz.faces import RocCurve
+
+    d, y = pairs["distance"], pairs["same"]
+    far, tar, _ = roc_curve(d, y)
+    point = operating_point_at_far(d, y, far_target)
+    return RocCurve(label, far, tar, roc_auc(d, y), equal_error_rate(d, y)[0], point.tar, far_target, point.resolved)
+
+
+def _retest(run: RunDir, device: str, data_dir: str | None) -> None:
+    """Write test_pairs.csv and test_embeddings.pt from the best checkpoint (runs from before they existed)."""
+    from cnnlab.faces.data import load_study_data
+    from cnnlab.faces.train import test_run
+    from cnnlab.runtime import resolve_device, resolve_precision
+
+    cfg = run_config(run)
+    if data_dir:
+        cfg = replace(cfg, data_dir=str(data_dir))
+    dev = resolve_device(device)
+    precision = resolve_precision(cfg.precision, dev)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else precision == "bf16"
+    model, _ = load_run_model(run, "best", dev)
+    logger.info("scoring the best checkpoint of %s on its test pairs again", run.path)
+    scores = test_run(model, load_study_data(cfg), cfg, run, device=dev, precision=precision,
+                      channels_last=channels_last)
+    run.update_summary(**scores)
+
+
+# --------------------------------------------------------------------------- nearest neighbours
+
+
+def _thumbnail(root: Path, rel: str, size: int, crop: float) -> np.ndarray:
+    img = center_crop_resize(decode_rgb(root / rel), size, crop)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)  # (3, S, S)
+
+
+def nearest_neighbours(saved: dict, queries: int = 5, k: int = 10, seed: int = 0,
+                       root: Path | None = None) -> dict:
+    """The ``k`` nearest test images of ``queries`` random test images whose person has another image.
+
+    Thumbnails are decoded from the image files (under ``root``, default the
+    folder the run was trained from) exactly as training decoded them.
+    """
+    emb, labels = saved["embeddings"], saved["labels"]
+    n = len(labels)
+    counts = torch.bincount(labels)
+    candidates = torch.nonzero(counts[labels] >= 2).flatten()
+    if len(candidates) == 0 or n < 2:
+        raise DataError("no test person has two or more images; there are no neighbours to show")
+    k = min(k, n - 1)
+    g = torch.Generator().manual_seed(seed)
+    query = candidates[torch.randperm(len(candidates), generator=g)[:queries]]
+    index, dist = knn(emb, k)
+    index, dist = torch.from_numpy(index[query.numpy()]), torch.from_numpy(dist[query.numpy()])  # (Q, k)
+    correct = labels[index] == labels[query][:, None]  # (Q, k)
+    names = saved["names"]
+    root = Path(root) if root is not None else Path(saved["root"])
+    files = saved["files"]
+    rows = []
+    for q, nb in zip(query.tolist(), index.tolist()):
+        rows.append(np.stack([_thumbnail(root, files[i], saved["image_size"], saved["crop"]) for i in [q, *nb]]))
+    return {
+        "query": query,
+        "neighbours": index,
+        "distances": dist.float(),
+        "correct": correct,
+        "query_names": [names[int(labels[q])] for q in query.tolist()],
+        "neighbour_names": [[names[int(labels[i])] for i in nb] for nb in index.tolist()],
+        "thumbnails": torch.from_numpy(np.stack(rows)),  # (Q, 1 + k, 3, S, S) uint8
+    }
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def redraw_figures(run_dir: str | Path, log_far: bool = False) -> list[Path]:
+    """Draw every figure of a run from its saved files into ``RUN_DIR/figures``; return the paths written.
+
+    Figures whose data is missing are skipped with a message (the neighbour
+    grid needs ``neighbours.pt``, which ``analyze`` writes).
+    """
+    from cnnlab.viz import faces as viz
+
+    run = RunDir(run_dir)
+    run_config(run)  # a face run, or a clear error
+    out: list[Path] = []
+    name = run.path.name
+    if run.metrics_path.is_file():
+        out.append(viz.plot_loss_curves(run.read_metrics(), run.figures / "loss_curves.png", title=name))
+    summary = run.read_summary()
+    if (run.path / "test_pairs.csv").is_file():
+        pairs = read_test_pairs(run.path / "test_pairs.csv")
+        threshold = summary.get("threshold")
+        out.append(viz.plot_distance_boxplot(pairs["distance"], pairs["same"], threshold,
+                                             run.figures / "distance_boxplot.png", title=f"{name}: test pairs"))
+        out.append(viz.plot_distance_histogram(pairs["distance"], pairs["same"], threshold,
+                                               run.figures / "distance_histogram.png", title=f"{name}: test pairs"))
+        out.append(viz.plot_roc([roc_of(pairs, name)], run.figures / "roc.png", log_far=log_far))
+    else:
+        logger.warning("%s has no test_pairs.csv; distance and ROC figures skipped", run.path)
+    nb_path = run.path / NEIGHBOURS
+    if nb_path.is_file():
+        nb = load_checkpoint(nb_path)
+        out.append(viz.plot_neighbours(nb["thumbnails"].numpy(), nb["query_names"], nb["neighbour_names"],
+                                       nb["correct"].numpy(), nb["distances"].numpy(),
+                                       run.figures / "neighbours.png"))
+    else:
+        logger.info("%s has no %s yet (cnnlab faces analyze writes it); neighbour grid skipped", run.path, NEIGHBOURS)
+    return out
+
+
+# --------------------------------------------------------------------------- analyze
+
+
+def analyze(run_dir: str | Path, device: str = "auto", seed: int = 0, log_far: bool = False,
+            data_dir: str | None = None, queries: int = 5, k: int = 10) -> dict:
+    """Retrieval scores, nearest neighbours, every figure and a report of a finished face run."""
+    run = RunDir(run_dir)
+    cfg = run_config(run)
+    if run.read_summary().get("status") != "finished":
+        raise CnnlabError(f"{run.path} is not a finished run (no summary.json status 'finished'); "
+                          f"finish it with cnnlab faces train --resume {run.path}")
+    emb_path = run.path / "test_embeddings.pt"
+    if not emb_path.is_file() or not (run.path / "test_pairs.csv").is_file():
+        _retest(run, device, data_dir)
+    saved = load_checkpoint(emb_path)
+    emb, labels = saved["embeddings"], saved["labels"]
+    retrieval: dict = {}
+    try:
+        retrieval["precision_at_1"] = precision_at_1(emb, labels)
+        retrieval["map_at_r"], retrieval["retrieval_queries"] = mean_average_precision_at_r(emb, labels)
+    except ValueError as e:
+        logger.warning("retrieval scores skipped: %s", e)
+    root = Path(data_dir) if data_dir else None
+    if root is not None:
+        from cnnlab.data.faces import find_people_root
+
+        root = find_people_root(root)
+    try:
+        nb = nearest_neighbours(saved, queries=queries, k=k, seed=seed, root=root)
+        atomic_torch_save(nb, run.path / NEIGHBOURS)
+    except BadImage as e:
+        logger.warning("neighbour grid skipped: %s (pass --data-dir where the images are now)", e)
+    except DataError as e:
+        logger.warning("neighbour grid skipped: %s", e)
+    figures = redraw_figures(run.path, log_far=log_far)
+    summary = run.update_summary(**retrieval)
+    write_run_report(run, cfg, summary, figures)
+    return summary
+
+
+def write_run_report(run: RunDir, cfg, summary: dict, figures: list[Path]) -> None:
+    from cnnlab.report import Figure, Section, Table, write_report
+
+    keys = [("ROC AUC", "roc_auc"), ("EER", "eer"), ("accuracy (validation threshold)", "accuracy"),
+            ("threshold", "threshold"), ("TAR @ FAR = 1e-3", "tar_at_far_1e-3"), ("precision@1", "precision_at_1"),
+            ("MAP@R", "map_at_r"), ("LFW View 2 accuracy", "lfw_accuracy_mean"),
+            ("best validation ROC AUC", "best_val_roc_auc"), ("best epoch", "best_epoch"),
+            ("training seconds", "train_seconds")]
+    rows = [[label, summary.get(k, math.nan) if summary.get(k) is not None else math.nan]
+            for label, k in keys if k in summary]
+    backbone = [[label, summary.get(f"backbone_{k}")] for label, k in keys[:7]
+                if summary.get(f"backbone_{k}") is not None]
+    captions = {
+        "loss_curves.png": "Loss and validation ROC AUC per epoch (epoch 0: the untrained network).",
+        "distance_boxplot.png": "Test-pair distances by label, with the threshold chosen on validation.",
+        "distance_histogram.png": "Test-pair distance histograms by label, with the threshold.",
+        "roc.png": "ROC of the test pairs.",
+        "neighbours.png": "Nearest test images of five random test images (green: same person).",
+    }
+    sections = [
+        Section("Test", f"{summary.get('num_test_pairs', '?')} test pairs ({summary.get('protocol', '')} "
+                        f"protocol); the threshold is chosen on the validation pairs."
+                        + (" With fewer than 1,000 different-people pairs FAR = 1e-3 cannot be resolved: "
+                           "TAR @ FAR = 1e-3 is the TAR at FAR = 0." if summary.get("tar_at_far_1e-3_resolved") is False
+                           else ""),
+                [Table(["figure", "value"], rows)]),
+    ]
+    if backbone:
+        sections.append(Section("Backbone features alone", "The same figures for the backbone's pooled features, "
+                                "without the embedding head.", [Table(["figure", "value"], backbone)]))
+    sections.append(Section("Figures", "", [Figure(p, captions.get(p.name, "")) for p in figures]))
+    sections.append(Section("Configuration", "", [
+        Table(["option", "value"], [[k, str(v)] for k, v in vars(cfg).items()])]))
+    write_report(run.path, f"Face verification run {run.path.name}", sections)

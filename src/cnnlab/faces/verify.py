@@ -1,0 +1,126 @@
+"""Using a trained run: ``cnnlab faces verify`` (same person or not) and ``cnnlab faces identify`` (who is it).
+
+Images go through exactly the decoding of training: any PIL mode to 8-bit
+RGB, the run's centre crop (``--crop``) and resize (``--image-size``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab.data.cache import cache_dir, fingerprint
+from cnnlab.data.faces import load_faces
+from cnnlab.data.images import center_crop_resize, decode_rgb
+from cnnlab.errors import CnnlabError, DataError
+from cnnlab.faces.embed import embed
+from cnnlab.faces.model import load_run_model
+from cnnlab.files import atomic_torch_save
+from cnnlab.losses import LpDistance
+from cnnlab.run import RunDir
+from cnnlab.runtime import resolve_device
+
+logger = logging.getLogger(__name__)
+
+_GALLERY_CACHE_VERSION = 1
+
+
+def load_image(path: str | os.PathLike, image_size: int, crop: float) -> torch.Tensor:
+    """One image file as uint8 (3, S, S), decoded, cropped and resized as in training."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image {path} does not exist")
+    img = center_crop_resize(decode_rgb(path), image_size, crop)
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+
+
+def _threshold(run: RunDir) -> float:
+    summary = run.read_summary()
+    if summary.get("threshold") is None:
+        raise CnnlabError(f"{run.path} has no decision threshold in summary.json; it is written when training "
+                          f"ends (finish the run with cnnlab faces train --resume {run.path})")
+    return float(summary["threshold"])
+
+
+def verify(run_dir: str | os.PathLike, image_a: str | os.PathLike, image_b: str | os.PathLike,
+           device: str = "auto") -> dict:
+    """``{"distance", "threshold", "same_person"}`` for two image files, with the run's best checkpoint.
+
+    The threshold is the one training chose on its validation pairs; the two
+    images are called the same person when their distance is at most it.
+    """
+    run = RunDir(run_dir)
+    threshold = _threshold(run)
+    dev = resolve_device(device)
+    model, cfg = load_run_model(run, "best", dev)
+    x = torch.stack([load_image(p, cfg.image_size, cfg.crop) for p in (image_a, image_b)])  # (2, 3, S, S)
+    e = embed(model, x, device=dev)
+    distance = float(LpDistance().paired(e[:1], e[1:])[0])
+    return {"distance": distance, "threshold": threshold, "same_person": distance <= threshold}
+
+
+def _gallery(run: RunDir, model, cfg, gallery: str | os.PathLike, dev: torch.device) -> dict:
+    """Embeddings of every image under ``gallery`` (one folder per person), cached per run and gallery.
+
+    The cache key covers the gallery's files (names, sizes, modification
+    times), the image size and crop, and the run's best checkpoint, so adding
+    a photo or training the run further embeds the gallery again.
+    """
+    faces = load_faces(gallery, image_size=cfg.image_size, crop=cfg.crop, skip_bad=True)
+    ckpt = run.best_checkpoint.resolve()
+    st = ckpt.stat()
+    key = fingerprint([faces.root / f for f in faces.files], faces.root, _GALLERY_CACHE_VERSION, cfg.image_size,
+                      cfg.crop, str(ckpt), st.st_size, st.st_mtime_ns)
+    path = cache_dir() / "faces-gallery" / f"{key}.pt"
+    if path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if len(cached["files"]) == len(faces.files):
+                logger.info("gallery embeddings from the cache %s", path)
+                return cached
+        except Exception as e:
+            logger.warning("ignoring the gallery cache %s (%s)", path, e)
+    emb = embed(model, faces.images, device=dev, batch_size=cfg.eval_batch_size, desc="embedding the gallery")
+    out = {"embeddings": emb, "labels": faces.labels, "names": list(faces.names), "files": list(faces.files),
+           "root": str(faces.root)}
+    try:
+        atomic_torch_save(out, path)
+    except OSError as e:
+        logger.warning("could not cache the gallery embeddings in %s (%s)", path, e)
+    return out
+
+
+def identify(run_dir: str | os.PathLike, probe: str | os.PathLike, gallery: str | os.PathLike, k: int = 10,
+             device: str = "auto") -> list[dict]:
+    """The ``k`` gallery people nearest to ``probe``, nearest first.
+
+    A person's distance is that of their nearest gallery image. Each entry:
+    ``rank``, ``name``, ``distance``, ``image`` (that nearest image, relative
+    to the gallery's people folder) and ``same_person`` (distance at most the
+    run's threshold).
+    """
+    if not isinstance(k, int) or k < 1:
+        raise CnnlabError(f"-k: expected a positive integer, got {k!r}")
+    run = RunDir(run_dir)
+    threshold = _threshold(run)
+    dev = resolve_device(device)
+    model, cfg = load_run_model(run, "best", dev)
+    g = _gallery(run, model, cfg, gallery, dev)
+    q = embed(model, load_image(probe, cfg.image_size, cfg.crop)[None], device=dev)  # (1, D)
+    dist = LpDistance().pairwise(q, g["embeddings"])[0]  # (N,)
+    labels = g["labels"]
+    people = len(g["names"])
+    best = torch.full((people,), float("inf")).scatter_reduce(0, labels, dist, reduce="amin")  # (P,)
+    order = torch.argsort(best)[: min(k, people)]
+    out = []
+    for rank, p in enumerate(order.tolist(), 1):
+        mine = torch.nonzero(labels == p).flatten()
+        nearest = int(mine[torch.argmin(dist[mine])])
+        d = float(best[p])
+        out.append({"rank": rank, "name": g["names"][p], "distance": d, "image": g["files"][nearest],
+                    "same_person": d <= threshold})
+    return out

@@ -1,0 +1,80 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.cli import main
+from cnnlab.errors import DataError
+from cnnlab.faces.verify import identify, load_image, verify
+
+
+def _faces(finished_run):
+    return finished_run.parent / "faces"
+
+
+def test_verify_json_on_two_images(finished_run, capsys):
+    a = _faces(finished_run) / "Person_A" / "Person_A_0001.jpg"
+    b = _faces(finished_run) / "Person_B" / "Person_B_0002.jpg"
+    assert main(["faces", "verify", str(finished_run), str(a), str(b), "--json", "--device", "cpu"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r) == {"distance", "threshold", "same_person"}
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert r["threshold"] == summary["threshold"]
+    assert r["same_person"] == (r["distance"] <= r["threshold"])
+    assert verify(finished_run, a, a, device="cpu")["distance"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_verify_distance_matches_the_saved_test_embeddings(finished_run):
+    saved = torch.load(finished_run / "test_embeddings.pt", weights_only=True)
+    f0, f1 = saved["files"][0], saved["files"][1]
+    r = verify(finished_run, _faces(finished_run) / f0, _faces(finished_run) / f1, device="cpu")
+    expected = float((saved["embeddings"][0] - saved["embeddings"][1]).norm())
+    assert r["distance"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_verify_plain_output_and_a_missing_image(finished_run, tmp_path, capsys):
+    a = _faces(finished_run) / "Person_A" / "Person_A_0001.jpg"
+    assert main(["faces", "verify", str(finished_run), str(a), str(a)]) == 0
+    assert "same person" in capsys.readouterr().out
+    assert main(["faces", "verify", str(finished_run), str(a), str(tmp_path / "nope.jpg")]) == 2
+    assert "nope.jpg does not exist" in capsys.readouterr().err
+
+
+def test_images_are_decoded_as_in_training(tmp_path):
+    img = Image.new("L", (60, 40), 128)  # grayscale, not square
+    img.save(tmp_path / "g.png")
+    x = load_image(tmp_path / "g.png", 32, 0.5)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8 and int(x.float().mean()) == 128
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="bad.jpg"):
+        load_image(tmp_path / "bad.jpg", 32, 0.5)
+
+
+def test_identify_lists_the_nearest_people_and_caches_the_gallery(finished_run, capsys, monkeypatch):
+    probe = _faces(finished_run) / "Person_C" / "Person_C_0003.jpg"
+    rows = identify(finished_run, probe, _faces(finished_run), k=4, device="cpu")
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["name"] == "Person_C" and rows[0]["distance"] == pytest.approx(0.0, abs=1e-5)
+    assert rows[0]["image"] == "Person_C/Person_C_0003.jpg" and rows[0]["same_person"]
+    assert [r["distance"] for r in rows] == sorted(r["distance"] for r in rows)
+    assert len({r["name"] for r in rows}) == 4
+
+    # Second call: the gallery embeddings come from the cache, the model embeds only the probe.
+    from cnnlab.faces import verify as verify_mod
+
+    calls = []
+    real = verify_mod.embed
+    monkeypatch.setattr(verify_mod, "embed", lambda model, x, **kw: calls.append(len(x)) or real(model, x, **kw))
+    assert main(["faces", "identify", str(finished_run), str(probe), "--gallery", str(_faces(finished_run)),
+                 "-k", "2", "--json"]) == 0
+    assert calls == [1]
+    out = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in out] == [r["name"] for r in rows[:2]]
+
+
+def test_identify_refuses_a_bad_k(finished_run, capsys):
+    probe = _faces(finished_run) / "Person_C" / "Person_C_0003.jpg"
+    assert main(["faces", "identify", str(finished_run), str(probe), "--gallery", str(_faces(finished_run)),
+                 "-k", "0"]) == 2
+    assert "-k" in capsys.readouterr().err
