@@ -1,0 +1,122 @@
+import csv
+import socket
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from cnnlab.cli import main
+from cnnlab.config import FaceSearchConfig
+from cnnlab.errors import ConfigError
+from cnnlab.faces.search import DEFAULT_SPACE, read_space, search
+
+from .conftest import tiny_config, tiny_options
+
+SPACE = {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+         "margin": {"type": "float", "low": 0.5, "high": 2.0},
+         "epochs": {"type": "categorical", "choices": [1]}}
+
+
+def _space(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(SPACE))
+    return path
+
+
+def _rows(out):
+    with open(out / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_search_runs_trials_and_resumes_with_more(face_dir, tmp_path, capsys):
+    out = tmp_path / "search"
+    space = _space(tmp_path)
+    args = ["faces", "search", *tiny_options(face_dir), "--space", str(space), "--out", str(out)]
+    assert main([*args, "--trials", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 finished" in printed and "best run:" in printed
+    rows = _rows(out)
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
+    for r in rows:
+        assert (out / r["run_dir"] / "summary.json").is_file()
+        assert 1e-3 <= float(r["lr"]) <= 1e-1 and 0.5 <= float(r["margin"]) <= 2.0
+        cfg = yaml.safe_load((out / r["run_dir"] / "config.yaml").read_text())
+        assert cfg["lr"] == pytest.approx(float(r["lr"])) and cfg["epochs"] == 1
+    best = yaml.safe_load((out / "best_params.yaml").read_text())
+    assert best["val_roc_auc"] == max(float(r["val_roc_auc"]) for r in rows)
+    assert (out / "best_run.txt").read_text().strip() == best["run_dir"]
+    first = [(r["lr"], r["margin"]) for r in rows]
+
+    assert main([*args, "--trials", "3"]) == 0
+    rows = _rows(out)
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 3
+    assert [(r["lr"], r["margin"]) for r in rows[:2]] == first  # kept, not rerun
+    assert len({r["run_dir"] for r in rows}) == 3
+
+    # Already complete: nothing more runs.
+    assert main([*args, "--trials", "3"]) == 0
+    assert len(_rows(out)) == 3
+
+
+def test_a_killed_trial_is_marked_failed_and_the_rest_run(face_dir, tmp_path):
+    out = tmp_path / "search"
+    out.mkdir()
+    storage = f"sqlite:///{out / 'search.db'}"
+    study = optuna.create_study(study_name="faces", storage=storage, direction="maximize")
+    # A trial left RUNNING by a process that no longer exists (as after kill -9).
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    t = study.ask()
+    t.set_user_attr("host", socket.gethostname())
+    t.set_user_attr("pid", dead.pid)
+    t.set_user_attr("run_dir", "trial-0000")
+
+    cfg = FaceSearchConfig(trials=2, space=str(_space(tmp_path)))
+    result = search(tiny_config(face_dir), cfg, out, progress=False)
+    assert result["complete"] == 2 and result["failed"] == 1
+    states = {t.number: t.state for t in optuna.load_study(study_name="faces", storage=storage).trials}
+    assert states == {0: TrialState.FAIL, 1: TrialState.COMPLETE, 2: TrialState.COMPLETE}
+    assert [r["state"] for r in _rows(out)] == ["FAIL", "COMPLETE", "COMPLETE"]
+
+
+def test_trial_draws_depend_on_the_seed_and_trial_number_only(face_dir, tmp_path):
+    cfg = FaceSearchConfig(trials=2, space=str(_space(tmp_path)), search_seed=7)
+    a = search(tiny_config(face_dir), cfg, tmp_path / "a", progress=False)
+    b_cfg = FaceSearchConfig(trials=1, space=cfg.space, search_seed=7)
+    search(tiny_config(face_dir), b_cfg, tmp_path / "b", progress=False)
+    search(tiny_config(face_dir), FaceSearchConfig(trials=2, space=cfg.space, search_seed=7), tmp_path / "b",
+           progress=False)
+    assert a["complete"] == 2
+    assert [(r["lr"], r["margin"]) for r in _rows(tmp_path / "a")] == [(r["lr"], r["margin"]) for r in
+                                                                       _rows(tmp_path / "b")]
+
+
+def test_the_default_space_holds_the_study_best():
+    space = read_space(None)
+    assert space == DEFAULT_SPACE
+    assert space["lr"]["low"] <= 1e-3 <= space["lr"]["high"]
+    assert space["margin"]["low"] <= 1.0 <= space["margin"]["high"]
+    assert space["step_size"]["low"] <= 10 <= space["step_size"]["high"]
+    assert 0.1 in space["gamma"]["choices"] and 20 in space["epochs"]["choices"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"learning_rate": {"type": "float", "low": 0.1, "high": 1}}, "'learning_rate' is not an option"),
+    ({"lr": {"type": "float", "low": 1, "high": 0.1}}, "low .* must not exceed high"),
+    ({"lr": {"type": "float", "low": 0, "high": 0.1, "log": True}}, "log range needs low > 0"),
+    ({"gamma": {"type": "categorical", "choices": []}}, "non-empty list"),
+    ({"lr": {"type": "uniform"}}, "expected \\{type"),
+])
+def test_a_bad_space_file_names_the_file_and_the_key(tmp_path, content, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(content))
+    with pytest.raises(ConfigError, match=message):
+        read_space(path)
+
+
+def test_search_options_are_checked(face_dir, tmp_path, capsys):
+    assert main(["faces", "search", *tiny_options(face_dir), "--trials", "0", "--out", str(tmp_path / "s")]) == 2
+    assert "--trials" in capsys.readouterr().err
