@@ -1,5 +1,4 @@
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -168,10 +167,11 @@ def _no_decoding(*args, **kwargs):
     raise AssertionError("images were decoded although the cache should have been used")
 
 
-def test_second_load_comes_from_the_cache(people_dir, monkeypatch):
+def test_second_load_comes_from_the_cache(people_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "cache"))
     first = load_faces(people_dir, image_size=16)
-    cache_files = list(Path(os.environ["CNNLAB_CACHE_DIR"]).glob("faces/*.pt"))
-    assert len(cache_files) == 1  # in $CNNLAB_CACHE_DIR, which the test session points at a temp folder
+    cache_files = list((tmp_path / "cache").glob("faces/*.pt"))
+    assert len(cache_files) == 1  # in $CNNLAB_CACHE_DIR
     monkeypatch.setattr(faces, "load_many", _no_decoding)
     second = load_faces(people_dir, image_size=16)
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)

@@ -115,12 +115,13 @@ def _scan(root: Path, skip_bad: bool) -> tuple[list[str], list[list[Path]]]:
     suffixes = _image_suffixes()
     names, files, empty = [], [], []
     for person in subs:
-        imgs = _image_files(person, suffixes)
-        if not imgs:
+        if not _image_files(person, suffixes):
             empty.append(person)
             continue
         names.append(person.name)
-        files.append(imgs)
+        # Every file beside the images is decoded too: a stray non-image file is a bad
+        # file to report (or skip with --skip-bad-images), never silently passed over.
+        files.append(list_files(person))
     if empty and not skip_bad:
         more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
         raise DataError(
