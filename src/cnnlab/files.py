@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -94,15 +95,27 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def load_model_state(model: "torch.nn.Module", state: Any, path: str | os.PathLike, what: str = "") -> None:
-    """Load ``state`` into ``model``, or a :class:`CheckpointError` naming the file and the model."""
+    """Load ``state`` into ``model``, or a :class:`CheckpointError` naming the file, the model and the misfit."""
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds no model weights")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} weights of other shapes, e.g. {k} {tuple(state[k].shape)} "
+                         f"where {tuple(own[k].shape)} is expected")
+        if missing:
+            parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
         target = what or type(model).__name__
-        raise CheckpointError(f"checkpoint {path} was saved from another architecture than {target} ({first})") from None
+        raise CheckpointError(f"checkpoint {path} was saved from another architecture than {target} "
+                              f"({'; '.join(parts)})")
+    model.load_state_dict(state)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -113,7 +126,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        refused = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", text)
+        first = f"it asks for {refused.group(1)}, which is refused" if refused else \
+            (text.splitlines()[0] if text else type(e).__name__)
         raise CheckpointError(
             f"checkpoint {path} cannot be loaded safely: it is truncated, corrupted or holds "
             f"more than tensors and plain values ({first[:200]})"
