@@ -90,7 +90,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
 
     used = [(label, key) for label, key in COLUMNS if any(r.get(key) is not None for r in rows)]
     table = Table([label for label, _ in used],
-                  [[_cell(r.get(key)) for _, key in used] for r in rows],
+                  [[f"{r[key]:g}" if key == "margin" and isinstance(r.get(key), float) else _cell(r.get(key))
+                    for _, key in used] for r in rows],
                   caption="Test figures of each run's best checkpoint (by validation ROC AUC); accuracy at the "
                           "threshold each run chose on its validation pairs."
                           + (" With fewer than 1,000 different-people test pairs, FAR = 1e-3 cannot be resolved "
