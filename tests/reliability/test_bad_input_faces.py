@@ -3,20 +3,14 @@ exit status, no traceback, and the files of an earlier run unchanged."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from cnnlab.cli import main
 from tests.faces.conftest import make_people, tiny_options, write_pairs
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in root.rglob("*") if p.is_file()}
+from tests.reliability.conftest import check_bad_input
 
 
 @pytest.fixture(scope="module")
@@ -94,20 +88,7 @@ CASES = [
 
 @pytest.mark.parametrize("name, build", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gets_one_clear_message(name, build, tmp_path, face_run, capsys):
-    shutil.copytree(face_run, tmp_path / "prev")
-    prev = tmp_path / "prev" / "run"
-    case = tmp_path / "case"
-    case.mkdir()
-    argv, culprit = build(case, prev)
-    before = _snapshot(prev)
-    capsys.readouterr()
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert culprit in err, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("cnnlab: error: ") and "Traceback" not in err
-    assert _snapshot(prev) == before
+    check_bad_input(build, face_run / "run", tmp_path, capsys)
 
 
 def test_skip_bad_images_skips_faces_and_reports_them(tmp_path, caplog):

@@ -1,0 +1,39 @@
+"""What every bad-input case checks, for the CIFAR and the face tables alike."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from cnnlab.cli import main
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file()}
+
+
+def check_bad_input(build, previous: Path, tmp_path: Path, capsys, status: int = 2,
+                    replaced: str | None = None) -> None:
+    """Prepare a case with ``build(case_dir, run_copy)``, run it, and check that it gets one
+    message naming the culprit, exits with ``status``, shows no traceback, runs no pickled
+    code, and leaves every file of the earlier run as it was (but ``replaced``, which the
+    case itself overwrote)."""
+    shutil.copytree(previous.parent, tmp_path / "prev")  # a copy: cases may damage files of the run
+    prev = tmp_path / "prev" / previous.name
+    case = tmp_path / "case"
+    case.mkdir()
+    argv, culprit = build(case, prev)
+    before = snapshot(prev)
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == status, err
+    assert culprit in err, err
+    assert err.strip().splitlines()[-1].startswith("cnnlab: error: ") and "Traceback" not in err
+    assert not list(tmp_path.rglob("PWNED")), "a pickle ran code"
+    after = snapshot(prev)
+    if replaced:
+        before.pop(replaced), after.pop(replaced)
+    assert after == before
