@@ -27,7 +27,7 @@ from cnnlab.models.basecnn import BaseCNN
 from cnnlab.models.profile import count_parameters
 from cnnlab.run import RunDir, log_to_file
 from cnnlab.run import resume_config as run_resume_config
-from cnnlab.runtime import (device_name, DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
+from cnnlab.runtime import (device_name, enable_fast_kernels, DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
                             resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state)
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,7 @@ def train(cfg: CifarTrainConfig, out: str | Path, resume: bool = False, progress
 
 def _train(cfg, run: RunDir, resume, device, dinfo: DistInfo, progress) -> dict:
     precision = resolve_precision(cfg.precision, device)
+    enable_fast_kernels(device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else precision == "bf16"
     if dinfo.is_main:
         run.prepare(to_dict(cfg), resume, ignore=RUNTIME_FIELDS)

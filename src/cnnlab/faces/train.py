@@ -119,7 +119,7 @@ from cnnlab.metrics import best_threshold, mean_average_precision_at_r, precisio
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.run import RunDir, log_to_file
 from cnnlab.run import resume_config as run_resume_config
-from cnnlab.runtime import device_name, autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
+from cnnlab.runtime import device_name, enable_fast_kernels, autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -343,6 +343,7 @@ def train(cfg: FaceTrainConfig, out: str | Path, resume: bool = False, progress:
     run = RunDir(out)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    enable_fast_kernels(device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else precision == "bf16"
     run.prepare(to_dict(cfg), resume, ignore=RUNTIME_FIELDS)
     with log_to_file(run.log_path):
