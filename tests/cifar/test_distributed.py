@@ -42,3 +42,38 @@ def test_two_processes_agree_and_write_one_valid_run(cifar_batches, tmp_path):
     p = _torchrun(["cifar", "train", "--resume", str(out)], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text()) == s
+
+
+def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(cifar_batches, tmp_path):
+    import signal
+    import time
+
+    def args(out, *extra):
+        return ["cifar", "train", "--blocks", "A", "--width", "0.125", "--epochs", "3", "--batch-size", "16",
+                "--data-dir", str(cifar_batches), "--device", "cpu", *extra, "--out", str(out)]
+
+    full = tmp_path / "full"
+    assert _torchrun(args(full), tmp_path).returncode == 0
+
+    part = tmp_path / "part"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CNNLAB_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cnnlab",
+           *args(part)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (part / "metrics.csv").is_file() and len((part / "metrics.csv").read_text().splitlines()) >= 2:
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert not (part / "summary.json").exists(), "the run finished before it could be killed"
+
+    p = _torchrun(["cifar", "train", "--resume", str(part)], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = RunDir(full).read_metrics(), RunDir(part).read_metrics()
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b):
+        for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
+            assert abs(ra[k] - rb[k]) <= 1e-6, (ra["epoch"], k)
