@@ -83,18 +83,31 @@ def _cifar_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_train_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """--out, --resume, --config and one option per field of ``cls``: every train command's options."""
+    parser.add_argument("--out", help="new run folder")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--config", metavar="FILE", help="YAML file of options (a run's config.yaml works)")
+    add_config_args(parser, cls)
+
+
+def train_command(args: argparse.Namespace, cls: type, resume_config: Callable, train: Callable,
+                  command: str) -> dict:
+    """Start a run in --out, or continue the one in --resume (only runtime options may change)."""
+    if args.resume:
+        cfg = resume_config(args.resume, config_overrides(args, cls))
+        return train(cfg, args.resume, resume=True)
+    if not args.out:
+        raise CnnlabError(f"{command}: give --out RUN_DIR (a new folder), or --resume RUN_DIR")
+    return train(build_config(cls, args), args.out)
+
+
 def _cifar_train(args: argparse.Namespace) -> int:
     from cnnlab.cifar.train import resume_config, train
     from cnnlab.config import CifarTrainConfig
 
-    if args.resume:
-        cfg = resume_config(args.resume, config_overrides(args, CifarTrainConfig))
-        summary = train(cfg, args.resume, resume=True)
-    else:
-        if not args.out:
-            raise CnnlabError("cifar train: give --out RUN_DIR (a new folder), or --resume RUN_DIR")
-        summary = train(build_config(CifarTrainConfig, args), args.out)
-    _print_result(summary, ("best_val_accuracy", "test_accuracy", "train_seconds"))
+    summary = train_command(args, CifarTrainConfig, resume_config, train, "cifar train")
+    print_result(summary, ("best_val_accuracy", "test_accuracy", "train_seconds"))
     return 0
 
 
@@ -103,7 +116,7 @@ def _cifar_evaluate(args: argparse.Namespace) -> int:
 
     summary = evaluate_run(args.run_dir, tsne_samples=args.tsne_samples, feature_image=args.feature_image,
                            device=args.device, data_dir=args.data_dir)
-    _print_result(summary, ("best_val_accuracy", "test_accuracy"))
+    print_result(summary, ("best_val_accuracy", "test_accuracy"))
     print(f"figures: {Path(args.run_dir) / 'figures'}")
     return 0
 
@@ -141,11 +154,14 @@ def _cifar_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_result(summary: dict, keys: tuple[str, ...]) -> None:
+def print_result(summary: dict, keys: tuple[str, ...]) -> None:
+    """The headline numbers of a finished command, on one line."""
     parts = []
     for k in keys:
-        if k in summary and isinstance(summary[k], (int, float)):
-            parts.append(f"{k} {summary[k]:.4f}" if isinstance(summary[k], float) else f"{k} {summary[k]}")
+        v = summary.get(k)
+        if isinstance(v, bool) or v is None:
+            continue
+        parts.append(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}")
     if parts:
         print("  ".join(parts))
 
@@ -172,10 +188,7 @@ def _add_cifar(sub: argparse._SubParsersAction) -> None:
                "  cnnlab cifar train --blocks E --width 0.25 --epochs 5 --precision bf16 --data-dir data/cifar10 "
                "--out runs/E-quick\n  cnnlab cifar train --resume runs/B",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", help="new run folder")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--config", metavar="FILE", help="YAML file of options (a run's config.yaml works)")
-    add_config_args(p, CifarTrainConfig)
+    add_train_args(p, CifarTrainConfig)
     p.set_defaults(func=_cifar_train)
 
     p = csub.add_parser(

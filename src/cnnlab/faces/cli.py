@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cnnlab.errors import CnnlabError
+
 
 _EXAMPLES_TRAIN = """\
 examples:
@@ -14,17 +14,6 @@ examples:
   cnnlab faces train --data-dir data/my-faces --loss triplet --miner semi-hard --out runs/triplet
   cnnlab faces train --data-dir data/lfw --protocol lfw-view1 --epochs 0 --out runs/imagenet
   cnnlab faces train --resume runs/view1"""
-
-
-def _print_result(summary: dict, keys: tuple[str, ...]) -> None:
-    parts = []
-    for k in keys:
-        v = summary.get(k)
-        if isinstance(v, bool) or v is None:
-            continue
-        parts.append(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}")
-    if parts:
-        print("  ".join(parts))
 
 
 _RESULT_KEYS = ("roc_auc", "eer", "accuracy", "threshold", "tar_at_far_1e-3", "precision_at_1", "map_at_r",
@@ -35,18 +24,11 @@ _RESULT_KEYS = ("roc_auc", "eer", "accuracy", "threshold", "tar_at_far_1e-3", "p
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cnnlab.cli import build_config, config_overrides
+    from cnnlab.cli import print_result, train_command
     from cnnlab.config import FaceTrainConfig
     from cnnlab.faces.train import resume_config, train
 
-    if args.resume:
-        cfg = resume_config(args.resume, config_overrides(args, FaceTrainConfig))
-        summary = train(cfg, args.resume, resume=True)
-    else:
-        if not args.out:
-            raise CnnlabError("faces train: give --out RUN_DIR (a new folder), or --resume RUN_DIR")
-        summary = train(build_config(FaceTrainConfig, args), args.out)
-    _print_result(summary, _RESULT_KEYS)
+    print_result(train_command(args, FaceTrainConfig, resume_config, train, "faces train"), _RESULT_KEYS)
     return 0
 
 
@@ -60,11 +42,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    from cnnlab.cli import print_result
     from cnnlab.faces.analyze import analyze
 
     s = analyze(args.run_dir, device=args.device, seed=args.seed, log_far=args.log_far, data_dir=args.data_dir,
                 queries=args.queries, k=args.k)
-    _print_result(s, _RESULT_KEYS)
+    print_result(s, _RESULT_KEYS)
     print(f"figures: {Path(args.run_dir) / 'figures'}")
     print(f"report: {Path(args.run_dir) / 'report.html'}")
     return 0
@@ -149,7 +132,7 @@ def _device(p: argparse.ArgumentParser) -> None:
 
 def add_faces(sub: argparse._SubParsersAction) -> None:
     """Register ``cnnlab faces`` and its subcommands."""
-    from cnnlab.cli import add_config_args
+    from cnnlab.cli import add_config_args, add_train_args
     from cnnlab.config import FaceSearchConfig, FaceTrainConfig
 
     raw = argparse.RawDescriptionHelpFormatter
@@ -165,10 +148,7 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
                     "test_embeddings.pt and train.log; --resume continues it. --epochs 0 scores the untrained "
                     "(ImageNet) network.",
         epilog=_EXAMPLES_TRAIN, formatter_class=raw)
-    p.add_argument("--out", help="new run folder")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--config", metavar="FILE", help="YAML file of options (a run's config.yaml works)")
-    add_config_args(p, FaceTrainConfig)
+    add_train_args(p, FaceTrainConfig)
     p.set_defaults(func=_train)
 
     p = fsub.add_parser(
