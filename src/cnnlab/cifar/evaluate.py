@@ -267,7 +267,7 @@ def _load_npz(path: Path, keys: tuple[str, ...], run: RunDir) -> dict[str, np.nd
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
+    except Exception as e:  # noqa: BLE001 -- a damaged .npz fails as OSError, ValueError, EOFError, BadZipFile, ...
         raise DataError(f"{path} cannot be read ({e}); run `cnnlab cifar evaluate {run.path}` again") from None
     missing = [k for k in keys if k not in arrays]
     if missing:

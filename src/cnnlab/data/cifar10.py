@@ -89,7 +89,9 @@ def _unpickle(path: Path) -> dict:
             obj = _RestrictedUnpickler(f, encoding="bytes").load()
     except _Refused as e:
         raise DataError(f"{path}: not a CIFAR-10 batch: it holds objects a batch does not ({e})") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError, KeyError, OSError) as e:
+    except OSError as e:
+        raise DataError(f"{path}: cannot read CIFAR-10 batch ({e.strerror or e})") from None
+    except Exception as e:  # noqa: BLE001 -- garbage bytes fail in any of a dozen ways (Overflow, Memory, Unicode, ...)
         raise DataError(f"{path}: truncated or corrupted CIFAR-10 batch ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict in a CIFAR-10 batch, found {type(obj).__name__}")
