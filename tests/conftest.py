@@ -21,6 +21,16 @@ def shared_datasets() -> Path:
     return _SHARED
 
 
+class TouchesOnLoad:
+    """The payload of a malicious pickle: unpickling it runs ``touch marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 def pytest_configure(config):
     # Decoded-data caches go to a temporary folder for the whole session (module-scoped
     # fixtures included), never the user's ~/.cache.

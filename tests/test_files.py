@@ -5,6 +5,7 @@ import torch
 
 from cnnlab.errors import CheckpointError
 from cnnlab.files import atomic_open, atomic_torch_save, atomic_write_json, load_checkpoint, read_json
+from tests.conftest import TouchesOnLoad
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temporary(tmp_path):
@@ -47,13 +48,8 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
 
 def test_malicious_checkpoint_executes_nothing(tmp_path):
     marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
     p = tmp_path / "evil.pt"
-    torch.save({"model": Evil()}, p)
+    torch.save({"model": TouchesOnLoad(marker)}, p)
     with pytest.raises(CheckpointError, match="evil.pt cannot be loaded safely"):
         load_checkpoint(p)
     assert not marker.exists()

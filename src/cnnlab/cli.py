@@ -83,6 +83,11 @@ def _cifar_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """``--device`` of the commands that load a trained run."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+
+
 def add_train_args(parser: argparse.ArgumentParser, cls: type) -> None:
     """--out, --resume, --config and one option per field of ``cls``: every train command's options."""
     parser.add_argument("--out", help="new run folder")
@@ -203,7 +208,7 @@ def _add_cifar(sub: argparse._SubParsersAction) -> None:
                    help="test images in the t-SNE, a seeded random subset (default: 2000; 0 = all)")
     p.add_argument("--feature-image", type=int, default=0, metavar="INDEX",
                    help="index of the test image whose feature maps are drawn (default: 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    add_device_arg(p)
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="CIFAR-10 folder, if not where the run was trained from (default: the run's --data-dir)")
     p.set_defaults(func=_cifar_evaluate)

@@ -454,14 +454,23 @@ def knn(
     return index, dist
 
 
-def _retrieval_labels(labels: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dense identity ids (N,) and, per sample, how many *other* samples share its identity."""
+def _retrieval_queries(embeddings: Any, labels: Any, batch_size: int, metric: str
+                       ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, torch.Tensor]:
+    """Checked inputs of a retrieval metric: the embeddings, dense identity ids (N,), per sample how
+    many *other* samples share its identity (N,), and the queries that have one (on the embeddings' device)."""
+    e = _as_embeddings(embeddings)
+    n = e.shape[0]
     y = _to_numpy(labels).reshape(-1)
     if y.shape != (n,):
         raise ValueError(f"labels must hold one identity per embedding: {y.shape[0]} labels for {n} embeddings")
+    _check_batch_size(batch_size)
     _, dense, counts = np.unique(y, return_inverse=True, return_counts=True)
     dense = dense.reshape(-1)
-    return dense, counts[dense] - 1
+    r = counts[dense] - 1
+    rows = np.flatnonzero(r > 0)
+    if len(rows) == 0:
+        raise ValueError(f"{metric} needs at least one identity with two or more samples")
+    return e, dense, r, torch.from_numpy(rows).to(e.device)
 
 
 def precision_at_1(embeddings: Any, labels: Any, *, batch_size: int = 1024) -> float:
@@ -470,15 +479,9 @@ def precision_at_1(embeddings: Any, labels: Any, *, batch_size: int = 1024) -> f
     A query whose identity has no other sample cannot be answered right and is
     left out, as in MAP@R (and pytorch-metric-learning's AccuracyCalculator).
     """
-    e = _as_embeddings(embeddings)
-    dense, r = _retrieval_labels(labels, e.shape[0])
-    _check_batch_size(batch_size)
-    rows = np.flatnonzero(r > 0)
-    if len(rows) == 0:
-        raise ValueError("precision@1 needs at least one identity with two or more samples")
+    e, dense, _, rows = _retrieval_queries(embeddings, labels, batch_size, "precision@1")
     hits = 0
-    rows_t = torch.from_numpy(rows).to(e.device)
-    for q, index, _ in _knn_chunks(e, lambda q: 1, rows_t, True, batch_size):
+    for q, index, _ in _knn_chunks(e, lambda q: 1, rows, True, batch_size):
         q, index = q.cpu().numpy(), index.cpu().numpy()
         hits += int(np.sum(dense[index[:, 0]] == dense[q]))
     return hits / len(rows)
@@ -494,18 +497,12 @@ def mean_average_precision_at_r(embeddings: Any, labels: Any, *, batch_size: int
     mean over queries; queries with ``R = 0`` are left out, and their count is
     what the second number excludes.
     """
-    e = _as_embeddings(embeddings)
-    dense, r = _retrieval_labels(labels, e.shape[0])
-    _check_batch_size(batch_size)
-    rows = np.flatnonzero(r > 0)
-    if len(rows) == 0:
-        raise ValueError("MAP@R needs at least one identity with two or more samples")
+    e, dense, r, rows = _retrieval_queries(embeddings, labels, batch_size, "MAP@R")
     r_t = torch.from_numpy(r).to(e.device)
     dense_t = torch.from_numpy(dense).to(e.device)
     total = 0.0
-    rows_t = torch.from_numpy(rows).to(e.device)
     # Each chunk retrieves only as deep as its own largest R.
-    for q, index, _ in _knn_chunks(e, lambda q: r_t[q].max(), rows_t, True, batch_size):
+    for q, index, _ in _knn_chunks(e, lambda q: r_t[q].max(), rows, True, batch_size):
         k = index.shape[1]
         rank = torch.arange(1, k + 1, device=e.device, dtype=torch.float64)  # (k,)
         within = rank[None, :] <= r_t[q, None]  # (b, k): only the first R ranks count

@@ -5,6 +5,7 @@ import torch
 
 from cnnlab.data.cifar10 import (detect_layout, load_cifar10, read_batch, stratified_split, subsample)
 from cnnlab.errors import ConfigError, DataError
+from tests.conftest import TouchesOnLoad
 
 
 def test_reads_official_batches(cifar_batches):
@@ -94,15 +95,8 @@ def test_truncated_batch_is_a_clear_error(cifar_batches):
 
 def test_malicious_batch_executes_nothing(tmp_path):
     marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            import os
-
-            return (os.system, (f"touch {marker}",))
-
     path = tmp_path / "data_batch_1"
-    path.write_bytes(pickle.dumps({b"data": Evil()}, protocol=2))
+    path.write_bytes(pickle.dumps({b"data": TouchesOnLoad(marker)}, protocol=2))
     with pytest.raises(DataError, match=r"data_batch_1.*refusing to load"):
         read_batch(path)
     assert not marker.exists()

@@ -16,6 +16,7 @@ from cnnlab.data.faces import (
     split_people,
 )
 from cnnlab.errors import ConfigError, DataError
+from tests.faces import conftest as faces_conftest
 
 SIDE = 40
 # (name, number of images); the last three people have one image each.
@@ -43,12 +44,7 @@ def _draw(path: Path, person: int, image: int) -> None:
 
 
 def make_people(root: Path, people=PEOPLE) -> Path:
-    for p, (name, n) in enumerate(people):
-        folder = root / name
-        folder.mkdir(parents=True)
-        for i in range(1, n + 1):
-            _draw(folder / f"{name}_{i:04d}", p, i)
-    return root
+    return faces_conftest.make_people(root, people, _draw)
 
 
 @pytest.fixture

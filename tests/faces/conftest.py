@@ -29,13 +29,14 @@ def _draw(path: Path, person: int, image: int) -> None:
     img.save(path, quality=95)
 
 
-def make_people(root: Path, people=PEOPLE) -> Path:
-    """``root/<Name>/<Name>_NNNN.jpg``, LFW's naming."""
+def make_people(root: Path, people=PEOPLE, draw=None) -> Path:
+    """``root/<Name>/<Name>_NNNN.jpg``, LFW's naming; ``draw(path, person, image)`` may write another format."""
+    draw = draw or _draw
     for p, (name, n) in enumerate(people):
         folder = root / name
         folder.mkdir(parents=True)
         for i in range(1, n + 1):
-            _draw(folder / f"{name}_{i:04d}.jpg", p, i)
+            draw(folder / f"{name}_{i:04d}.jpg", p, i)
     return root
 
 

@@ -8,7 +8,6 @@ Each row: an id, a function that prepares the case under ``tmp_path`` and return
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import random
 import tarfile
@@ -20,7 +19,7 @@ import torch
 from PIL import Image
 
 from cnnlab.cli import main
-from tests.conftest import write_cifar_batches, write_cifar_folders
+from tests.conftest import TouchesOnLoad, write_cifar_batches, write_cifar_folders
 from tests.reliability.conftest import check_bad_input
 
 TRAIN = ["cifar", "train", "--width", "0.125", "--epochs", "1", "--batch-size", "32"]
@@ -69,11 +68,8 @@ def _garble_batch(folder):
 
 
 def _evil_batch(folder):
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {folder / 'PWNED'}",))
-
-    (folder / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}, protocol=2))
+    evil = TouchesOnLoad(folder / "PWNED")
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": evil, b"labels": []}, protocol=2))
     return "test_batch: not a CIFAR-10 batch"
 
 
@@ -106,14 +102,8 @@ def _other_arch_checkpoint(tmp, prev):
 
 
 def _evil_checkpoint(tmp, prev):
-    marker = tmp / "PWNED"
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
     buf = io.BytesIO()
-    torch.save({"model": Evil(), "epoch": 1}, buf)
+    torch.save({"model": TouchesOnLoad(tmp / "PWNED"), "epoch": 1}, buf)
     (prev / "checkpoints" / "last.pt").write_bytes(buf.getvalue())
     (prev / "summary.json").unlink()  # an unfinished run, so --resume reads last.pt
     return ["cifar", "train", "--resume", str(prev)], "last.pt cannot be loaded safely"

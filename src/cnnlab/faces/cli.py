@@ -126,13 +126,9 @@ def _download(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parsers
 
 
-def _device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-
-
 def add_faces(sub: argparse._SubParsersAction) -> None:
     """Register ``cnnlab faces`` and its subcommands."""
-    from cnnlab.cli import add_config_args, add_train_args
+    from cnnlab.cli import add_config_args, add_device_arg, add_train_args
     from cnnlab.config import FaceSearchConfig, FaceTrainConfig
 
     raw = argparse.RawDescriptionHelpFormatter
@@ -160,7 +156,7 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run of cnnlab faces train")
     p.add_argument("--pairs", required=True, metavar="FILE", help="LFW pairs file with several folds (pairs.txt)")
     p.add_argument("--data-dir", metavar="DIR", help="face folder (default: the run's --data-dir)")
-    _device(p)
+    add_device_arg(p)
     p.set_defaults(func=_evaluate)
 
     p = fsub.add_parser(
@@ -175,7 +171,7 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", type=int, default=5, help="query images in the neighbour grid (default: 5)")
     p.add_argument("-k", type=int, default=10, help="neighbours per query (default: 10)")
     p.add_argument("--data-dir", metavar="DIR", help="face folder, if the images have moved since training")
-    _device(p)
+    add_device_arg(p)
     p.set_defaults(func=_analyze)
 
     p = fsub.add_parser(
@@ -206,7 +202,7 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image_b", metavar="B", help="second image file")
     p.add_argument("--json", action="store_true",
                    help='print {"distance": .., "threshold": .., "same_person": true|false}')
-    _device(p)
+    add_device_arg(p)
     p.set_defaults(func=_verify)
 
     p = fsub.add_parser(
@@ -220,7 +216,7 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gallery", required=True, metavar="DIR", help="folder with one sub-folder per person")
     p.add_argument("-k", type=int, default=10, help="people to list (default: 10)")
     p.add_argument("--json", action="store_true", help="print a JSON list")
-    _device(p)
+    add_device_arg(p)
     p.set_defaults(func=_identify)
 
     p = fsub.add_parser(
