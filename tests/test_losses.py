@@ -166,7 +166,7 @@ def test_contrastive_loss_gradients_are_finite_for_identical_embeddings():
 
 
 def test_contrastive_margin_must_be_positive():
-    with pytest.raises(ConfigError, match="--margin must be a positive number"):
+    with pytest.raises(ConfigError, match="margin must be a positive number"):
         ContrastiveLoss(margin=0.0)
 
 
@@ -229,7 +229,7 @@ def test_triplet_loss_on_a_batch_without_triplets_is_zero_and_differentiable():
 
 
 def test_triplet_margin_cannot_be_negative():
-    with pytest.raises(ConfigError, match="--margin"):
+    with pytest.raises(ConfigError, match="margin must be zero or positive"):
         TripletMarginLoss(margin=-0.1)
     with pytest.raises(ConfigError, match="--margin"):
         SemiHardMiner(margin=0.0)

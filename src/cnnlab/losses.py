@@ -163,7 +163,7 @@ class ContrastiveLoss(_EmbeddingLoss):
 
     def __init__(self, margin: float = 1.0, distance: LpDistance | None = None, reduction: str = "mean"):
         if not margin > 0:
-            raise ConfigError(f"--margin must be a positive number for the contrastive loss, got {margin}")
+            raise ConfigError(f"margin must be a positive number for the contrastive loss, got {margin}")
         super().__init__(margin, distance, reduction)
 
     def forward(self, emb1: Tensor, emb2: Tensor, y: Tensor) -> Tensor:
@@ -248,7 +248,7 @@ class SemiHardMiner(TripletMiner):
 
     def __init__(self, margin: float = 0.2):
         if not margin > 0:
-            raise ConfigError(f"--margin must be a positive number for semi-hard mining, got {margin}")
+            raise ConfigError(f"margin must be a positive number for semi-hard mining, got {margin}")
         self.margin = float(margin)
 
     def __repr__(self) -> str:
@@ -290,7 +290,7 @@ class TripletMarginLoss(_EmbeddingLoss):
 
     def __init__(self, margin: float = 0.2, distance: LpDistance | None = None, reduction: str = "mean"):
         if not margin >= 0:
-            raise ConfigError(f"--margin must be zero or positive for the triplet loss, got {margin}")
+            raise ConfigError(f"margin must be zero or positive for the triplet loss, got {margin}")
         super().__init__(margin, distance, reduction)
 
     def forward(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:

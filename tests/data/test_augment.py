@@ -2,6 +2,7 @@ import torch
 
 from cnnlab.data.augment import (CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, affine_matrices, augment, color_jitter,
                                  draw_params, eval_transform, hflip, random_affine, train_transform)
+from cnnlab.data.augment import FaceAugment, draw_face_params, face_augment, face_train_transform
 
 
 def _images(n=8, seed=0):
@@ -84,3 +85,57 @@ def test_color_jitter_matches_torchvision_with_one_factor():
     ours = color_jitter(x, torch.ones(2), torch.ones(2), f)
     ref = torch.stack([TF.adjust_saturation(x[i], float(f[i])) for i in range(2)])
     assert torch.allclose(ours, ref, atol=1e-5)
+
+
+# --- faces
+
+
+def _face_batch(n=6, size=24):
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+
+
+def test_no_augmentation_only_scales_to_unit_range():
+    x = _face_batch()
+    out = face_train_transform(x, torch.Generator().manual_seed(0), None)
+    assert out.dtype == torch.float32 and torch.equal(out, x.float() / 255)
+
+
+def test_identity_parameters_leave_images_unchanged():
+    x = _face_batch().float() / 255
+    params = {"flip": torch.zeros(6, dtype=torch.bool), "zoom": torch.ones(6, dtype=torch.float64),
+              "tx": torch.zeros(6, dtype=torch.float64), "ty": torch.zeros(6, dtype=torch.float64)}
+    assert torch.allclose(face_augment(x, params), x, atol=1e-5)
+
+
+def test_flip_mirrors_exactly_the_chosen_images():
+    x = _face_batch().float() / 255
+    flip = torch.tensor([True, False, True, False, False, True])
+    params = {"flip": flip, "zoom": torch.ones(6, dtype=torch.float64), "tx": torch.zeros(6, dtype=torch.float64),
+              "ty": torch.zeros(6, dtype=torch.float64)}
+    out = face_augment(x, params)
+    assert torch.allclose(out[flip], x[flip].flip(3), atol=1e-5)
+    assert torch.allclose(out[~flip], x[~flip], atol=1e-5)
+
+
+def test_zoom_magnifies_the_centre():
+    x = torch.zeros(1, 3, 32, 32)
+    x[..., 12:20, 12:20] = 1.0  # an 8-pixel square in the middle
+    params = {"flip": torch.zeros(1, dtype=torch.bool), "zoom": torch.tensor([2.0], dtype=torch.float64),
+              "tx": torch.zeros(1, dtype=torch.float64), "ty": torch.zeros(1, dtype=torch.float64)}
+    out = face_augment(x, params)
+    assert float(out[0, 0].gt(0.5).sum()) == 16 * 16  # twice the side
+
+
+def test_draws_are_reproducible_and_within_range():
+    cfg = FaceAugment()
+    a = draw_face_params(500, cfg, torch.Generator().manual_seed(1))
+    b = draw_face_params(500, cfg, torch.Generator().manual_seed(1))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert 0.4 < float(a["flip"].float().mean()) < 0.6
+    assert float(a["zoom"].min()) >= 1.0 and float(a["zoom"].max()) <= 1.15
+    assert float(a["tx"].abs().max()) <= cfg.shift and float(a["ty"].abs().max()) <= cfg.shift
+    out1 = face_train_transform(_face_batch(), torch.Generator().manual_seed(5), cfg)
+    out2 = face_train_transform(_face_batch(), torch.Generator().manual_seed(5), cfg)
+    assert torch.equal(out1, out2) and out1.shape == (6, 3, 24, 24)
+    assert float(out1.min()) >= 0 and float(out1.max()) <= 1

@@ -8,7 +8,8 @@ import yaml
 from cnnlab.cli import main
 from cnnlab.config import FaceTrainConfig
 from cnnlab.errors import CnnlabError, ConfigError, DataError
-from cnnlab.faces.model import backbone_layers, build_model, frozen_layers, load_run_model, set_trainable
+from cnnlab.faces.train import build_model, frozen_layers, load_run_model
+from cnnlab.models.siamese import backbone_layers, set_trainable
 from cnnlab.faces.train import epoch_batches, resume_config, train
 from cnnlab.files import load_checkpoint
 from cnnlab.run import RunDir
@@ -268,7 +269,7 @@ def test_default_crop_is_the_lfw_crop():
 def test_freeze_bn_keeps_backbone_batchnorm_in_eval_mode(face_dir):
     from torch import nn
 
-    from cnnlab.faces.model import set_train_mode
+    from cnnlab.models.siamese import set_train_mode
 
     model = build_model(tiny_config(face_dir))
     bns = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]

@@ -40,5 +40,5 @@ def test_macs_follow_the_three_pools():
 
 
 def test_bad_width_is_refused():
-    with pytest.raises(ConfigError, match="--width"):
+    with pytest.raises(ConfigError, match="width must be positive"):
         BaseCNN("A", width=0)

@@ -212,7 +212,7 @@ def test_mean_std_buffers_follow_the_device_and_stay_out_of_checkpoints():
 
 
 def test_bad_embedding_dim():
-    with pytest.raises(ConfigError, match="--embedding-dim"):
+    with pytest.raises(ConfigError, match="embedding_dim must be a positive integer"):
         build_siamese("tiny", "none", embedding_dim=0)
 
 
@@ -274,8 +274,8 @@ def test_param_groups_weight_decay_spares_biases_and_batchnorm():
 
 @pytest.mark.parametrize(
     "kw, option",
-    [({"lr": 0.0}, "--lr"), ({"backbone_lr_mult": -1.0}, "--backbone-lr-mult"),
-     ({"weight_decay": -1e-4}, "--weight-decay")],
+    [({"lr": 0.0}, "lr must be positive"), ({"backbone_lr_mult": -1.0}, "backbone_lr_mult must be >= 0"),
+     ({"weight_decay": -1e-4}, "weight_decay must be >= 0")],
 )
 def test_param_groups_bad_values(kw, option):
     args = {"lr": 0.01, "backbone_lr_mult": 1.0, **kw}

@@ -24,7 +24,7 @@ import torch
 
 from cnnlab.data.images import BadImage, center_crop_resize, decode_rgb
 from cnnlab.errors import CnnlabError, DataError
-from cnnlab.faces.model import load_run_model, run_config
+from cnnlab.faces.train import load_run_model, run_config
 from cnnlab.files import atomic_torch_save, load_checkpoint
 from cnnlab.metrics import (
     equal_error_rate,
@@ -78,7 +78,7 @@ def roc_of(pairs: dict[str, np.ndarray], label: str, far_target: float = 1e-3):
 
 def _retest(run: RunDir, device: str, data_dir: str | None) -> None:
     """Write test_pairs.csv and test_embeddings.pt from the best checkpoint (runs from before they existed)."""
-    from cnnlab.faces.data import load_study_data
+    from cnnlab.faces.protocol import load_study_data
     from cnnlab.faces.train import test_run
     from cnnlab.runtime import resolve_device, resolve_precision
 

@@ -100,7 +100,7 @@ def _identify(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     from cnnlab.cli import build_config, config_overrides
     from cnnlab.config import FaceSearchConfig, FaceTrainConfig, from_dict
-    from cnnlab.faces.search import search
+    from cnnlab.search import search
 
     base = build_config(FaceTrainConfig, args)
     cfg = from_dict(FaceSearchConfig, config_overrides(args, FaceSearchConfig), source="options")
@@ -116,7 +116,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from cnnlab.faces.download import LFW_URL, download_lfw
+    from cnnlab.data.lfw import LFW_URL, download_lfw
 
     path = download_lfw(args.data_dir, base_url=args.url or LFW_URL)
     print(f"LFW is in {path}; train with --data-dir {path} --protocol lfw-view1")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cnnlab.errors import CnnlabError
 from cnnlab.faces.analyze import read_test_pairs, roc_of
-from cnnlab.faces.model import run_config
+from cnnlab.faces.train import run_config
 from cnnlab.files import atomic_write_text
 from cnnlab.run import RunDir
 

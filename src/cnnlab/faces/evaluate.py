@@ -29,7 +29,7 @@ from cnnlab.data.faces import load_faces
 from cnnlab.data.lfw import read_pairs, resolve_pairs
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.faces.embed import embed, pair_distances
-from cnnlab.faces.model import load_run_model
+from cnnlab.faces.train import load_run_model
 from cnnlab.files import atomic_write_text
 from cnnlab.metrics import equal_error_rate, kfold_accuracy, roc_auc
 from cnnlab.run import RunDir
@@ -42,7 +42,7 @@ VIEW2_PAIRS = "lfw_view2_pairs.csv"
 
 def _training_people(cfg, faces) -> set[str] | None:
     """Names of the run's training people, when they can be worked out again (else None)."""
-    from cnnlab.faces.data import load_study_data
+    from cnnlab.faces.protocol import load_study_data
 
     try:
         d = load_study_data(cfg)

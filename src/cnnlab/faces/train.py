@@ -1,10 +1,10 @@
 """Train a Siamese face-verification network into a run folder (``cnnlab faces train``).
 
 ``train(cfg, out)`` decodes the face set once (cached), splits it by
-``--protocol`` (:mod:`cnnlab.faces.data`), and trains backbone + embedding
+``--protocol`` (:mod:`cnnlab.faces.protocol`), and trains backbone + embedding
 head with the contrastive loss on fresh pairs every epoch, or the triplet
 loss on P x K batches with in-batch mining. Images stay uint8 in memory; each
-batch is indexed, moved to the device, augmented (:mod:`cnnlab.faces.augment`)
+batch is indexed, moved to the device, augmented (:func:`cnnlab.data.augment.face_train_transform`)
 and normalised there.
 
 The run folder is as for CIFAR: ``config.yaml``; ``metrics.csv`` with one row
@@ -98,13 +98,12 @@ from pathlib import Path
 import torch
 
 import cnnlab
-from cnnlab.config import FaceTrainConfig, to_dict
-from cnnlab.data.faces import PKBatchSampler, sample_pairs
-from cnnlab.errors import CnnlabError, TrainingDiverged
-from cnnlab.faces import augment as face_augment
-from cnnlab.faces.data import StudyData, load_study_data, positions
+from cnnlab.config import FaceTrainConfig, from_dict, to_dict
+from cnnlab.data.samplers import PKBatchSampler, sample_pairs
+from cnnlab.errors import CheckpointError, CnnlabError, TrainingDiverged
+from cnnlab.data.augment import FaceAugment, face_train_transform
+from cnnlab.faces.protocol import StudyData, load_study_data, positions
 from cnnlab.faces.embed import embed, pair_distances
-from cnnlab.faces.model import build_model, frozen_layers, set_train_mode, set_trainable
 from cnnlab.models.profile import count_parameters
 from cnnlab.files import atomic_torch_save, atomic_write_text, load_checkpoint, load_model_state
 from cnnlab.losses import (
@@ -116,7 +115,7 @@ from cnnlab.losses import (
     TripletMiner,
 )
 from cnnlab.metrics import best_threshold, mean_average_precision_at_r, precision_at_1, roc_auc, verification_report
-from cnnlab.models.siamese import SiameseNet
+from cnnlab.models.siamese import SiameseNet, backbone_layers, build_siamese, set_train_mode, set_trainable
 from cnnlab.run import RunDir, log_to_file
 from cnnlab.run import resume_config as run_resume_config
 from cnnlab.runtime import device_name, enable_fast_kernels, autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
@@ -135,6 +134,41 @@ EpochCallback = Callable[[dict], None]
 
 
 # --------------------------------------------------------------------------- pieces
+
+
+def build_model(cfg: FaceTrainConfig, weights: str | None = None) -> SiameseNet:
+    """The run's network; ``weights`` overrides ``cfg.weights`` (``"none"`` when a checkpoint follows)."""
+    return build_siamese(cfg.backbone, weights if weights is not None else cfg.weights, cfg.embedding_dim,
+                         cfg.normalize_embeddings)
+
+def frozen_layers(model: SiameseNet, cfg: FaceTrainConfig, epoch: int) -> list[nn.Module]:
+    """Backbone layers that do not train in ``epoch`` (0-based): all of them during ``--freeze-epochs``
+    or with ``--backbone-lr-mult 0``, else all but the last ``--trainable-layers``."""
+    layers = backbone_layers(model.backbone)
+    if epoch < cfg.freeze_epochs or cfg.backbone_lr_mult == 0:
+        return layers
+    if cfg.trainable_layers is None:
+        return []
+    return layers[: max(0, len(layers) - cfg.trainable_layers)]
+
+def run_config(run: RunDir) -> FaceTrainConfig:
+    """The saved configuration of a face run (a :class:`CnnlabError` when the folder is not one)."""
+    return from_dict(FaceTrainConfig, run.read_config(), source=str(run.config_path))
+
+def load_run_model(run: RunDir, checkpoint: str = "best",
+                   device: str | torch.device = "cpu") -> tuple[SiameseNet, FaceTrainConfig]:
+    """The network of a face run with the weights of ``checkpoints/<checkpoint>.pt``, in eval mode."""
+    cfg = run_config(run)
+    path = run.checkpoints / f"{checkpoint}.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; is {run.path} a finished face run?")
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") not in (None, "faces"):
+        raise CheckpointError(f"{path} is a {ckpt.get('kind')} checkpoint, not a face run's")
+    model = build_model(cfg, weights="none")
+    load_model_state(model, ckpt.get("model"), path, "this run's network")
+    return model.to(device).eval(), cfg
+
 
 
 def build_loss(cfg: FaceTrainConfig) -> ContrastiveLoss | TripletMarginLoss:
@@ -201,7 +235,7 @@ def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
 
 
 def train_one_epoch(model: SiameseNet, images: torch.Tensor, batches, optimizer, cfg: FaceTrainConfig,
-                    loss_fn, miner, aug: face_augment.FaceAugment | None, aug_gen: torch.Generator, *,
+                    loss_fn, miner, aug: FaceAugment | None, aug_gen: torch.Generator, *,
                     device: torch.device, precision: str, channels_last: bool, epoch: int, progress: bool,
                     log_every: int = 25, note_every_s: float = 120.0) -> dict[str, float]:
     """One pass over ``batches`` of ``(image indices into images, target)``; returns loss sum and counts.
@@ -220,7 +254,7 @@ def train_one_epoch(model: SiameseNet, images: torch.Tensor, batches, optimizer,
     bar = tqdm(batches, desc=f"epoch {epoch + 1} train", unit="batch", leave=False,
                disable=None if progress else True, dynamic_ncols=True)
     for step, (idx, target) in enumerate(bar):
-        x = face_augment.train_images(images[idx].to(device, non_blocking=True), aug_gen, aug)
+        x = face_train_transform(images[idx].to(device, non_blocking=True), aug_gen, aug)
         x = model.normalize_input(x)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -369,7 +403,7 @@ def _train(cfg: FaceTrainConfig, run: RunDir, resume: bool, device: torch.device
     pair_gen = torch.Generator().manual_seed(cfg.seed + 1)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
     loss_fn, miner = build_loss(cfg), build_miner(cfg)
-    aug = face_augment.FaceAugment() if cfg.augment else None
+    aug = FaceAugment() if cfg.augment else None
     images = d.faces.images  # uint8, on the CPU; each batch is moved to the device
 
     history: list[dict] = []

@@ -23,7 +23,7 @@ class BaseCNN(nn.Module):
                  dropout: float = 0.25):
         super().__init__()
         if not width > 0:
-            raise ConfigError(f"--width must be positive, got {width}")
+            raise ConfigError(f"width must be positive, got {width}")
         self.block_names = parse_blocks(blocks) if isinstance(blocks, str) else tuple(blocks)
         self.width = width
         stem = [_scaled(c, width) for c in STEM_CHANNELS]

@@ -240,7 +240,7 @@ class SiameseNet(nn.Module):
     ):
         super().__init__()
         if embedding_dim < 1:
-            raise ConfigError(f"--embedding-dim: expected a positive integer, got {embedding_dim!r}")
+            raise ConfigError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
         self.backbone = backbone
         self.head = nn.Sequential(nn.Linear(num_features, embedding_dim), nn.ReLU(inplace=True))
         self.normalize = normalize
@@ -299,11 +299,11 @@ class SiameseNet(nn.Module):
         undecayed half).
         """
         if lr <= 0:
-            raise ConfigError(f"--lr: expected a positive learning rate, got {lr!r}")
+            raise ConfigError(f"lr must be positive, got {lr!r}")
         if backbone_lr_mult < 0:
-            raise ConfigError(f"--backbone-lr-mult: expected a value >= 0, got {backbone_lr_mult!r}")
+            raise ConfigError(f"backbone_lr_mult must be >= 0, got {backbone_lr_mult!r}")
         if weight_decay < 0:
-            raise ConfigError(f"--weight-decay: expected a value >= 0, got {weight_decay!r}")
+            raise ConfigError(f"weight_decay must be >= 0, got {weight_decay!r}")
         parts = [("head", self.head, lr)]
         if backbone_lr_mult > 0:
             parts.insert(0, ("backbone", self.backbone, lr * backbone_lr_mult))
@@ -331,3 +331,54 @@ def build_siamese(
     b = build_backbone(backbone, weights)
     return SiameseNet(b.module, b.num_features, embedding_dim=embedding_dim, normalize=normalize,
                       mean=b.mean, std=b.std)
+
+
+
+# ---------------------------------------------------------------- which layers train
+
+
+def backbone_layers(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's layers in forward order, the units ``--trainable-layers`` counts from the end.
+
+    EfficientNet-Lite0: stem, 16 MBConv blocks, head conv (18); torchvision
+    EfficientNet-B0: its 9 feature stages; tiny: its 3 conv-BN-ReLU units.
+    """
+    from cnnlab.models.efficientnet_lite import EfficientNetLite0
+
+    if isinstance(backbone, EfficientNetLite0):
+        return [backbone.stem, *backbone.blocks, backbone.head]
+    if isinstance(backbone, TorchvisionEfficientNet):
+        return list(backbone.net.features)
+    if isinstance(backbone, TinyCNN):
+        f = list(backbone.features)
+        return [nn.ModuleList(f[i : i + 3]) for i in range(0, len(f), 3)]
+    return [backbone]
+
+
+def set_trainable(model: SiameseNet, frozen: list[nn.Module]) -> None:
+    """Gradients for every parameter except those of ``frozen`` layers.
+
+    A frozen prefix also saves its backward pass: autograd stops where the
+    first trainable layer begins.
+    """
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for layer in frozen:
+        for p in layer.parameters():
+            p.requires_grad_(False)
+
+
+def set_train_mode(model: SiameseNet, frozen: list[nn.Module], freeze_bn: bool) -> None:
+    """``model.train()``, except frozen layers (and with ``freeze_bn`` every backbone BatchNorm) stay in eval mode.
+
+    Frozen layers then behave exactly as at evaluation (no batch statistics,
+    no stochastic depth); BatchNorm in eval mode keeps the ImageNet running
+    statistics, so training and evaluation normalise alike.
+    """
+    model.train()
+    for layer in frozen:
+        layer.eval()
+    if freeze_bn:
+        for m in model.backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()

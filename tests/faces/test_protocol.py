@@ -1,6 +1,6 @@
 import torch
 
-from cnnlab.faces.data import load_study_data, positions
+from cnnlab.faces.protocol import load_study_data, positions
 
 from .conftest import tiny_config
 

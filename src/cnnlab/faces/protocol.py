@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from cnnlab.config import FaceTrainConfig
-from cnnlab.data.faces import FaceSet, fixed_pairs, load_faces, sample_triplets, split_people
+from cnnlab.data.faces import FaceSet, load_faces, split_people
+from cnnlab.data.samplers import fixed_pairs, sample_triplets
 from cnnlab.data.lfw import find_protocol_file, read_pairs, read_people, resolve_pairs, select_people
 from cnnlab.errors import DataError
 
@@ -145,7 +146,7 @@ def _split_lfw_view1(cfg: FaceTrainConfig, faces: FaceSet) -> StudyData:
 def load_study_data(cfg: FaceTrainConfig) -> StudyData:
     """Decode (or read from the cache) ``cfg.data_dir`` and split it as ``cfg.protocol`` says."""
     if cfg.download:
-        from cnnlab.faces.download import download_lfw_if_missing
+        from cnnlab.data.lfw import download_lfw_if_missing
 
         download_lfw_if_missing(cfg.data_dir)
     faces = load_faces(cfg.data_dir, image_size=cfg.image_size, crop=cfg.crop, skip_bad=cfg.skip_bad_images)

@@ -11,9 +11,9 @@ from optuna.trial import TrialState
 from cnnlab.cli import main
 from cnnlab.config import FaceSearchConfig
 from cnnlab.errors import ConfigError
-from cnnlab.faces.search import DEFAULT_SPACE, read_space, search
+from cnnlab.search import DEFAULT_SPACE, read_space, search
 
-from .conftest import tiny_config, tiny_options
+from tests.faces.conftest import _fast_cpu, face_dir, tiny_config, tiny_options  # noqa: F401 (fixtures)
 
 SPACE = {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
          "margin": {"type": "float", "low": 0.5, "high": 2.0},

@@ -3,9 +3,9 @@ import tarfile
 import pytest
 
 from cnnlab.errors import DataError
-from cnnlab.faces.download import LFW_FILES, download_lfw, download_lfw_if_missing
+from cnnlab.data.lfw import LFW_FILES, download_lfw, download_lfw_if_missing
 
-from .conftest import make_people
+from tests.faces.conftest import make_people
 
 
 def _mirror(tmp_path):
