@@ -231,7 +231,7 @@ def test_triplet_loss_on_a_batch_without_triplets_is_zero_and_differentiable():
 def test_triplet_margin_cannot_be_negative():
     with pytest.raises(ConfigError, match="margin must be zero or positive"):
         TripletMarginLoss(margin=-0.1)
-    with pytest.raises(ConfigError, match="--margin"):
+    with pytest.raises(ConfigError, match="margin must be a positive number for semi-hard"):
         SemiHardMiner(margin=0.0)
 
 
