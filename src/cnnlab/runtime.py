@@ -49,16 +49,64 @@ def enable_fast_kernels(device: torch.device) -> None:
         torch.set_float32_matmul_precision("high")
 
 
+@dataclass(frozen=True)
+class Hardware:
+    """What a device can run fast: the facts the precision policy decides from."""
+
+    device_type: str  # "cpu", "cuda" or "mps"
+    name: str = ""
+    cuda_capability: tuple[int, int] | None = None
+    cpu_bf16: bool = False  # native bf16 instructions (AVX512-BF16 or AMX)
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision and memory format a run uses, and why."""
+
+    precision: str  # "fp32", "bf16" or "fp16"
+    channels_last: bool
+    reason: str
+    warning: str | None = None
+
+    @property
+    def use_scaler(self) -> bool:
+        """fp16 gradients underflow without loss scaling; bf16 and fp32 need none."""
+        return self.precision == "fp16"
+
+
+def probe_hardware(device: torch.device) -> Hardware:
+    if device.type == "cuda":
+        return Hardware("cuda", torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device))
+    return Hardware(device.type, platform.processor() or platform.machine())
+
+
+def choose_precision(requested: str, channels_last: bool | None, hw: Hardware) -> PrecisionChoice:
+    """The precision policy: a pure function of the request and the hardware."""
+    precision = requested
+    if requested == "auto":
+        precision = "bf16" if hw.device_type == "cuda" else "fp32"
+    cl = channels_last if channels_last is not None else precision == "bf16"
+    return PrecisionChoice(precision, cl, "requested" if requested != "auto" else "auto")
+
+
+def select_precision(device: torch.device, requested: str, channels_last: bool | None) -> PrecisionChoice:
+    """:func:`choose_precision` for ``device``; a warning, if any, is logged once."""
+    return choose_precision(requested, channels_last, probe_hardware(device))
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
+    return select_precision(device, precision, None).precision
 
 
 def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
     return contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A gradient scaler, enabled only for fp16 (a no-op pass-through otherwise)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def seed_everything(seed: int) -> None:
