@@ -215,6 +215,7 @@ class FaceTrainConfig:
     device: str = opt("auto", "auto, cpu, cuda, cuda:N")
     precision: str = opt("auto", "fp32 or bf16 autocast; auto = bf16 on CUDA, fp32 on CPU", choices=PRECISIONS)
     channels_last: bool | None = opt(None, "channels-last memory format (default: on with bf16)")
+    compile: bool = opt(False, "torch.compile the model")
     eval_batch_size: int = opt(256, "batch size for embedding validation and test images")
 
     def __post_init__(self) -> None:

@@ -30,6 +30,8 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 import torch
 
+from cnnlab.losses import LpDistance
+
 __all__ = [
     "accuracy",
     "confusion_matrix",
@@ -511,3 +513,8 @@ def mean_average_precision_at_r(embeddings: Any, labels: Any, *, batch_size: int
         ap = (precision * rel).sum(dim=1) / r_t[q]  # (b,)
         total += float(ap.sum())
     return total / len(rows), len(rows)
+
+
+def pair_distances(emb: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances (M,) between rows ``i`` and ``j`` of ``emb`` (N, D)."""
+    return LpDistance().paired(emb[i], emb[j])

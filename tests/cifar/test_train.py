@@ -6,6 +6,7 @@ import torch
 import yaml
 
 from cnnlab.cli import main
+from cnnlab import engine
 from cnnlab.cifar import train as train_mod
 from cnnlab.cifar.train import load_run_model, resume_config, train
 from cnnlab.config import CifarTrainConfig
@@ -68,17 +69,17 @@ def test_resume_after_epoch_1_equals_the_uninterrupted_run(cifar_batches, tmp_pa
 
     # Interrupt the second run right after its first last.pt is written.
     part = tmp_path / "part"
-    real_save = train_mod.atomic_torch_save
+    real_save = engine.atomic_torch_save
 
     def save_then_crash(obj, path):
         real_save(obj, path)
         if str(path).endswith("last.pt") and obj["epoch"] == 1:
             raise _Crash
 
-    monkeypatch.setattr(train_mod, "atomic_torch_save", save_then_crash)
+    monkeypatch.setattr(engine, "atomic_torch_save", save_then_crash)
     with pytest.raises(_Crash):
         train(_cfg(cifar_batches, epochs=3), part, progress=False)
-    monkeypatch.setattr(train_mod, "atomic_torch_save", real_save)
+    monkeypatch.setattr(engine, "atomic_torch_save", real_save)
     assert not (part / "summary.json").exists()
 
     train(resume_config(part), part, resume=True, progress=False)

@@ -153,6 +153,12 @@ def download_url(
 
     url = str(url)
     logger.info("downloading %s to %s", url, dest)
+    return _download(url, part, dest, md5, stale_note, progress=progress, chunk_size=chunk_size, timeout=timeout,
+                     retries=retries)
+
+def _download(url: str, part: Path, dest: Path, md5: str | None, stale_note: str, *, progress: bool,
+              chunk_size: int, timeout: float, retries: int) -> Path:
+    """:func:`download_url`'s network part: fetch into ``part`` with retries and resume, check, rename."""
     attempt = 0
     restarted_after_mismatch = False
     while True:
@@ -189,6 +195,7 @@ def download_url(
             "download of %s failed (%s); trying again in %.0f s (%d/%d)", url, reason, wait, attempt, retries
         )
         time.sleep(wait)
+
 
 
 class _Incomplete(Exception):

@@ -28,7 +28,8 @@ import torch
 from cnnlab.data.faces import load_faces
 from cnnlab.data.lfw import read_pairs, resolve_pairs
 from cnnlab.errors import ConfigError, DataError
-from cnnlab.faces.embed import embed, pair_distances
+from cnnlab.faces.train import embed
+from cnnlab.metrics import pair_distances
 from cnnlab.faces.train import load_run_model
 from cnnlab.files import atomic_write_text
 from cnnlab.metrics import equal_error_rate, kfold_accuracy, roc_auc

@@ -90,42 +90,38 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 import time
+from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
-import cnnlab
+from cnnlab import engine
 from cnnlab.config import FaceTrainConfig, from_dict, to_dict
-from cnnlab.data.samplers import PKBatchSampler, sample_pairs
-from cnnlab.errors import CheckpointError, CnnlabError, TrainingDiverged
 from cnnlab.data.augment import FaceAugment, face_train_transform
+from cnnlab.data.samplers import PKBatchSampler, sample_pairs
+from cnnlab.engine import Fitted, Schedule, Session, fit, infer, load_best, ranks_in_sync, session, shard, step_decay, timing
+from cnnlab.errors import CheckpointError
 from cnnlab.faces.protocol import StudyData, load_study_data, positions
-from cnnlab.faces.embed import embed, pair_distances
-from cnnlab.models.profile import count_parameters
 from cnnlab.files import atomic_torch_save, atomic_write_text, load_checkpoint, load_model_state
-from cnnlab.losses import (
-    AllTripletsMiner,
-    BatchHardMiner,
-    ContrastiveLoss,
-    SemiHardMiner,
-    TripletMarginLoss,
-    TripletMiner,
-)
-from cnnlab.metrics import best_threshold, mean_average_precision_at_r, precision_at_1, roc_auc, verification_report
+from cnnlab.losses import AllTripletsMiner, BatchHardMiner, ContrastiveLoss, SemiHardMiner, TripletMarginLoss, TripletMiner
+from cnnlab.metrics import (best_threshold, mean_average_precision_at_r, pair_distances, precision_at_1, roc_auc,
+                            verification_report)
+from cnnlab.models.profile import count_parameters
 from cnnlab.models.siamese import SiameseNet, backbone_layers, build_siamese, set_train_mode, set_trainable
-from cnnlab.run import RunDir, log_to_file
+from cnnlab.run import RunDir
 from cnnlab.run import resume_config as run_resume_config
-from cnnlab.runtime import device_name, enable_fast_kernels, autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
+from cnnlab.runtime import barrier, device_name, seed_everything
 
 logger = logging.getLogger(__name__)
 
 KIND = "faces"
 # Fields that change how fast a run goes or where its data is found, not what it computes:
 # a resumed run may change them.
-RUNTIME_FIELDS = ("device", "eval_batch_size", "data_dir", "download", "skip_bad_images", "protocol_dir")
+RUNTIME_FIELDS = ("device", "compile", "eval_batch_size", "data_dir", "download", "skip_bad_images",
+                  "protocol_dir")
 
 TEST_EMBEDDINGS = "test_embeddings.pt"
 TEST_PAIRS = "test_pairs.csv"
@@ -141,6 +137,7 @@ def build_model(cfg: FaceTrainConfig, weights: str | None = None) -> SiameseNet:
     return build_siamese(cfg.backbone, weights if weights is not None else cfg.weights, cfg.embedding_dim,
                          cfg.normalize_embeddings)
 
+
 def frozen_layers(model: SiameseNet, cfg: FaceTrainConfig, epoch: int) -> list[nn.Module]:
     """Backbone layers that do not train in ``epoch`` (0-based): all of them during ``--freeze-epochs``
     or with ``--backbone-lr-mult 0``, else all but the last ``--trainable-layers``."""
@@ -151,9 +148,11 @@ def frozen_layers(model: SiameseNet, cfg: FaceTrainConfig, epoch: int) -> list[n
         return []
     return layers[: max(0, len(layers) - cfg.trainable_layers)]
 
+
 def run_config(run: RunDir) -> FaceTrainConfig:
     """The saved configuration of a face run (a :class:`CnnlabError` when the folder is not one)."""
     return from_dict(FaceTrainConfig, run.read_config(), source=str(run.config_path))
+
 
 def load_run_model(run: RunDir, checkpoint: str = "best",
                    device: str | torch.device = "cpu") -> tuple[SiameseNet, FaceTrainConfig]:
@@ -168,7 +167,6 @@ def load_run_model(run: RunDir, checkpoint: str = "best",
     model = build_model(cfg, weights="none")
     load_model_state(model, ckpt.get("model"), path, "this run's network")
     return model.to(device).eval(), cfg
-
 
 
 def build_loss(cfg: FaceTrainConfig) -> ContrastiveLoss | TripletMarginLoss:
@@ -189,11 +187,7 @@ def build_optimizer(model: SiameseNet, cfg: FaceTrainConfig) -> torch.optim.Opti
     for p in model.parameters():
         p.requires_grad_(True)
     groups = model.param_groups(cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.Adam(groups, lr=cfg.lr)
+    return engine.build_optimizer(groups, cfg.optimizer, cfg.lr, momentum=0.9)
 
 
 def epoch_batches(cfg: FaceTrainConfig, train_labels: torch.Tensor,
@@ -218,83 +212,67 @@ def epoch_batches(cfg: FaceTrainConfig, train_labels: torch.Tensor,
     return out
 
 
-def _batch_loss(cfg: FaceTrainConfig, loss_fn, miner, emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if cfg.loss == "contrastive":
-        half = len(emb) // 2
-        return loss_fn(emb[:half], emb[half:], target)
-    return loss_fn.from_batch(emb, target, miner)
+def embed(model: SiameseNet, images: torch.Tensor, *, device: torch.device, batch_size: int = 256,
+          precision: str = "fp32", channels_last: bool = False, features: bool = False, desc: str | None = None):
+    """Embeddings (N, D) float32 on the CPU of uint8 ``images`` (N, 3, S, S), in eval mode, no augmentation;
+    with ``features`` also the backbone's pooled features (N, F) from the same pass (:func:`cnnlab.engine.infer`
+    with the model's own input normalisation)."""
+    return infer(model, images, model.normalize_input, device=device, batch_size=batch_size, precision=precision,
+                 channels_last=channels_last, features=features, desc=desc)
 
 
-def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
-    step = int(first_bad.item())
-    if step >= 0:
-        raise TrainingDiverged(
-            f"the training loss became NaN or infinite at epoch {epoch + 1}, step {step + 1}; "
-            "the last good checkpoint is kept (try a lower --lr or --backbone-lr-mult)"
-        )
+class _Spec:
+    """What the engine needs to train a Siamese network (see :class:`cnnlab.engine.TrainSpec`)."""
 
+    lr_group = -1  # the head's group: metrics.csv reports its rate
+    best_key = "val_roc_auc"
 
-def train_one_epoch(model: SiameseNet, images: torch.Tensor, batches, optimizer, cfg: FaceTrainConfig,
-                    loss_fn, miner, aug: FaceAugment | None, aug_gen: torch.Generator, *,
-                    device: torch.device, precision: str, channels_last: bool, epoch: int, progress: bool,
-                    log_every: int = 25, note_every_s: float = 120.0) -> dict[str, float]:
-    """One pass over ``batches`` of ``(image indices into images, target)``; returns loss sum and counts.
+    def __init__(self, cfg: FaceTrainConfig, d: StudyData, s: Session, model: SiameseNet):
+        self.cfg, self.d, self.s, self.model = cfg, d, s, model
+        self.generators = (torch.Generator().manual_seed(cfg.seed + 1),  # pairs and P x K batches
+                           torch.Generator().manual_seed(cfg.seed + 2 + 1000 * s.dist.rank))  # augmentation
+        self.loss_fn, self.miner = build_loss(cfg), build_miner(cfg)
+        self.aug = FaceAugment() if cfg.augment else None
+        self.train_labels = d.faces.labels[d.train]
 
-    NaN/inf is caught without a device sync per step: the first bad step is
-    recorded on the device and looked at every ``log_every`` steps. Without a
-    progress bar (output to a file) the progress is logged every
-    ``note_every_s`` seconds instead.
-    """
-    from tqdm.auto import tqdm
+    def epoch_batches(self, epoch: int, generator: torch.Generator | None = None) -> list:
+        batches = epoch_batches(self.cfg, self.train_labels, generator or self.generators[0])
+        return shard([(self.d.train[idx], target) for idx, target in batches], self.s.dist.rank,
+                     self.s.dist.world_size)
 
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    first_bad = torch.full((), -1, device=device, dtype=torch.int64)
-    count, seen = 0, 0
-    started = last_note = time.perf_counter()
-    bar = tqdm(batches, desc=f"epoch {epoch + 1} train", unit="batch", leave=False,
-               disable=None if progress else True, dynamic_ncols=True)
-    for step, (idx, target) in enumerate(bar):
-        x = face_train_transform(images[idx].to(device, non_blocking=True), aug_gen, aug)
-        x = model.normalize_input(x)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, precision):
-            emb = model(x)  # (B, D)
-        loss = _batch_loss(cfg, loss_fn, miner, emb.float(), target.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def begin_epoch(self, model: SiameseNet, epoch: int) -> None:
+        frozen = frozen_layers(model, self.cfg, epoch)
+        set_trainable(model, frozen)
+        set_train_mode(model, frozen, self.cfg.freeze_bn)
 
-        loss_d = loss.detach()
-        first_bad = torch.where(~torch.isfinite(loss_d) & (first_bad < 0), step, first_bad)
-        loss_sum += loss_d.double()
-        count += 1
-        seen += len(idx)
-        if (step + 1) % log_every == 0 or step + 1 == len(batches):
-            _check_finite(first_bad, epoch)
-            if not bar.disable:
-                bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}")
-            elif time.perf_counter() - last_note > note_every_s:  # no bar (a log file): a line now and then
-                last_note = time.perf_counter()
-                logger.info("epoch %d: step %d/%d, loss %.4f, %.1f img/s", epoch + 1, step + 1, len(batches),
-                            loss_sum.item() / count, seen / (last_note - started))
-    _check_finite(first_bad, epoch)
-    return {"loss_sum": loss_sum.item(), "steps": float(count), "images": float(seen)}
+    def inputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, target = batch
+        x = face_train_transform(self.d.faces.images[idx].to(self.s.device, non_blocking=True),
+                                 self.generators[1], self.aug)
+        return self.model.normalize_input(x), target.to(self.s.device)
 
+    def loss(self, emb: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        if self.cfg.loss == "contrastive":
+            half = len(emb) // 2
+            return self.loss_fn(emb[:half], emb[half:], target), {}
+        return self.loss_fn.from_batch(emb, target, self.miner), {}
 
-def validate(model: SiameseNet, d: StudyData, cfg: FaceTrainConfig, loss_fn, *, device: torch.device,
-             precision: str, channels_last: bool, desc: str | None = None) -> dict[str, float]:
-    """Validation loss (the training loss on the fixed validation pairs or triplets) and ROC AUC."""
-    emb = embed(model, d.faces.images[d.val], device=device, batch_size=cfg.eval_batch_size, precision=precision,
-                channels_last=channels_last, desc=desc)
-    vi, vj = positions(d.val, d.val_pairs.i), positions(d.val, d.val_pairs.j)
-    dist = pair_distances(emb, vi, vj)
-    if cfg.loss == "contrastive":
-        loss = loss_fn(emb[vi], emb[vj], d.val_pairs.same)
-    else:
-        a, p, n = (positions(d.val, t) for t in d.val_triplets)
-        loss = loss_fn(emb[a], emb[p], emb[n])
-    return {"val_loss": float(loss), "val_roc_auc": roc_auc(dist, d.val_pairs.same)}
+    def train_row(self, sums: dict[str, float], images: float) -> dict[str, float]:
+        return {}
+
+    def validate(self, model: SiameseNet, epoch: int) -> dict[str, float]:
+        """Validation loss (the training loss on the fixed validation pairs or triplets) and ROC AUC."""
+        d, s = self.d, self.s
+        emb = embed(model, d.faces.images[d.val], device=s.device, batch_size=self.cfg.eval_batch_size,
+                    precision=s.precision.precision, channels_last=s.precision.channels_last,
+                    desc=f"epoch {epoch + 1} val" if s.progress and s.is_main else None)
+        vi, vj = positions(d.val, d.val_pairs.i), positions(d.val, d.val_pairs.j)
+        if self.cfg.loss == "contrastive":
+            loss = self.loss_fn(emb[vi], emb[vj], d.val_pairs.same)
+        else:
+            a, p, n = (positions(d.val, t) for t in d.val_triplets)
+            loss = self.loss_fn(emb[a], emb[p], emb[n])
+        return {"val_loss": float(loss), "val_roc_auc": roc_auc(pair_distances(emb, vi, vj), d.val_pairs.same)}
 
 
 # --------------------------------------------------------------------------- testing
@@ -372,156 +350,63 @@ def train(cfg: FaceTrainConfig, out: str | Path, resume: bool = False, progress:
     With ``resume`` the run continues from ``checkpoints/last.pt`` and ends
     where the uninterrupted run would have ended; a finished run is left as it
     is. ``on_epoch(row)`` is called after every epoch's validation (the search
-    uses it to report to Optuna and to prune).
+    uses it to report to Optuna and to prune). Runs as one process or under
+    ``torchrun`` (each rank its share of every epoch's batches; rank 0 writes).
     """
-    run = RunDir(out)
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    enable_fast_kernels(device)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else precision == "bf16"
-    run.prepare(to_dict(cfg), resume, ignore=RUNTIME_FIELDS)
-    with log_to_file(run.log_path):
-        if resume and run.read_summary().get("status") == "finished":
-            logger.info("%s is already finished; nothing to do", run.path)
-            return run.read_summary()
-        return _train(cfg, run, resume, device, precision, channels_last, progress, on_epoch)
+    return session(cfg, out, lambda s: _train(cfg, s, on_epoch), resume=resume, progress=progress,
+                   runtime_fields=RUNTIME_FIELDS)
 
 
-def _train(cfg: FaceTrainConfig, run: RunDir, resume: bool, device: torch.device, precision: str,
-           channels_last: bool, progress: bool, on_epoch: EpochCallback | None) -> dict:
-    d = load_study_data(cfg)
-    sizes = d.sizes()
-    train_labels = d.faces.labels[d.train]
-    resuming = resume and run.last_checkpoint.is_file()
-
+def _train(cfg: FaceTrainConfig, s: Session, on_epoch: EpochCallback | None) -> dict:
+    d = s.main_first(lambda: load_study_data(cfg) if s.is_main else load_study_data(replace(cfg, download=False)))
     seed_everything(cfg.seed)
-    model = build_model(cfg, weights="none" if resuming else None).to(device)
-    if channels_last:
+    model = build_model(cfg, weights="none" if s.resuming else None).to(s.device)
+    if s.precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    pair_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
-    loss_fn, miner = build_loss(cfg), build_miner(cfg)
-    aug = FaceAugment() if cfg.augment else None
-    images = d.faces.images  # uint8, on the CPU; each batch is moved to the device
-
-    history: list[dict] = []
-    best = {"val_roc_auc": -math.inf, "epoch": -1}
-    start = 0
-    if resuming:
-        ckpt = load_checkpoint(run.last_checkpoint)
-        load_model_state(model, ckpt.get("model"), run.last_checkpoint, "this run's network")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"], pair_gen, aug_gen)
-        history, best, start = ckpt["history"], ckpt["best"], int(ckpt["epoch"])
-        logger.info("resuming %s after epoch %d of %d", run.path, start, cfg.epochs)
-    elif resume:
-        logger.info("%s has no checkpoint yet; starting from the beginning", run.path)
-
-    logger.info(
-        "training %s + %d-d head (%s loss, margin %g%s) on %s, %s%s; %d train images of %d people, "
-        "%d validation pairs, %d test pairs (%s)",
-        cfg.backbone, cfg.embedding_dim, cfg.loss, cfg.margin,
-        f", {cfg.miner} mining" if cfg.loss == "triplet" else "", device_name(device), precision,
-        " + channels_last" if channels_last else "", sizes["num_train_images"], sizes["num_train_people"],
-        sizes["num_val_pairs"], sizes["num_test_pairs"], d.protocol,
-    )
-
-    def checkpoint(epoch: int) -> None:
-        atomic_torch_save({
-            "kind": KIND, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(pair_gen, aug_gen),
-            "history": history, "best": best, "config": to_dict(cfg),
-        }, run.last_checkpoint)
-        # metrics.csv is rewritten from the checkpoint's history, so the two always agree.
-        run.write_metrics(history)
-
-    def record(row: dict) -> None:
-        nonlocal best
-        history.append(row)
-        if row["val_roc_auc"] > best["val_roc_auc"]:
-            best = {"val_roc_auc": row["val_roc_auc"], "epoch": row["epoch"]}
-            atomic_torch_save({"kind": KIND, "model": model.state_dict(), "epoch": row["epoch"],
-                               "val_roc_auc": row["val_roc_auc"], "config": to_dict(cfg)}, run.best_checkpoint)
-
-    val_kw = dict(device=device, precision=precision, channels_last=channels_last)
-    if not history:  # epoch 0: the untrained network, so the curves start where training did
-        t0 = time.perf_counter()
-        v = validate(model, d, cfg, loss_fn, desc="epoch 0 val" if progress else None, **val_kw)
-        record({"epoch": 0, "train_loss": math.nan, **v, "lr": optimizer.param_groups[-1]["lr"],
-                "train_seconds": 0.0, "images_per_second": math.nan, "seconds": time.perf_counter() - t0})
-        logger.info("epoch 0 (untrained)  val loss %.4f  val ROC AUC %.4f", v["val_loss"], v["val_roc_auc"])
-        checkpoint(0)
-        if on_epoch is not None:
-            on_epoch(history[-1])
-
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        frozen = frozen_layers(model, cfg, epoch)
-        set_trainable(model, frozen)
-        set_train_mode(model, frozen, cfg.freeze_bn)
-        lr = optimizer.param_groups[-1]["lr"]  # the head's group
-        batches = [(d.train[idx], target) for idx, target in epoch_batches(cfg, train_labels, pair_gen)]
-        s = train_one_epoch(model, images, batches, optimizer, cfg, loss_fn, miner, aug, aug_gen, device=device,
-                            precision=precision, channels_last=channels_last, epoch=epoch, progress=progress)
-        train_seconds = time.perf_counter() - t0
-        v = validate(model, d, cfg, loss_fn, desc=f"epoch {epoch + 1} val" if progress else None, **val_kw)
-        scheduler.step()
-        record({"epoch": epoch + 1, "train_loss": s["loss_sum"] / max(s["steps"], 1), **v, "lr": lr,
-                "train_seconds": train_seconds, "images_per_second": s["images"] / max(train_seconds, 1e-9),
-                "seconds": time.perf_counter() - t0})
-        row = history[-1]
-        logger.info("epoch %d/%d  train loss %.4f | val loss %.4f  ROC AUC %.4f | lr %.2e | %.0f img/s | %.1fs",
-                    epoch + 1, cfg.epochs, row["train_loss"], row["val_loss"], row["val_roc_auc"], lr,
-                    row["images_per_second"], row["seconds"])
-        checkpoint(epoch + 1)
-        if on_epoch is not None:
-            on_epoch(row)
-
-    # The test is looked at once, after training, with the best checkpoint.
-    if not run.best_checkpoint.is_file():
-        raise CnnlabError(f"{run.best_checkpoint} is missing; the run cannot be tested")
-    load_model_state(model, load_checkpoint(run.best_checkpoint)["model"], run.best_checkpoint,
-                     "this run's network")
+    spec = _Spec(cfg, d, s, model)
+    schedule = Schedule(len(spec.epoch_batches(0, torch.Generator().manual_seed(0))),
+                        step_decay(cfg.step_size, cfg.gamma))
+    fitted = fit(s, spec, model, optimizer, schedule, epochs=cfg.epochs, kind=KIND, config=to_dict(cfg),
+                 banner=_banner(cfg, s, d), compile=cfg.compile, validate_untrained=True, on_epoch=on_epoch)
+    load_best(s, model)
+    if not s.is_main:  # the test writes files: rank 0 alone
+        barrier(s.dist)
+        return {}
     t0 = time.perf_counter()
-    scores = test_run(model, d, cfg, run, progress=progress, **val_kw)
-    test_seconds = time.perf_counter() - t0
-    trained = [r for r in history if r["epoch"] > 0]
-    total_train = sum(r["train_seconds"] for r in trained)
-    best_row = next(r for r in history if r["epoch"] == best["epoch"])
+    scores = test_run(model, d, cfg, s.run, device=s.device, precision=s.precision.precision,
+                      channels_last=s.precision.channels_last, progress=s.progress)
+    summary = _finish(cfg, s, model, d, fitted, scores, time.perf_counter() - t0)
+    barrier(s.dist)
+    return summary
+
+
+def _banner(cfg: FaceTrainConfig, s: Session, d: StudyData) -> str:
+    n = d.sizes()
+    mining = f", {cfg.miner} mining" if cfg.loss == "triplet" else ""
+    return (f"training {cfg.backbone} + {cfg.embedding_dim}-d head ({cfg.loss} loss, margin {cfg.margin:g}{mining}) "
+            f"on {device_name(s.device)}, {s.precision.precision}"
+            f"{' + channels_last' if s.precision.channels_last else ''}; {n['num_train_images']} train images of "
+            f"{n['num_train_people']} people, {n['num_val_pairs']} validation pairs, {n['num_test_pairs']} test "
+            f"pairs ({d.protocol}){f'; {s.dist.world_size} processes' if s.dist.enabled else ''}")
+
+
+def _finish(cfg: FaceTrainConfig, s: Session, model: SiameseNet, d: StudyData, fitted: Fitted, scores: dict,
+            test_seconds: float) -> dict:
+    best = fitted.best
+    best_row = next(r for r in fitted.history if r["epoch"] == best["epoch"])
     summary = {
-        "kind": KIND,
-        "status": "finished",
-        "backbone": cfg.backbone,
-        "loss": cfg.loss,
-        "margin": cfg.margin,
-        "miner": cfg.miner if cfg.loss == "triplet" else None,
-        "epochs": cfg.epochs,
-        "best_epoch": best["epoch"],
-        "best_val_roc_auc": best["val_roc_auc"],
-        "best_val_loss": best_row["val_loss"],
-        **scores,
-        "train_seconds": total_train,
-        "wall_seconds": sum(r["seconds"] for r in history),
-        "test_seconds": test_seconds,
-        "train_images_per_second": (sum(r["images_per_second"] * r["train_seconds"] for r in trained) / total_train
-                                    if total_train > 0 else None),
-        "trainable_parameters": count_parameters(model),
-        **sizes,
-        "protocol": d.protocol,
-        "people_root": str(d.faces.root),
-        "device": device_name(device),
-        "precision": precision,
-        "channels_last": channels_last,
-        "torch": torch.__version__,
-        "cnnlab": cnnlab.__version__,
+        "kind": KIND, "status": "finished", "backbone": cfg.backbone, "loss": cfg.loss, "margin": cfg.margin,
+        "miner": cfg.miner if cfg.loss == "triplet" else None, "epochs": cfg.epochs,
+        "best_epoch": best["epoch"], "best_val_roc_auc": best["val_roc_auc"], "best_val_loss": best_row["val_loss"],
+        **scores, **timing(fitted.history), "test_seconds": test_seconds,
+        "trainable_parameters": count_parameters(model), **d.sizes(), "protocol": d.protocol,
+        "people_root": str(d.faces.root), **s.facts(), "ranks_in_sync": ranks_in_sync(model, s.dist),
     }
-    summary = run.update_summary(**summary)
+    summary = s.run.update_summary(**summary)
     logger.info("best validation ROC AUC %.4f (epoch %d); test ROC AUC %.4f, EER %.4f, accuracy %.4f at "
                 "threshold %.4f; %.1fs of training", best["val_roc_auc"], best["epoch"], scores["roc_auc"],
-                scores["eer"], scores["accuracy"], scores["threshold"], total_train)
+                scores["eer"], scores["accuracy"], scores["threshold"], summary["train_seconds"])
     return summary
 
 

@@ -17,7 +17,7 @@ from cnnlab.data.cache import cache_dir, fingerprint
 from cnnlab.data.faces import load_faces
 from cnnlab.data.images import center_crop_resize, decode_rgb
 from cnnlab.errors import CnnlabError, DataError
-from cnnlab.faces.embed import embed
+from cnnlab.faces.train import embed
 from cnnlab.faces.train import load_run_model
 from cnnlab.files import atomic_torch_save
 from cnnlab.losses import LpDistance

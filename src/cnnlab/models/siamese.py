@@ -258,13 +258,20 @@ class SiameseNet(nn.Module):
             raise TypeError(f"expected uint8 or float images, got {x.dtype}")
         return (x - self.mean) / self.std
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's pooled features (B, F) of a normalised float batch: the head's input."""
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, D) of features (B, F). Normalised to unit length in float32, also under autocast,
+        so that distances compare the same in every precision."""
+        z = self.head(feats)  # (B, D)
+        return F.normalize(z.float(), p=2.0, dim=1) if self.normalize else z
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
             x = self.normalize_input(x)
-        z = self.head(self.backbone.forward_features(x))  # (B, D)
-        if self.normalize:
-            z = F.normalize(z, p=2.0, dim=1)
-        return z
+        return self.forward_head(self.forward_features(x))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Same as calling the model: embeddings (B, D)."""

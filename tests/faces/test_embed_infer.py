@@ -1,6 +1,7 @@
 import torch
 
-from cnnlab.faces.embed import embed, pair_distances
+from cnnlab.faces.train import embed
+from cnnlab.metrics import pair_distances
 from cnnlab.models.siamese import build_siamese
 
 
