@@ -195,3 +195,35 @@ def test_no_function_is_longer_than_a_reader_can_hold():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 85:
                 long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})")
     assert not long, "functions over ~80 lines: " + ", ".join(long)
+
+
+@pytest.mark.parametrize("study", ["cifar", "faces"])
+def test_compile_trains_through_the_compiled_network(study, tmp_path, denormals_flushed, monkeypatch):
+    """--compile: the steps run through torch.compile's module and give the eager numbers.
+
+    Inductor's code generation takes minutes on a small CPU, so the test compiles with
+    the aot_eager backend: the same graph capture and autograd, without generated kernels."""
+    import functools
+
+    compiled = []
+    real = torch.compile
+
+    def compile_(model, **kw):
+        compiled.append(type(model).__name__)
+        return real(model, **{**kw, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    if study == "cifar":
+        data = write_cifar_batches(tmp_path / "c").parent
+        make = functools.partial(CifarTrainConfig, data_dir=str(data), width=0.125, batch_size=32,
+                                 eval_batch_size=64, epochs=1, lr=0.02, device="cpu", precision="fp32")
+        run = cifar_train
+    else:
+        faces = make_people(tmp_path / "f")
+        make, run = functools.partial(tiny_config, faces, epochs=1), faces_train
+    run(make(compile=True), tmp_path / "compiled", progress=False)
+    assert compiled == (["BaseCNN"] if study == "cifar" else ["SiameseNet"])
+    run(make(), tmp_path / "eager", progress=False)
+    a, b = RunDir(tmp_path / "compiled").read_metrics(), RunDir(tmp_path / "eager").read_metrics()
+    assert a[-1]["train_loss"] == pytest.approx(b[-1]["train_loss"], rel=1e-4)
+    assert a[-1]["val_loss"] == pytest.approx(b[-1]["val_loss"], rel=1e-4)

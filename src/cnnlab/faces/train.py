@@ -370,13 +370,14 @@ def _train(cfg: FaceTrainConfig, s: Session, on_epoch: EpochCallback | None) -> 
     fitted = fit(s, spec, model, optimizer, schedule, epochs=cfg.epochs, kind=KIND, config=to_dict(cfg),
                  banner=_banner(cfg, s, d), compile=cfg.compile, validate_untrained=True, on_epoch=on_epoch)
     load_best(s, model)
+    in_sync = ranks_in_sync(model, s.dist)
     if not s.is_main:  # the test writes files: rank 0 alone
         barrier(s.dist)
         return {}
     t0 = time.perf_counter()
     scores = test_run(model, d, cfg, s.run, device=s.device, precision=s.precision.precision,
                       channels_last=s.precision.channels_last, progress=s.progress)
-    summary = _finish(cfg, s, model, d, fitted, scores, time.perf_counter() - t0)
+    summary = _finish(cfg, s, model, d, fitted, {**scores, "test_seconds": time.perf_counter() - t0}, in_sync)
     barrier(s.dist)
     return summary
 
@@ -392,16 +393,16 @@ def _banner(cfg: FaceTrainConfig, s: Session, d: StudyData) -> str:
 
 
 def _finish(cfg: FaceTrainConfig, s: Session, model: SiameseNet, d: StudyData, fitted: Fitted, scores: dict,
-            test_seconds: float) -> dict:
+            in_sync: bool) -> dict:
     best = fitted.best
     best_row = next(r for r in fitted.history if r["epoch"] == best["epoch"])
     summary = {
         "kind": KIND, "status": "finished", "backbone": cfg.backbone, "loss": cfg.loss, "margin": cfg.margin,
         "miner": cfg.miner if cfg.loss == "triplet" else None, "epochs": cfg.epochs,
         "best_epoch": best["epoch"], "best_val_roc_auc": best["val_roc_auc"], "best_val_loss": best_row["val_loss"],
-        **scores, **timing(fitted.history), "test_seconds": test_seconds,
+        **scores, **timing(fitted.history),
         "trainable_parameters": count_parameters(model), **d.sizes(), "protocol": d.protocol,
-        "people_root": str(d.faces.root), **s.facts(), "ranks_in_sync": ranks_in_sync(model, s.dist),
+        "people_root": str(d.faces.root), **s.facts(), "ranks_in_sync": in_sync,
     }
     summary = s.run.update_summary(**summary)
     logger.info("best validation ROC AUC %.4f (epoch %d); test ROC AUC %.4f, EER %.4f, accuracy %.4f at "
