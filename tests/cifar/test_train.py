@@ -146,7 +146,8 @@ def test_bad_options_exit_2_with_the_option_named(cifar_batches, tmp_path, capsy
 
 
 def test_config_file_is_overridden_by_options(cifar_batches, tmp_path):
-    from cnnlab.cli import build_config, build_parser
+    from cnnlab.cli import build_parser
+    from cnnlab.options import build_config
 
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(yaml.safe_dump({"blocks": "C", "lr": "1e-3", "epochs": 7}))

@@ -1,0 +1,152 @@
+"""``cnnlab cifar ...``: the subcommands of the CIFAR-10 block study. Thin: parse, call one function, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cnnlab.config import CifarTrainConfig
+from cnnlab.options import (DEVICE, TRAINING_OPTIONS_FILE, add_command, add_figures_command, arg, build_config,
+                            config_options, data_dir, print_result, run_dir, train_args, train_command)
+
+_RUN_DIR = run_dir("a run folder of cnnlab cifar train")
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from cnnlab.cifar.summary import format_summary, model_summary
+
+    s = model_summary(args.blocks, args.width)
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cnnlab.cifar.train import resume_config, train
+
+    summary = train_command(args, CifarTrainConfig, resume_config, train, "cifar train")
+    print_result(summary, ("best_val_accuracy", "test_accuracy", "train_seconds"))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cnnlab.cifar.evaluate import evaluate_run
+
+    summary = evaluate_run(args.run_dir, tsne_samples=args.tsne_samples, feature_image=args.feature_image,
+                           device=args.device, data_dir=args.data_dir)
+    print_result(summary, ("best_val_accuracy", "test_accuracy"))
+    print(f"figures: {Path(args.run_dir) / 'figures'}")
+    return 0
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from cnnlab.cifar.evaluate import redraw_figures
+
+    for path in redraw_figures(args.run_dir):
+        print(path)
+    return 0
+
+
+def _data_figures(args: argparse.Namespace) -> int:
+    from cnnlab.cifar.evaluate import data_figures
+
+    for path in data_figures(args.data_dir, args.out, seed=args.seed, val_per_class=args.val_per_class,
+                             skip_bad_images=args.skip_bad_images):
+        print(path)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from cnnlab.cifar.compare import compare, parse_seeds, parse_variants, read_comparison, table_rows
+    from cnnlab.report import markdown_table
+
+    variants = parse_variants(args.blocks)
+    args.blocks = variants[0]  # the config is checked with one variant; compare sets each in turn
+    base = build_config(CifarTrainConfig, args)
+    rows = compare(base, variants, args.out, seeds=parse_seeds(args.seeds, base.seed),
+                   evaluate=not args.no_evaluate, tsne_samples=args.tsne_samples)
+    best = max(rows, key=lambda r: r["best_val_accuracy"])["variant"]
+    print(markdown_table(*table_rows(read_comparison(args.out), best)))
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def add_cifar(sub: argparse._SubParsersAction) -> None:
+    """Register ``cnnlab cifar`` and its subcommands."""
+    cifar = sub.add_parser("cifar", help="the CIFAR-10 block study", description="The CIFAR-10 block study: "
+                           "train BaseCNN variants (blocks A-E), evaluate and compare them.")
+    csub = cifar.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    add_command(
+        csub, "summary", _summary, help="layer table and trainable parameters of a variant",
+        description="Print the layer table, trainable parameters and MACs of a BaseCNN variant.",
+        args=[arg("--blocks", default="A", help="block design(s), e.g. A, D-sep or AABBCCDE (default: A)"),
+              arg("--width", type=float, default=1.0, help="channel multiplier (default: 1.0)"),
+              arg("--json", action="store_true", help="print a JSON object instead of the table")])
+
+    add_command(
+        csub, "train", _train, help="train one variant into a run folder",
+        description="Train one BaseCNN variant on CIFAR-10. The run folder gets config.yaml, metrics.csv, "
+                    "summary.json, checkpoints/{best,last}.pt and train.log; --resume continues it.",
+        examples=["cnnlab cifar train --blocks B --data-dir data/cifar10 --download --out runs/B",
+                  "cnnlab cifar train --blocks E --width 0.25 --epochs 5 --precision bf16 --data-dir data/cifar10 "
+                  "--out runs/E-quick",
+                  "cnnlab cifar train --resume runs/B"],
+        args=train_args(CifarTrainConfig))
+
+    add_command(
+        csub, "evaluate", _evaluate, help="test a run's best checkpoint and draw its figures",
+        description="Load RUN_DIR/checkpoints/best.pt, run the test set once and write test_predictions.npz, "
+                    "features.npz (with the t-SNE coordinates), feature_maps.npz and figures/*.png into the run "
+                    "folder; the test accuracy, per-class accuracy and confusion matrix go into summary.json.",
+        examples=["cnnlab cifar evaluate runs/E-quick --tsne-samples 0 --feature-image 7"],
+        args=[_RUN_DIR,
+              arg("--tsne-samples", type=int, default=2000, metavar="N",
+                  help="test images in the t-SNE, a seeded random subset (default: 2000; 0 = all)"),
+              arg("--feature-image", type=int, default=0, metavar="INDEX",
+                  help="index of the test image whose feature maps are drawn (default: 0)"),
+              DEVICE,
+              data_dir("CIFAR-10 folder, if not where the run was trained from (default: the run's --data-dir)",
+                       default=None)])
+
+    add_figures_command(
+        csub, _figures,
+        description="Redraw every figure of RUN_DIR from metrics.csv and the files cnnlab cifar evaluate saved, "
+                    "without the model and without recomputing t-SNE. Figures whose data is absent are skipped.",
+        args=[_RUN_DIR])
+
+    add_command(
+        csub, "data-figures", _data_figures, help="figures of the training data and its augmentation",
+        description="Write augmented_samples.png (50 augmented training images with their classes), "
+                    "val_class_distribution.png (the validation split training makes) and augment_draws.png "
+                    "(one image, 10 draws of ColorJitter and 10 of RandomAffine) into --out.",
+        args=[data_dir(f"CIFAR-10 folder (default: {CifarTrainConfig.data_dir})", default=CifarTrainConfig.data_dir),
+              arg("--out", required=True, metavar="DIR", help="folder for the PNG files (created if needed)"),
+              arg("--seed", type=int, default=0, help="seed of the split and of the drawn images (default: 0)"),
+              arg("--val-per-class", type=int, default=None, metavar="N",
+                  help="validation images per class, as in training (default: 1000, or 20%% of each class "
+                       "on smaller sets)"),
+              arg("--skip-bad-images", action="store_true", help="skip image files that cannot be decoded")])
+
+    add_command(
+        csub, "compare", _compare, help="train, evaluate and compare several variants (the study)",
+        description="Train each variant (reusing finished runs in --out, resuming unfinished ones), evaluate it, "
+                    "and write comparison.csv, comparison.md, report.md and a self-contained report.html. "
+                    "The best variant is chosen by validation accuracy, never by test accuracy.",
+        examples=["cnnlab cifar compare --blocks A,B,C,D,D-sep,E --width 0.25 --epochs 5 "
+                  "--data-dir data/cifar10 --out studies/quick"],
+        args=[arg("--blocks", default="A,B,C,D,D-sep,E", metavar="LIST",
+                  help="comma-separated variants (default: A,B,C,D,D-sep,E)"),
+              arg("--out", required=True, metavar="STUDY_DIR", help="study folder (created; reused when rerun)"),
+              arg("--seeds", metavar="LIST", help="comma-separated seeds, e.g. 0,1,2 (default: --seed)"),
+              arg("--tsne-samples", type=int, default=2000, metavar="N",
+                  help="test images in each t-SNE (default: 2000; 0 = all)"),
+              arg("--no-evaluate", action="store_true", help="only train and tabulate; no figures"),
+              TRAINING_OPTIONS_FILE,
+              config_options(CifarTrainConfig, exclude=("blocks",))])

@@ -1,0 +1,186 @@
+"""What every study's command line shares: subcommands as data, options from config dataclasses.
+
+Options of ``train``-like subcommands are generated from the config dataclasses
+(their defaults and help texts), so ``--help`` and the saved ``config.yaml``
+always agree. Precedence: dataclass defaults < ``--config FILE.yaml`` < options.
+
+A study's ``cli`` module declares each subcommand with :func:`add_command` and a
+list of :func:`arg` specs; the root ``cnnlab.cli`` only composes the studies.
+This module imports neither, so the studies never import their composer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence, Union
+
+from cnnlab.config import from_dict, load_yaml
+from cnnlab.errors import CnnlabError
+
+# --- subcommands as data --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One ``add_argument`` call, kept as data until a parser is built."""
+
+    flags: tuple[str, ...]
+    kwargs: dict[str, Any]
+
+    def __call__(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(*self.flags, **self.kwargs)
+
+
+def arg(*flags: str, **kwargs: Any) -> Arg:
+    """``arg("--seed", type=int, default=0, help=...)``: the arguments of ``add_argument``."""
+    return Arg(flags, kwargs)
+
+
+# An argument spec is an Arg, or any function that adds arguments to a parser (a group of options).
+Spec = Union[Arg, Callable[[argparse.ArgumentParser], None]]
+
+
+def _epilog(examples: Sequence[str], notes: str) -> str | None:
+    if not examples:
+        return notes or None
+    head = "example:" if len(examples) == 1 else "examples:"
+    text = "\n".join([head, *("  " + e for e in examples)])
+    return f"{text}\n\n{notes}" if notes else text
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], *,
+                help: str, description: str, examples: Sequence[str] = (), notes: str = "",
+                args: Iterable[Spec] = ()) -> argparse.ArgumentParser:
+    """Add subcommand ``name``, which calls ``func(args)``, with its texts and its arguments in order.
+
+    ``examples`` are command lines shown under the help (kept as written, so the
+    description is too); ``notes`` is raw text after them.
+    """
+    kw: dict[str, Any] = {"help": help, "description": description}
+    epilog = _epilog(examples, notes)
+    if epilog:
+        kw.update(epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sub.add_parser(name, **kw)
+    for spec in args:
+        spec(parser)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def add_figures_command(sub: argparse._SubParsersAction, func: Callable[[argparse.Namespace], int], *,
+                        description: str, args: Iterable[Spec]) -> argparse.ArgumentParser:
+    """``figures``: each study redraws a run's figures from the files the run saved."""
+    return add_command(sub, "figures", func, help="redraw a run's figures from its saved files",
+                       description=description, args=args)
+
+
+# --- the arguments several subcommands share ---------------------------------------------
+
+
+def run_dir(help: str) -> Arg:
+    """The RUN_DIR of a command that reads a finished run."""
+    return arg("run_dir", metavar="RUN_DIR", help=help)
+
+
+def data_dir(help: str, **kwargs: Any) -> Arg:
+    """``--data-dir`` of a command whose data is found elsewhere unless given."""
+    return arg("--data-dir", metavar="DIR", help=help, **kwargs)
+
+
+DEVICE = arg("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+TRAINING_OPTIONS_FILE = arg("--config", metavar="FILE", help="YAML file of training options")
+
+
+def config_options(cls: type, exclude: tuple[str, ...] = ()) -> Spec:
+    """One ``--option`` per field of the dataclass ``cls`` (see :func:`add_config_args`)."""
+    return lambda parser: add_config_args(parser, cls, exclude)
+
+
+def train_args(cls: type) -> list[Spec]:
+    """--out, --resume, --config and one option per field of ``cls``: every train command's options."""
+    return [
+        arg("--out", help="new run folder"),
+        arg("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"),
+        arg("--config", metavar="FILE", help="YAML file of options (a run's config.yaml works)"),
+        config_options(cls),
+    ]
+
+
+# --- options from dataclasses ---------------------------------------------------------
+
+
+def _base_type(hint: Any) -> Any:
+    """``int | None`` -> ``int``; any other hint (``tuple[float, ...]`` too) as it is."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
+    """One ``--option`` per dataclass field; only options actually given end up in the namespace."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group("run options (saved in the run's config.yaml)")
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+        help_text = f.metadata.get("help", "")
+        shown = "auto" if default is None else default
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        t = _base_type(hints[f.name])
+        if t is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction,
+                               help=f"{help_text} (default: {shown})", **kw)
+            continue
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        if typing.get_origin(t) is tuple or t is tuple:
+            kw["type"], kw["nargs"] = float, "+"
+        else:
+            kw["type"] = t if t in (int, float, str) else str
+        kw["metavar"] = f.name.upper() if "choices" not in kw else None
+        group.add_argument(flag, help=f"{help_text} (default: {shown})", **kw)
+
+
+def config_overrides(args: argparse.Namespace, cls: type) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items() if k in names}
+
+
+def build_config(cls: type, args: argparse.Namespace) -> Any:
+    values: dict = {}
+    if getattr(args, "config", None):
+        values.update(load_yaml(args.config))
+    values.update(config_overrides(args, cls))
+    return from_dict(cls, values, source=args.config or "options")
+
+
+# --- running and printing -------------------------------------------------------------
+
+
+def train_command(args: argparse.Namespace, cls: type, resume_config: Callable, train: Callable,
+                  command: str) -> dict:
+    """Start a run in --out, or continue the one in --resume (only runtime options may change)."""
+    if args.resume:
+        cfg = resume_config(args.resume, config_overrides(args, cls))
+        return train(cfg, args.resume, resume=True)
+    if not args.out:
+        raise CnnlabError(f"{command}: give --out RUN_DIR (a new folder), or --resume RUN_DIR")
+    return train(build_config(cls, args), args.out)
+
+
+def print_result(summary: dict, keys: tuple[str, ...]) -> None:
+    """The headline numbers of a finished command, on one line."""
+    parts = []
+    for k in keys:
+        v = summary.get(k)
+        if isinstance(v, bool) or v is None:
+            continue
+        parts.append(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}")
+    if parts:
+        print("  ".join(parts))
