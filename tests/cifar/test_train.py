@@ -7,7 +7,6 @@ import yaml
 
 from cnnlab.cli import main
 from cnnlab import engine
-from cnnlab.cifar import train as train_mod
 from cnnlab.cifar.train import load_run_model, resume_config, train
 from cnnlab.config import CifarTrainConfig
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError

@@ -187,29 +187,7 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
         args=[arg("runs", nargs="+", metavar="RUN_DIR", help="finished runs of cnnlab faces train"),
               arg("--out", required=True, metavar="DIR", help="folder for the comparison (created)")])
 
-    add_command(
-        fsub, "verify", _verify, help="are two face images the same person?",
-        description="Print the distance of two images' embeddings, the run's threshold (chosen on its validation "
-                    "pairs) and the verdict.",
-        examples=["cnnlab faces verify runs/view1 a.jpg b.jpg --json"],
-        args=[_FINISHED_RUN,
-              arg("image_a", metavar="A", help="first image file"),
-              arg("image_b", metavar="B", help="second image file"),
-              arg("--json", action="store_true",
-                  help='print {"distance": .., "threshold": .., "same_person": true|false}'),
-              DEVICE])
-
-    add_command(
-        fsub, "identify", _identify, help="the nearest people to a face in a gallery",
-        description="Embed the gallery (one sub-folder per person; cached per run and gallery) and list the k "
-                    "people nearest to the probe image, each with their nearest image.",
-        examples=["cnnlab faces identify runs/view1 probe.jpg --gallery data/office -k 5"],
-        args=[_FINISHED_RUN,
-              arg("probe", metavar="PROBE", help="image file of the face to identify"),
-              arg("--gallery", required=True, metavar="DIR", help="folder with one sub-folder per person"),
-              arg("-k", type=int, default=10, help="people to list (default: 10)"),
-              arg("--json", action="store_true", help="print a JSON list"),
-              DEVICE])
+    _add_use_commands(fsub)
 
     add_command(
         fsub, "search", _search, help="random search over training options (Optuna)",
@@ -234,3 +212,30 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
                     "and unpack the images (about 110 MB).",
         args=[arg("--data-dir", required=True, metavar="DIR", help="folder to put LFW in (created)"),
               arg("--url", metavar="URL", help="another location of the same files, e.g. file:///mnt/lfw/")])
+
+
+def _add_use_commands(fsub: argparse._SubParsersAction) -> None:
+    """What a trained run is for: verify a pair, identify a face in a gallery."""
+    add_command(
+        fsub, "verify", _verify, help="are two face images the same person?",
+        description="Print the distance of two images' embeddings, the run's threshold (chosen on its validation "
+                    "pairs) and the verdict.",
+        examples=["cnnlab faces verify runs/view1 a.jpg b.jpg --json"],
+        args=[_FINISHED_RUN,
+              arg("image_a", metavar="A", help="first image file"),
+              arg("image_b", metavar="B", help="second image file"),
+              arg("--json", action="store_true",
+                  help='print {"distance": .., "threshold": .., "same_person": true|false}'),
+              DEVICE])
+
+    add_command(
+        fsub, "identify", _identify, help="the nearest people to a face in a gallery",
+        description="Embed the gallery (one sub-folder per person; cached per run and gallery) and list the k "
+                    "people nearest to the probe image, each with their nearest image.",
+        examples=["cnnlab faces identify runs/view1 probe.jpg --gallery data/office -k 5"],
+        args=[_FINISHED_RUN,
+              arg("probe", metavar="PROBE", help="image file of the face to identify"),
+              arg("--gallery", required=True, metavar="DIR", help="folder with one sub-folder per person"),
+              arg("-k", type=int, default=10, help="people to list (default: 10)"),
+              arg("--json", action="store_true", help="print a JSON list"),
+              DEVICE])
