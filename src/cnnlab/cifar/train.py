@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab import engine
 from cnnlab.config import CifarTrainConfig, from_dict, to_dict
 from cnnlab.data.augment import AugmentConfig, eval_transform, train_transform
 from cnnlab.data.cifar10 import Cifar10, load_cifar10, stratified_split, subsample
-from cnnlab import engine
 from cnnlab.engine import (Fitted, Schedule, Session, batch_indices, exponential_decay, fit, infer, load_best,
                            ranks_in_sync, session, timing)
 from cnnlab.files import load_checkpoint, load_model_state
