@@ -12,6 +12,7 @@ from cnnlab.faces.train import build_model, frozen_layers, load_run_model
 from cnnlab.models.siamese import backbone_layers, set_trainable
 from cnnlab.faces.train import epoch_batches, resume_config, train
 from cnnlab.files import load_checkpoint
+from cnnlab.models.efficientnet_lite import key_map
 from cnnlab.run import RunDir
 
 from .conftest import make_people, tiny_config, tiny_options, write_pairs
@@ -277,3 +278,48 @@ def test_freeze_bn_keeps_backbone_batchnorm_in_eval_mode(face_dir):
     assert model.training and model.head.training and not any(m.training for m in bns)
     set_train_mode(model, [], freeze_bn=False)
     assert all(m.training for m in bns)
+
+
+# --------------------------------------------------------------------------- runs of the former Lite0 port
+
+
+def _as_port_checkpoint(path, model) -> None:
+    """Rewrite the network in checkpoint ``path`` under the key names of the former hand-written Lite0 port."""
+    old = {f"backbone.net.{new}": f"backbone.{port}" for port, new in key_map("port", model.backbone.net).items()}
+    ckpt = load_checkpoint(path)
+    ckpt["model"] = {old.get(k, k): v for k, v in ckpt["model"].items()}
+    torch.save(ckpt, path)
+
+
+def test_run_of_the_former_lite0_port_evaluates_and_resumes(face_dir, tmp_path):
+    import shutil
+
+    cfg = tiny_config(face_dir, backbone="efficientnet_lite0", image_size=16, epochs=2, freeze_bn=False,
+                      weight_decay=1e-4)
+    part, old = tmp_path / "part", tmp_path / "old"
+
+    def crash_after_epoch_1(row):
+        if row["epoch"] == 1:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train(cfg, part, progress=False, on_epoch=crash_after_epoch_1)
+    shutil.copytree(part, old)
+    model = build_model(cfg, weights="none")
+    for name in ("last.pt", "best.pt"):
+        _as_port_checkpoint(old / "checkpoints" / name, model)
+    assert "backbone.blocks.15.project.bn.running_var" in load_checkpoint(old / "checkpoints" / "last.pt")["model"]
+
+    loaded, _ = load_run_model(RunDir(old), "last")  # as evaluate, verify and analyze load a run
+    before = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in before.items())
+
+    # Resuming loads the old names and the optimizer state saved beside them, and goes on as if nothing changed.
+    for run in (part, old):
+        train(resume_config(run), run, resume=True, progress=False)
+    expected = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
+    got = load_checkpoint(old / "checkpoints" / "last.pt")["model"]
+    assert set(got) == set(expected)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    a, b = RunDir(part).read_summary(), RunDir(old).read_summary()
+    assert a["roc_auc"] == b["roc_auc"] and a["best_epoch"] == b["best_epoch"]

@@ -1,4 +1,5 @@
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,18 +7,23 @@ import torchvision
 from torch import nn
 
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError
-from cnnlab.models.efficientnet_lite import LITE_MEAN, LITE_STD, shipped_weights_path
+from cnnlab.files import load_model_state
+from cnnlab.models.efficientnet_lite import LITE_MEAN, LITE_STD, key_map, shipped_weights_path
 from cnnlab.models.siamese import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     SiameseNet,
     TinyCNN,
     b0_imagenet_file,
+    backbone_layers,
     backbone_names,
     build_backbone,
     build_siamese,
     efficientnet_b0,
+    set_train_mode,
+    upgrade_state_dict,
 )
+from cnnlab.models.timm_backbone import TimmBackbone
 
 B0_FILE = "efficientnet_b0_rwightman-7f5810bc.pth"
 
@@ -87,8 +93,10 @@ def test_unknown_backbone_names_the_option_and_the_choices():
 def test_lite0_imagenet_means_the_shipped_file():
     model = build_siamese("efficientnet_lite0", "imagenet")
     shipped = torch.load(shipped_weights_path(), weights_only=True)
-    assert torch.equal(model.backbone.stem.conv.weight, shipped["_conv_stem.weight"])
-    assert torch.equal(model.backbone.head.bn.running_var, shipped["_bn1.running_var"])
+    assert isinstance(model.backbone, TimmBackbone)
+    assert model.backbone.net.pretrained_cfg["architecture"] == "tf_efficientnet_lite0"
+    assert torch.equal(model.backbone.net.conv_stem.weight, shipped["_conv_stem.weight"])
+    assert torch.equal(model.backbone.net.bn2.running_var, shipped["_bn1.running_var"])
 
 
 def test_missing_weights_path_names_the_file(tmp_path):
@@ -102,6 +110,50 @@ def test_tiny_imagenet_falls_back_to_random_init_with_a_warning(caplog):
         b = build_backbone("tiny", "imagenet")
     assert isinstance(b.module, TinyCNN)
     assert "no ImageNet weights" in caplog.text
+
+
+@pytest.mark.parametrize("name, units", [("efficientnet_lite0", 18)])
+def test_frozen_timm_layers_stop_batch_statistics_and_stochastic_depth(name, units):
+    model = build_siamese(name, "none", embedding_dim=8)
+    layers = backbone_layers(model.backbone)
+    assert len(layers) == units
+    set_train_mode(model, layers[:3], freeze_bn=False)
+    assert not any(m.training for layer in layers[:3] for m in layer.modules())
+    assert all(m.training for m in layers[3].modules()) and model.head.training
+
+
+# ---------------------------------------------------------------- checkpoints of the former Lite0 port
+
+
+PORT_KEYS = [line for line in (Path(__file__).with_name("lite0_port_keys.txt")).read_text().splitlines()
+             if line and not line.startswith("#")]
+
+
+def _as_port_checkpoint(model: SiameseNet) -> dict:
+    """``model``'s state dict under the names the hand-written Lite0 port gave it."""
+    old = {f"backbone.net.{new}": f"backbone.{port}" for port, new in key_map("port", model.backbone.net).items()}
+    return {old.get(k, k): v for k, v in model.state_dict().items()}
+
+
+def test_port_checkpoint_loads_into_the_timm_lite0():
+    torch.manual_seed(5)
+    trained = build_siamese("efficientnet_lite0", "none", embedding_dim=8)
+    state = _as_port_checkpoint(trained)
+    assert list(state) == [f"backbone.{k}" for k in PORT_KEYS] + ["head.0.weight", "head.0.bias"]
+    fresh = build_siamese("efficientnet_lite0", "none", embedding_dim=8)
+    load_model_state(fresh, upgrade_state_dict(fresh, state), "old.pt")
+    for k, v in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+
+
+def test_upgrade_leaves_other_states_alone():
+    lite = build_siamese("efficientnet_lite0", "none", embedding_dim=8)
+    current = lite.state_dict()
+    assert upgrade_state_dict(lite, current) is current
+    tiny = _tiny_siamese()
+    port = _as_port_checkpoint(lite)
+    assert upgrade_state_dict(tiny, port) is port  # a tiny run's network: the misfit is load_model_state's to name
+    assert upgrade_state_dict(lite, None) is None
 
 
 # ---------------------------------------------------------------- torchvision EfficientNet-B0

@@ -115,7 +115,14 @@ from cnnlab.losses import (
     TripletMiner,
 )
 from cnnlab.metrics import best_threshold, mean_average_precision_at_r, precision_at_1, roc_auc, verification_report
-from cnnlab.models.siamese import SiameseNet, backbone_layers, build_siamese, set_train_mode, set_trainable
+from cnnlab.models.siamese import (
+    SiameseNet,
+    backbone_layers,
+    build_siamese,
+    set_train_mode,
+    set_trainable,
+    upgrade_state_dict,
+)
 from cnnlab.run import RunDir, log_to_file
 from cnnlab.run import resume_config as run_resume_config
 from cnnlab.runtime import device_name, enable_fast_kernels, autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
@@ -151,6 +158,11 @@ def frozen_layers(model: SiameseNet, cfg: FaceTrainConfig, epoch: int) -> list[n
         return []
     return layers[: max(0, len(layers) - cfg.trainable_layers)]
 
+def _load_network(model: SiameseNet, state: object, path: Path) -> None:
+    """Load a face checkpoint's ``state`` into ``model``, also one saved before Lite0 came from timm."""
+    load_model_state(model, upgrade_state_dict(model, state), path, "this run's network")
+
+
 def run_config(run: RunDir) -> FaceTrainConfig:
     """The saved configuration of a face run (a :class:`CnnlabError` when the folder is not one)."""
     return from_dict(FaceTrainConfig, run.read_config(), source=str(run.config_path))
@@ -166,7 +178,7 @@ def load_run_model(run: RunDir, checkpoint: str = "best",
     if ckpt.get("kind") not in (None, "faces"):
         raise CheckpointError(f"{path} is a {ckpt.get('kind')} checkpoint, not a face run's")
     model = build_model(cfg, weights="none")
-    load_model_state(model, ckpt.get("model"), path, "this run's network")
+    _load_network(model, ckpt.get("model"), path)
     return model.to(device).eval(), cfg
 
 
@@ -411,7 +423,7 @@ def _train(cfg: FaceTrainConfig, run: RunDir, resume: bool, device: torch.device
     start = 0
     if resuming:
         ckpt = load_checkpoint(run.last_checkpoint)
-        load_model_state(model, ckpt.get("model"), run.last_checkpoint, "this run's network")
+        _load_network(model, ckpt.get("model"), run.last_checkpoint)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"], pair_gen, aug_gen)
@@ -483,8 +495,7 @@ def _train(cfg: FaceTrainConfig, run: RunDir, resume: bool, device: torch.device
     # The test is looked at once, after training, with the best checkpoint.
     if not run.best_checkpoint.is_file():
         raise CnnlabError(f"{run.best_checkpoint} is missing; the run cannot be tested")
-    load_model_state(model, load_checkpoint(run.best_checkpoint)["model"], run.best_checkpoint,
-                     "this run's network")
+    _load_network(model, load_checkpoint(run.best_checkpoint)["model"], run.best_checkpoint)
     t0 = time.perf_counter()
     scores = test_run(model, d, cfg, run, progress=progress, **val_kw)
     test_seconds = time.perf_counter() - t0

