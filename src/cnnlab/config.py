@@ -184,9 +184,11 @@ class FaceTrainConfig:
     skip_bad_images: bool = opt(False, "skip image files that cannot be decoded instead of stopping")
     augment: bool = opt(True, "training augmentation: horizontal flip and a small random zoom and shift")
     # model
-    backbone: str = opt("efficientnet_lite0", "efficientnet_lite0 (ImageNet weights work offline), "
-                                              "efficientnet_b0 or tiny (tests)")
-    weights: str = opt("imagenet", "backbone weights: imagenet, none, or a path to a state-dict file")
+    backbone: str = opt("efficientnet_lite0", "efficientnet_lite0 (timm's tf_efficientnet_lite0; ImageNet "
+                                              "weights work offline), efficientnet_b0 (torchvision), tiny "
+                                              "(tests), or timm:NAME for any timm model, e.g. timm:resnet18")
+    weights: str = opt("imagenet", "backbone weights: imagenet (for timm:NAME downloaded from timm's hub), none, "
+                                   "or a path to a state-dict file")
     embedding_dim: int = opt(512, "size D of the embedding (backbone -> Linear -> ReLU)")
     normalize_embeddings: bool = opt(True, "scale every embedding to unit length (distances in [0, 2])")
     trainable_layers: int | None = opt(None, "train only the last N layers of the backbone (the rest keep "
@@ -232,6 +234,10 @@ class FaceTrainConfig:
         _require(isinstance(self.image_size, int) and self.image_size >= 16, "image_size",
                  "an integer of at least 16", self.image_size)
         _require(0 < self.crop <= 1, "crop", "a fraction in (0, 1]", self.crop)
+        from cnnlab.models.siamese import backbone_names, is_backbone
+
+        _require(is_backbone(self.backbone), "backbone", f"{', '.join(backbone_names())} or timm:NAME with NAME "
+                 "a timm model (timm.list_models())", self.backbone)
         _require(isinstance(self.embedding_dim, int) and self.embedding_dim >= 1, "embedding_dim",
                  "a positive integer", self.embedding_dim)
         if self.trainable_layers is not None:

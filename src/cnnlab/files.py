@@ -93,9 +93,15 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def load_model_state(model: "torch.nn.Module", state: Any, path: str | os.PathLike, what: str = "") -> None:
-    """Load ``state`` into ``model``, or a :class:`CheckpointError` naming the file, the model and the misfit."""
+    """Load ``state`` into ``model``, or a :class:`CheckpointError` naming the file, the model and the misfit.
+
+    A model whose weights were once saved under other names renames them first
+    (its ``upgrade_state_dict(state)``), wherever its checkpoints are loaded.
+    """
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds no model weights")
+    if hasattr(model, "upgrade_state_dict"):
+        state = model.upgrade_state_dict(state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

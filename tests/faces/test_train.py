@@ -12,6 +12,8 @@ from cnnlab.faces.train import build_model, frozen_layers, load_run_model
 from cnnlab.models.siamese import backbone_layers, set_trainable
 from cnnlab.faces.train import epoch_batches, resume_config, train
 from cnnlab.files import load_checkpoint
+from cnnlab.models.efficientnet_lite import key_map
+from cnnlab.models.timm_backbone import TimmBackbone
 from cnnlab.run import RunDir
 
 from .conftest import make_people, tiny_config, tiny_options, write_pairs
@@ -241,6 +243,8 @@ def test_too_few_validation_people_is_a_clear_error(tmp_path):
     (dict(protocol="view2"), "--protocol"),
     (dict(image_size=8), "--image-size"),
     (dict(trainable_layers=-2), "--trainable-layers"),
+    (dict(backbone="resnet18"), "--backbone: expected efficientnet_lite0, efficientnet_b0, tiny or timm:NAME"),
+    (dict(backbone="timm:resnet_nope"), "--backbone: .*got 'timm:resnet_nope'"),
 ])
 def test_bad_options_name_the_option(face_dir, kw, message):
     with pytest.raises(ConfigError, match=message):
@@ -277,3 +281,65 @@ def test_freeze_bn_keeps_backbone_batchnorm_in_eval_mode(face_dir):
     assert model.training and model.head.training and not any(m.training for m in bns)
     set_train_mode(model, [], freeze_bn=False)
     assert all(m.training for m in bns)
+
+
+# --------------------------------------------------------------------------- timm backbones
+
+
+def test_timm_backbone_trains_end_to_end(face_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(face_dir, backbone="timm:resnet18", image_size=16, trainable_layers=2, freeze_bn=False,
+                      lr=0.05)
+    s = train(cfg, out, progress=False)
+    assert s["status"] == "finished" and s["backbone"] == "timm:resnet18" and 0 <= s["roc_auc"] <= 1
+    model, saved = load_run_model(RunDir(out))
+    assert saved.backbone == "timm:resnet18" and isinstance(model.backbone, TimmBackbone)
+    assert len(backbone_layers(model.backbone)) == 9  # stem, 8 basic blocks: the last 2 trained
+    torch.manual_seed(0)
+    start = build_model(cfg).state_dict()
+    end = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+    assert torch.equal(start["backbone.net.conv1.weight"], end["backbone.net.conv1.weight"])
+    assert torch.equal(start["backbone.net.layer3.1.bn2.running_mean"], end["backbone.net.layer3.1.bn2.running_mean"])
+    assert not torch.equal(start["backbone.net.layer4.1.conv2.weight"], end["backbone.net.layer4.1.conv2.weight"])
+
+
+def _as_port_checkpoint(path, model) -> None:
+    """Rewrite the network in checkpoint ``path`` under the key names of the former hand-written Lite0 port."""
+    old = {f"backbone.net.{new}": f"backbone.{port}" for port, new in key_map("port", model.backbone.net).items()}
+    ckpt = load_checkpoint(path)
+    ckpt["model"] = {old.get(k, k): v for k, v in ckpt["model"].items()}
+    torch.save(ckpt, path)
+
+
+def test_run_of_the_former_lite0_port_evaluates_and_resumes(face_dir, tmp_path):
+    import shutil
+
+    cfg = tiny_config(face_dir, backbone="efficientnet_lite0", image_size=16, epochs=2, freeze_bn=False,
+                      weight_decay=1e-4)
+    part, old = tmp_path / "part", tmp_path / "old"
+
+    def crash_after_epoch_1(row):
+        if row["epoch"] == 1:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train(cfg, part, progress=False, on_epoch=crash_after_epoch_1)
+    shutil.copytree(part, old)
+    model = build_model(cfg, weights="none")
+    for name in ("last.pt", "best.pt"):
+        _as_port_checkpoint(old / "checkpoints" / name, model)
+    assert "backbone.blocks.15.project.bn.running_var" in load_checkpoint(old / "checkpoints" / "last.pt")["model"]
+
+    loaded, _ = load_run_model(RunDir(old), "last")  # as evaluate, verify and analyze load a run
+    before = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in before.items())
+
+    # Resuming loads the old names and the optimizer state saved beside them, and goes on as if nothing changed.
+    for run in (part, old):
+        train(resume_config(run), run, resume=True, progress=False)
+    expected = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
+    got = load_checkpoint(old / "checkpoints" / "last.pt")["model"]
+    assert set(got) == set(expected)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    a, b = RunDir(part).read_summary(), RunDir(old).read_summary()
+    assert a["roc_auc"] == b["roc_auc"] and a["best_epoch"] == b["best_epoch"]

@@ -1,23 +1,31 @@
 import urllib.error
+from pathlib import Path
 
 import pytest
+import timm
 import torch
 import torchvision
 from torch import nn
 
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError
-from cnnlab.models.efficientnet_lite import LITE_MEAN, LITE_STD, shipped_weights_path
+from cnnlab.files import load_model_state
+from cnnlab.models.efficientnet_lite import LITE_MEAN, LITE_STD, key_map, shipped_weights_path
 from cnnlab.models.siamese import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     SiameseNet,
     TinyCNN,
     b0_imagenet_file,
+    backbone_layers,
     backbone_names,
     build_backbone,
     build_siamese,
     efficientnet_b0,
+    is_backbone,
+    set_train_mode,
+    upgrade_state_dict,
 )
+from cnnlab.models.timm_backbone import TimmBackbone
 
 B0_FILE = "efficientnet_b0_rwightman-7f5810bc.pth"
 
@@ -60,6 +68,7 @@ def test_registry_names():
         ("efficientnet_lite0", 1280, LITE_MEAN, LITE_STD),
         ("efficientnet_b0", 1280, IMAGENET_MEAN, IMAGENET_STD),
         ("tiny", 128, (0.5,) * 3, (0.5,) * 3),
+        ("timm:resnet18", 512, IMAGENET_MEAN, IMAGENET_STD),
     ],
 )
 def test_backbone_features_and_siamese_embeddings(name, features, mean, std, flush_denormals):
@@ -78,21 +87,33 @@ def test_backbone_features_and_siamese_embeddings(name, features, mean, std, flu
     torch.testing.assert_close(model.std.view(3), torch.tensor(std))
 
 
-def test_unknown_backbone_names_the_option_and_the_choices():
-    with pytest.raises(ConfigError, match=r"--backbone: expected one of efficientnet_lite0, efficientnet_b0, "
-                                          r"tiny, got 'resnet50'"):
+def test_unknown_backbone_names_the_value_and_the_choices():
+    with pytest.raises(ConfigError, match=r"backbone must be one of efficientnet_lite0, efficientnet_b0, "
+                                          r"tiny or timm:NAME, got 'resnet50'"):
         build_siamese("resnet50", "none")
+    with pytest.raises(ConfigError, match=r"timm has no model named 'resnet_nope'"):
+        build_siamese("timm:resnet_nope", "none")
+
+
+@pytest.mark.parametrize("name, known", [("efficientnet_lite0", True), ("tiny", True), ("timm:resnet18", True),
+                                         ("timm:resnet18.a1_in1k", True), ("timm:resnet_nope", False),
+                                         ("timm:resnet18.no_such_tag", False),
+                                         ("resnet18", False), ("timm:", False), (None, False)])
+def test_is_backbone(name, known):
+    assert is_backbone(name) is known
 
 
 def test_lite0_imagenet_means_the_shipped_file():
     model = build_siamese("efficientnet_lite0", "imagenet")
     shipped = torch.load(shipped_weights_path(), weights_only=True)
-    assert torch.equal(model.backbone.stem.conv.weight, shipped["_conv_stem.weight"])
-    assert torch.equal(model.backbone.head.bn.running_var, shipped["_bn1.running_var"])
+    assert isinstance(model.backbone, TimmBackbone)
+    assert model.backbone.net.pretrained_cfg["architecture"] == "tf_efficientnet_lite0"
+    assert torch.equal(model.backbone.net.conv_stem.weight, shipped["_conv_stem.weight"])
+    assert torch.equal(model.backbone.net.bn2.running_var, shipped["_bn1.running_var"])
 
 
 def test_missing_weights_path_names_the_file(tmp_path):
-    for name in backbone_names():
+    for name in [*backbone_names(), "timm:resnet18"]:
         with pytest.raises(CheckpointError, match=r"--weights: .*absent\.pt is not a file"):
             build_backbone(name, str(tmp_path / "absent.pt"))
 
@@ -102,6 +123,59 @@ def test_tiny_imagenet_falls_back_to_random_init_with_a_warning(caplog):
         b = build_backbone("tiny", "imagenet")
     assert isinstance(b.module, TinyCNN)
     assert "no ImageNet weights" in caplog.text
+
+
+def test_timm_backbone_from_a_local_state_dict(tmp_path):
+    torch.manual_seed(2)
+    net = timm.create_model("resnet18")
+    path = tmp_path / "r18.pth"
+    torch.save(net.state_dict(), path)
+    model = build_siamese("timm:resnet18", str(path), embedding_dim=8)
+    assert torch.equal(model.backbone.net.layer4[1].conv2.weight, net.layer4[1].conv2.weight)
+
+
+@pytest.mark.parametrize("name, units", [("efficientnet_lite0", 18), ("timm:resnet18", 9)])
+def test_frozen_timm_layers_stop_batch_statistics_and_stochastic_depth(name, units):
+    model = build_siamese(name, "none", embedding_dim=8)
+    layers = backbone_layers(model.backbone)
+    assert len(layers) == units
+    set_train_mode(model, layers[:3], freeze_bn=False)
+    assert not any(m.training for layer in layers[:3] for m in layer.modules())
+    assert all(m.training for m in layers[3].modules()) and model.head.training
+
+
+# ---------------------------------------------------------------- checkpoints of the former Lite0 port
+
+
+PORT_KEYS = [line for line in (Path(__file__).with_name("lite0_port_keys.txt")).read_text().splitlines()
+             if line and not line.startswith("#")]
+
+
+def _as_port_checkpoint(model: SiameseNet) -> dict:
+    """``model``'s state dict under the names the hand-written Lite0 port gave it."""
+    old = {f"backbone.net.{new}": f"backbone.{port}" for port, new in key_map("port", model.backbone.net).items()}
+    return {old.get(k, k): v for k, v in model.state_dict().items()}
+
+
+def test_port_checkpoint_loads_into_the_timm_lite0():
+    torch.manual_seed(5)
+    trained = build_siamese("efficientnet_lite0", "none", embedding_dim=8)
+    state = _as_port_checkpoint(trained)
+    assert list(state) == [f"backbone.{k}" for k in PORT_KEYS] + ["head.0.weight", "head.0.bias"]
+    fresh = build_siamese("efficientnet_lite0", "none", embedding_dim=8)
+    load_model_state(fresh, upgrade_state_dict(fresh, state), "old.pt")
+    for k, v in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+
+
+def test_upgrade_leaves_other_states_alone():
+    lite = build_siamese("efficientnet_lite0", "none", embedding_dim=8)
+    current = lite.state_dict()
+    assert upgrade_state_dict(lite, current) is current
+    tiny = _tiny_siamese()
+    port = _as_port_checkpoint(lite)
+    assert upgrade_state_dict(tiny, port) is port  # a tiny run's network: the misfit is load_model_state's to name
+    assert upgrade_state_dict(lite, None) is None
 
 
 # ---------------------------------------------------------------- torchvision EfficientNet-B0

