@@ -248,12 +248,14 @@ def load_cifar10(
 
     key = cache.fingerprint(key_files, root, layout, skip_bad_images, _CACHE_VERSION)
     cache_file = cache.cache_dir(cache_root) / f"cifar10-{key}.pt"
-    data = cache.load_cached(cache_file)
+    meta = {"layout": layout, "image_size": IMAGE_SIZE, "files": len(key_files), "skip_bad_images": skip_bad_images}
+    data = cache.load_checked(cache_file, key=key, meta=meta, what="CIFAR-10 cache",
+                              check=lambda d: _cache_problem(d, classes, listing, skip_bad_images))
     if data is None:
         logger.info("decoding CIFAR-10 from %s (%s layout); cached afterwards in %s", root, layout, cache_file)
         data = _decode_batches(root) if layout == "batches" else _decode_folders(root, classes, listing,
                                                                                     skip_bad_images)
-        cache.save_cached(cache_file, data)
+        cache.save_checked(cache_file, data, key=key, meta=meta, what="CIFAR-10 cache")
     return Cifar10(
         train_images=data["train_images"],
         train_labels=data["train_labels"],
@@ -263,6 +265,25 @@ def load_cifar10(
         layout=layout,
         root=root,
     )
+
+
+def _cache_problem(data: dict, classes: list[str] | None, listing: dict | None, skip_bad: bool) -> str | None:
+    """What is wrong with a cached decode, given what the source files say it must hold (None: nothing)."""
+    names = data.get("classes")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return "it holds no class names"
+    if len(names) != (len(classes) if classes is not None else len(CLASSES)) or (classes and names != classes):
+        return f"it names {len(names)} classes, the source files {len(classes or CLASSES)}"
+    for split in ("train", "test"):
+        problem = cache.labelled_images_problem(data.get(f"{split}_images"), data.get(f"{split}_labels"),
+                                                size=IMAGE_SIZE, classes=len(names), name=f"{split} images")
+        if problem:
+            return problem
+        if listing is not None:
+            n, files = len(data[f"{split}_labels"]), len(listing[split])
+            if n > files or (n != files and not skip_bad):
+                return f"it holds {n} {split} images where the folders hold {files} image files"
+    return None
 
 
 # --- split -----------------------------------------------------------------------
