@@ -246,3 +246,49 @@ def test_download_of_an_archive_that_escapes_is_refused(tmp_path, capsys, monkey
     assert rc == 2 and member.lstrip("/") in err and "Traceback" not in err
     assert not (tmp_path / "data" / "escaped.txt").exists()
     assert not Path("/tmp/cnnlab-absolute-escape.txt").exists()
+
+
+def _weights_finite(path: Path) -> bool:
+    from cnnlab.files import load_checkpoint
+
+    return all(torch.isfinite(v).all() for v in load_checkpoint(path)["model"].values() if v.is_floating_point())
+
+
+def test_weights_blown_up_by_an_epochs_last_step_stop_the_run_as_diverged(tmp_path, capsys, monkeypatch):
+    """A step that sends the weights to NaN after its loss was computed once ended as 'finished'."""
+    import cnnlab.engine as engine
+
+    root = write_cifar_batches(tmp_path / "b").parent
+    out = tmp_path / "run"
+    real = engine._train_epoch
+
+    def blow_up_in_epoch_2(s, spec, st, net, batches, epoch):
+        sums = real(s, spec, st, net, batches, epoch)
+        if epoch == 1:
+            with torch.no_grad():
+                for p in st.model.parameters():
+                    p.fill_(float("inf"))
+        return sums
+
+    monkeypatch.setattr(engine, "_train_epoch", blow_up_in_epoch_2)
+    rc = main(TRAIN + ["--epochs", "3", "--data-dir", str(root), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "training diverged at epoch 2" in err and "became NaN or infinite" in err, err
+    assert "last good checkpoint (epoch 1) is kept" in err and "Traceback" not in err
+    from cnnlab.files import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+    assert load_checkpoint(out / "checkpoints" / "best.pt")["epoch"] == 1
+    assert _weights_finite(out / "checkpoints" / "last.pt") and _weights_finite(out / "checkpoints" / "best.pt")
+    assert not (out / "summary.json").exists()  # never marked finished
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2  # the header and epoch 1
+
+
+def test_a_huge_learning_rate_in_a_one_step_epoch_is_diverged_not_finished(tmp_path, capsys):
+    """The issue's case: one step an epoch at an absurd rate; only the training loss was checked."""
+    root = write_cifar_batches(tmp_path / "b").parent
+    out = tmp_path / "run"
+    rc = main(TRAIN + ["--batch-size", "256", "--lr", "1e30", "--data-dir", str(root), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "training diverged at epoch 1" in err and "no checkpoint was written" in err, err
+    assert not (out / "checkpoints" / "best.pt").exists() and not (out / "summary.json").exists()
