@@ -73,6 +73,18 @@ def _evil_batch(folder):
     return "test_batch: not a CIFAR-10 batch"
 
 
+def _bad_labels(make):
+    """data_batch_3 with its 'labels' replaced by ``make(labels)``: a pickle numpy itself could have written."""
+    def mutate(folder):
+        p = folder / "data_batch_3"
+        with open(p, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        batch[b"labels"] = make(list(batch[b"labels"]))
+        p.write_bytes(pickle.dumps(batch, protocol=2))
+        return "data_batch_3: not a CIFAR-10 batch: 'labels' must be a list of integers"
+    return mutate
+
+
 def _data_dir(tmp, make):
     d = tmp / "data"
     make(d)
@@ -122,6 +134,11 @@ CASES = [
     ("truncated batch", lambda t, p: _batches(t, _truncate_batch), 2),
     ("corrupted batch", lambda t, p: _batches(t, _garble_batch), 2),
     ("malicious batch", lambda t, p: _batches(t, _evil_batch), 2),
+    ("labels as bytes", lambda t, p: _batches(t, _bad_labels(lambda y: bytes(y))), 2),
+    ("labels all None", lambda t, p: _batches(t, _bad_labels(lambda y: [None] * len(y))), 2),
+    ("labels a 2-D array", lambda t, p: _batches(t, _bad_labels(lambda y: np.array(y).reshape(-1, 1))), 2),
+    ("float labels", lambda t, p: _batches(t, _bad_labels(lambda y: [3.7] * len(y))), 2),
+    ("float label array", lambda t, p: _batches(t, _bad_labels(lambda y: np.array(y, dtype=np.float64) + 0.7)), 2),
     ("corrupted jpeg", lambda t, p: _folders(t, _write("bad.jpg", b"\xff\xd8\xff\xe0" + random.Random(5).randbytes(300))), 2),
     ("truncated jpeg", lambda t, p: _folders(t, _write("cut.jpg", _jpeg_bytes()[:200])), 2),
     ("non-image file", lambda t, p: _folders(t, _write("notes.txt", b"hello")), 2),

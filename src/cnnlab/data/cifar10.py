@@ -104,7 +104,7 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     data, labels = d.get("data"), d.get("labels")
     if not isinstance(data, np.ndarray) or labels is None:
         raise DataError(f"{path}: a CIFAR-10 batch needs 'data' (an array) and 'labels'")
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = _labels(path, labels)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE * IMAGE_SIZE:
         raise DataError(f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
     if len(labels) != len(data):
@@ -112,6 +112,23 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASSES)):
         raise DataError(f"{path}: labels outside 0..{len(CLASSES) - 1}")
     return data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE), labels
+
+
+def _labels(path: Path, labels: object) -> np.ndarray:
+    """'labels' as int64 (N,): a list of integers or a 1-D integer array, nothing else (3.7 is not a class)."""
+    if isinstance(labels, np.ndarray):
+        ok = labels.ndim == 1 and labels.dtype.kind in "iu"
+        found = f"a {labels.dtype} array of shape {labels.shape}"
+    elif isinstance(labels, list):
+        bad = [v for v in labels if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+        ok = not bad
+        found = f"a list holding {bad[0]!r}" if bad else ""
+    else:
+        ok, found = False, f"{type(labels).__name__} {repr(labels)[:40]}"
+    if not ok:
+        raise DataError(f"{path}: not a CIFAR-10 batch: 'labels' must be a list of integers (class indices), "
+                        f"found {found}")
+    return np.asarray(labels, dtype=np.int64).reshape(-1)
 
 
 def _read_classes(folder: Path) -> list[str]:
