@@ -135,6 +135,8 @@ def session(cfg: Any, out: str | Path, body: Callable[[Session], dict], *, resum
         enable_fast_kernels(device)
         if dinfo.is_main:
             run.prepare(to_dict(cfg), resume, ignore=runtime_fields)
+            if resume:
+                run.set_aside_bad_summary()
         barrier(dinfo)
         with log_to_file(run.log_path, enabled=dinfo.is_main):
             if resume and run.read_summary().get("status") == "finished":

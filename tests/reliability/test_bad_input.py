@@ -8,6 +8,7 @@ Each row: an id, a function that prepares the case under ``tmp_path`` and return
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import random
 import tarfile
@@ -121,6 +122,40 @@ def _evil_checkpoint(tmp, prev):
     return ["cifar", "train", "--resume", str(prev)], "last.pt cannot be loaded safely"
 
 
+SUMMARY_DAMAGE = {
+    "not json": b"{not json",
+    "random bytes": bytes(random.Random(6).randbytes(300)),
+    "a JSON list": b"[]",
+    "truncated": b'{"kind": "cifar", "status": "fini',
+}
+
+
+def _bad_summary(damage, *command):
+    def case(tmp, prev):
+        (prev / "summary.json").write_bytes(SUMMARY_DAMAGE[damage])
+        return ["cifar", *command, str(prev)], f"{prev / 'summary.json'} is not a JSON object"
+    return case
+
+
+def _face_command_on_a_cifar_run(*command):
+    def case(tmp, prev):
+        argv = ["faces", *[str(prev) if c == "RUN" else str(tmp / c) if c.endswith((".jpg", ".txt")) else c
+                           for c in command]]
+        return argv, f"{prev} is a run of the CIFAR-10 block study (made by cnnlab cifar train)"
+    return case
+
+
+FACE_COMMANDS = {
+    "figures": ("figures", "RUN"),
+    "analyze": ("analyze", "RUN"),
+    "evaluate": ("evaluate", "RUN", "--pairs", "pairs.txt"),
+    "verify": ("verify", "RUN", "a.jpg", "b.jpg"),
+    "identify": ("identify", "RUN", "a.jpg", "--gallery", "."),
+    "compare": ("compare", "RUN", "--out", "cmp"),
+    "train --resume": ("train", "--resume", "RUN"),
+}
+
+
 def _resume_nothing(tmp, prev):
     (tmp / "empty").mkdir()
     return ["cifar", "train", "--resume", str(tmp / "empty")], "holds no cnnlab run"
@@ -158,6 +193,9 @@ CASES = [
     ("checkpoint of another architecture", _other_arch_checkpoint, 2),
     ("malicious checkpoint", _evil_checkpoint, 2),
     ("resume of a folder with no run", _resume_nothing, 2),
+    *((f"summary.json {d}, evaluate", _bad_summary(d, "evaluate", "--tsne-samples", "0"), 2) for d in SUMMARY_DAMAGE),
+    *((f"summary.json {d}, figures", _bad_summary(d, "figures"), 2) for d in SUMMARY_DAMAGE),
+    *((f"faces {c} on a cifar run", _face_command_on_a_cifar_run(*a), 2) for c, a in FACE_COMMANDS.items()),
 ]
 
 
@@ -309,3 +347,24 @@ def test_a_huge_learning_rate_in_a_one_step_epoch_is_diverged_not_finished(tmp_p
     err = capsys.readouterr().err
     assert rc == 2 and "training diverged at epoch 1" in err and "no checkpoint was written" in err, err
     assert not (out / "checkpoints" / "best.pt").exists() and not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("damage", sorted(SUMMARY_DAMAGE))
+def test_resume_rebuilds_a_summary_that_is_not_json(damage, tmp_path, previous_run, capsys):
+    import shutil
+
+    from tests.reliability.conftest import snapshot
+
+    shutil.copytree(previous_run.parent, tmp_path / "prev")
+    run = tmp_path / "prev" / previous_run.name
+    good = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_bytes(SUMMARY_DAMAGE[damage])
+    checkpoints = snapshot(run / "checkpoints")
+    assert main(["cifar", "train", "--resume", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert f"{run / 'summary.json'} is not a JSON object" in err and "rebuilt from the checkpoints" in err
+    rebuilt = json.loads((run / "summary.json").read_text())
+    assert rebuilt["status"] == "finished" and rebuilt["best_epoch"] == good["best_epoch"]
+    assert rebuilt["test_accuracy"] == good["test_accuracy"]
+    assert (run / "summary.json.unreadable").read_bytes() == SUMMARY_DAMAGE[damage]  # kept, not lost
+    assert snapshot(run / "checkpoints") == checkpoints

@@ -18,7 +18,7 @@ from cnnlab.data.faces import load_faces
 from cnnlab.data.images import center_crop_resize, decode_rgb
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.faces.train import embed
-from cnnlab.faces.train import load_run_model
+from cnnlab.faces.train import load_run_model, run_config
 from cnnlab.losses import LpDistance
 from cnnlab.run import RunDir
 from cnnlab.runtime import resolve_device
@@ -38,6 +38,7 @@ def load_image(path: str | os.PathLike, image_size: int, crop: float) -> torch.T
 
 
 def _threshold(run: RunDir) -> float:
+    run_config(run)  # a face run, or an error naming the study it belongs to
     summary = run.read_summary()
     if summary.get("threshold") is None:
         raise CnnlabError(f"{run.path} has no decision threshold in summary.json; it is written when training "
