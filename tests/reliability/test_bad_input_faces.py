@@ -143,3 +143,29 @@ def test_pairs_file_in_lfw_format_is_accepted(tmp_path, face_run):
     run = tmp_path / "run"
     shutil.copytree(face_run / "run", run)
     assert main(["faces", "evaluate", str(run), "--pairs", str(pairs)]) == 0
+
+
+def test_weights_blown_up_in_an_epoch_stop_a_face_run_as_diverged(tmp_path, capsys, monkeypatch):
+    """The face side of the engine's check: the untrained epoch 0 stays the last good checkpoint."""
+    import torch
+
+    import cnnlab.engine as engine
+    from cnnlab.files import load_checkpoint
+
+    real = engine._train_epoch
+
+    def blow_up(s, spec, st, net, batches, epoch):
+        sums = real(s, spec, st, net, batches, epoch)
+        with torch.no_grad():
+            for p in st.model.parameters():
+                p.fill_(float("nan"))
+        return sums
+
+    monkeypatch.setattr(engine, "_train_epoch", blow_up)
+    out = tmp_path / "new"
+    rc = main(_train(tmp_path, make_people(tmp_path / "faces")))
+    err = capsys.readouterr().err
+    assert rc == 2 and "training diverged at epoch 1" in err and "last good checkpoint (epoch 0)" in err, err
+    assert "Traceback" not in err and not (out / "summary.json").exists()
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert last["epoch"] == 0 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
