@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,3 +54,25 @@ def test_malicious_checkpoint_executes_nothing(tmp_path):
     with pytest.raises(CheckpointError, match="evil.pt cannot be loaded safely"):
         load_checkpoint(p)
     assert not marker.exists()
+
+
+def test_json_written_by_cnnlab_is_strict_with_null_for_missing_numbers(tmp_path):
+    import json
+    import math
+
+    import numpy as np
+
+    from cnnlab.files import atomic_write_json, dumps_json
+
+    values = {"nan": math.nan, "inf": math.inf, "ninf": -math.inf, "np": np.float32("nan"), "t": torch.tensor(1.5),
+              "list": [1.0, math.nan, (2, math.inf)], "arr": np.array([0.5, np.inf]), "ok": 0.25, "flag": True,
+              "path": Path("a/b")}
+    atomic_write_json(tmp_path / "s.json", values)
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    back = json.loads((tmp_path / "s.json").read_text(), parse_constant=refuse)
+    assert back == {"nan": None, "inf": None, "ninf": None, "np": None, "t": 1.5, "list": [1.0, None, [2, None]],
+                    "arr": [0.5, None], "ok": 0.25, "flag": True, "path": "a/b"}
+    assert json.loads(dumps_json({"x": math.nan}), parse_constant=refuse) == {"x": None}

@@ -135,6 +135,8 @@ def session(cfg: Any, out: str | Path, body: Callable[[Session], dict], *, resum
         enable_fast_kernels(device)
         if dinfo.is_main:
             run.prepare(to_dict(cfg), resume, ignore=runtime_fields)
+            if resume:
+                run.set_aside_bad_summary()
         barrier(dinfo)
         with log_to_file(run.log_path, enabled=dinfo.is_main):
             if resume and run.read_summary().get("status") == "finished":
@@ -364,6 +366,28 @@ def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
         )
 
 
+def _check_epoch_finite(st: _State, row: dict, key: str) -> None:
+    """A diverged epoch (non-finite weights, validation loss or ``key``) never becomes a checkpoint.
+
+    The training loss alone misses a step that blows the weights up after its
+    loss was computed (one step an epoch at a huge rate). Every rank holds the
+    same weights and validation figures, so every rank stops together.
+    """
+    bad = [k for k in ("val_loss", key) if k in row and not math.isfinite(float(row[k]))]
+    weights = [name for name, t in st.model.state_dict().items()
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if not bad and not weights:
+        return
+    what = []
+    if weights:
+        what.append(f"{len(weights)} weight tensor(s) became NaN or infinite (e.g. {weights[0]})")
+    what += [f"{k} is {row[k]}" for k in bad]
+    kept = (f"the last good checkpoint (epoch {st.history[-1]['epoch']}) is kept" if st.history
+            else "no checkpoint was written")
+    raise TrainingDiverged(f"training diverged at epoch {row['epoch']}: {'; '.join(what)}; {kept} "
+                           "and the run is not finished (try a lower learning rate)")
+
+
 class _Wrapper:
     """The network the steps run through: DDP around the model when there are several processes,
     ``torch.compile`` when asked. DDP is rebuilt when the set of trainable parameters changes
@@ -394,6 +418,7 @@ class _Checkpoints:
 
     def epoch(self, row: dict) -> None:
         st, key = self.st, self.spec.best_key
+        _check_epoch_finite(st, row, key)
         st.history.append(row)
         rngs = _gather(rng_state(*self.spec.generators), self.s.dist)
         if self.s.is_main:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -68,16 +69,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(path, dumps_json(obj, indent=2) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
+def dumps_json(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON, as every reader accepts it: a NaN or infinite number is written as ``null``."""
+    return json.dumps(_strict(obj), allow_nan=False, **kwargs)
+
+
+def _strict(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
     if isinstance(obj, Path):
         return str(obj)
+    if hasattr(obj, "tolist"):  # numpy / torch arrays and scalars (a 0-d one gives a plain number)
+        return _strict(obj.tolist())
+    if hasattr(obj, "item"):
+        return _strict(obj.item())
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 

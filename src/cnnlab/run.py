@@ -6,8 +6,10 @@ Every file in it is written atomically, so a crash leaves the previous version.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,21 @@ from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write_json, atomic_write_text, read_json
 
 logger = logging.getLogger(__name__)
+
+
+class SummaryError(CnnlabError):
+    """A run's summary.json is not a JSON object."""
+
+
+# A field only that study's config has -> the study's name in messages.
+_STUDY_FIELDS = {"cifar": "blocks", "faces": "backbone"}
+_STUDIES = {"cifar": "the CIFAR-10 block study", "faces": "the face-verification study"}
+
+
+def study_of(config: dict) -> str | None:
+    """"cifar" or "faces": the study whose config ``config`` (a dict of fields) is; None when it is neither."""
+    found = [study for study, name in _STUDY_FIELDS.items() if name in config]
+    return found[0] if len(found) == 1 else None
 
 
 class RunDir:
@@ -87,7 +104,47 @@ class RunDir:
         return read_metrics(self.metrics_path)
 
     def read_summary(self) -> dict:
-        return read_json(self.summary_path) if self.summary_path.is_file() else {}
+        """``summary.json`` ({} when there is none yet); a :class:`SummaryError` saying what to do when it is no
+        JSON object."""
+        if not self.summary_path.is_file():
+            return {}
+        try:
+            summary = read_json(self.summary_path)
+            why = None if isinstance(summary, dict) else f"it holds a JSON {type(summary).__name__}"
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, absurd nesting
+            why = f"{type(e).__name__}: {str(e)[:120]}"
+        except OSError as e:
+            raise CnnlabError(f"cannot read {self.summary_path} ({e.strerror or e})") from None
+        if why is not None:
+            study = self.study() or "<study>"
+            raise SummaryError(f"{self.summary_path} is not a JSON object ({why}); cnnlab {study} train --resume "
+                               f"{self.path} rebuilds it from the run's checkpoints")
+        return summary
+
+    def set_aside_bad_summary(self) -> None:
+        """Before a resume: a ``summary.json`` that is no JSON object is moved aside (kept as
+        ``summary.json.unreadable``), so that training rebuilds it from the checkpoints."""
+        try:
+            self.read_summary()
+        except SummaryError as e:
+            aside = self.summary_path.with_name("summary.json.unreadable")
+            os.replace(self.summary_path, aside)
+            logger.warning("%s; it is moved to %s and rebuilt from the checkpoints", str(e).split(";")[0], aside)
+
+    def study(self) -> str | None:
+        """Which study made this run ("cifar" or "faces"), from its ``config.yaml``; None when it cannot tell."""
+        try:
+            return study_of(self.read_config()) if self.config_path.is_file() else None
+        except CnnlabError:
+            return None
+
+    def expect_study(self, config_class: type) -> None:
+        """A :class:`CnnlabError` naming the study the run belongs to when it is not the study of ``config_class``."""
+        want, have = study_of({f.name: None for f in dataclasses.fields(config_class)}), self.study()
+        if want is not None and have is not None and have != want:
+            raise CnnlabError(f"{self.path} is a run of {_STUDIES[have]} (made by cnnlab {have} train), not of "
+                              f"{_STUDIES[want]}; use the cnnlab {have} commands on it, "
+                              f"e.g. cnnlab {have} figures {self.path}")
 
     def update_summary(self, **values: Any) -> dict:
         summary = self.read_summary()
@@ -107,6 +164,7 @@ def resume_config(cls: type, run_dir: str | Path, overrides: dict | None, runtim
 
     run = RunDir(run_dir)
     saved = run.read_config()
+    run.expect_study(cls)
     overrides = overrides or {}
     bad = sorted(k for k in overrides if k not in runtime_fields and overrides[k] != saved.get(k))
     if bad:

@@ -1,3 +1,4 @@
+import logging
 import pickle
 
 import pytest
@@ -167,3 +168,41 @@ def test_download_with_a_wrong_checksum_is_an_error_and_leaves_nothing(cifar_bat
         load_cifar10(target, download_if_missing=True)
     assert not (target / "cifar-10-batches-py").exists()
     assert not (target / "cifar-10-python.tar.gz").exists()
+
+
+def _cache_files(tmp_path):
+    return sorted((tmp_path / "cache").glob("cifar10-*.pt"))
+
+
+@pytest.mark.parametrize("damage, why", [
+    ("zero labels", "do not match its digest"),
+    ("other image size", "train images are uint8 (200, 3, 16, 16), expected uint8 (N, 3, 32, 32)"),
+    ("labels of another count", "labels of the train images are int64 (7,)"),
+    ("another dict", "not a checked cache"),
+])
+def test_a_damaged_cache_is_rebuilt_with_one_warning(cifar_batches, tmp_path, caplog, damage, why):
+    """Labels set to zeros once trained to validation accuracy 1.0; a cache holding another dict raised KeyError."""
+    from cnnlab.data import cache
+
+    first = load_cifar10(cifar_batches, cache_root=tmp_path / "cache")
+    (path,) = _cache_files(tmp_path)
+    record = torch.load(path, weights_only=True)
+    data = record["data"]
+    if damage == "zero labels":
+        data["train_labels"] = torch.zeros_like(data["train_labels"])
+    else:
+        if damage == "other image size":
+            data["train_images"] = data["train_images"][..., :16, :16].contiguous()
+        elif damage == "labels of another count":
+            data["train_labels"] = data["train_labels"][:7]
+        record.update(description=cache.describe(data), digest=cache.digest(data))  # consistent, yet wrong
+    torch.save(record if damage != "another dict" else {"train_images": torch.zeros(1)}, path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cnnlab"):
+        again = load_cifar10(cifar_batches, cache_root=tmp_path / "cache")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and why in warnings[0] and str(path) in warnings[0]
+    assert torch.equal(again.train_labels, first.train_labels) and torch.equal(again.train_images, first.train_images)
+    caplog.clear()
+    load_cifar10(cifar_batches, cache_root=tmp_path / "cache")  # rebuilt: trusted again
+    assert not caplog.records

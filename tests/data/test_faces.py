@@ -257,3 +257,34 @@ def test_split_rejects_bad_fractions(fractions):
 def test_split_needs_people_with_several_images():
     with pytest.raises(DataError, match="two or more images"):
         split_people(_labels([1, 1, 1]))
+
+
+def test_flipped_pixels_in_the_cache_are_noticed_and_decoded_again(people_dir, tmp_path, caplog):
+    """Flipped bytes once changed the test ROC AUC with "loaded from the cache"."""
+    first = load_faces(people_dir, image_size=16, cache_dir=tmp_path / "c")
+    (path,) = (tmp_path / "c" / "faces").iterdir()
+    record = torch.load(path, weights_only=True)
+    record["data"]["images"][0, 0, :4, :4] ^= 0x5A
+    torch.save(record, path)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cnnlab"):
+        again = load_faces(people_dir, image_size=16, cache_dir=tmp_path / "c")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "do not match its digest" in warnings[0] and "from the cache" not in caplog.text
+    assert torch.equal(again.images, first.images)
+
+
+def test_a_cache_of_another_image_size_or_file_count_is_rebuilt(people_dir, tmp_path, caplog):
+    from cnnlab.data import cache
+
+    first = load_faces(people_dir, image_size=16, cache_dir=tmp_path / "c")
+    (path,) = (tmp_path / "c" / "faces").iterdir()
+    record = torch.load(path, weights_only=True)
+    data = record["data"]
+    data["files"], data["images"], data["labels"] = data["files"][1:], data["images"][1:], data["labels"][1:]
+    record.update(description=cache.describe(data), digest=cache.digest(data))
+    torch.save(record, path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cnnlab"):
+        again = load_faces(people_dir, image_size=16, cache_dir=tmp_path / "c")
+    assert "where the folder holds" in caplog.text and again.files == first.files

@@ -78,3 +78,25 @@ def test_identify_refuses_a_bad_k(finished_run, capsys):
     assert main(["faces", "identify", str(finished_run), str(probe), "--gallery", str(_faces(finished_run)),
                  "-k", "0"]) == 2
     assert "-k" in capsys.readouterr().err
+
+
+def test_a_gallery_cache_naming_other_people_is_rebuilt(finished_run, tmp_path, monkeypatch, caplog):
+    """A cache with other names once made identify answer with a person who is not in the gallery."""
+    import logging
+
+    from cnnlab.data import cache
+
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    probe = _faces(finished_run) / "Person_C" / "Person_C_0003.jpg"
+    first = identify(finished_run, probe, _faces(finished_run), k=3, device="cpu")
+    (path,) = (tmp_path / "cache" / "faces-gallery").iterdir()
+    record = torch.load(path, weights_only=True)
+    data = record["data"]
+    data["names"] = [f"Stranger_{i}" for i in range(len(data["names"]))]
+    record.update(description=cache.describe(data), digest=cache.digest(data))  # self-consistent, yet wrong
+    torch.save(record, path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cnnlab"):
+        again = identify(finished_run, probe, _faces(finished_run), k=3, device="cpu")
+    assert "gallery cache" in caplog.text and "not those of the gallery" in caplog.text
+    assert [r["name"] for r in again] == [r["name"] for r in first] and again[0]["name"] == "Person_C"

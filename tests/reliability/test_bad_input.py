@@ -8,6 +8,7 @@ Each row: an id, a function that prepares the case under ``tmp_path`` and return
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import random
 import tarfile
@@ -73,6 +74,18 @@ def _evil_batch(folder):
     return "test_batch: not a CIFAR-10 batch"
 
 
+def _bad_labels(make):
+    """data_batch_3 with its 'labels' replaced by ``make(labels)``: a pickle numpy itself could have written."""
+    def mutate(folder):
+        p = folder / "data_batch_3"
+        with open(p, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        batch[b"labels"] = make(list(batch[b"labels"]))
+        p.write_bytes(pickle.dumps(batch, protocol=2))
+        return "data_batch_3: not a CIFAR-10 batch: 'labels' must be a list of integers"
+    return mutate
+
+
 def _data_dir(tmp, make):
     d = tmp / "data"
     make(d)
@@ -109,6 +122,40 @@ def _evil_checkpoint(tmp, prev):
     return ["cifar", "train", "--resume", str(prev)], "last.pt cannot be loaded safely"
 
 
+SUMMARY_DAMAGE = {
+    "not json": b"{not json",
+    "random bytes": bytes(random.Random(6).randbytes(300)),
+    "a JSON list": b"[]",
+    "truncated": b'{"kind": "cifar", "status": "fini',
+}
+
+
+def _bad_summary(damage, *command):
+    def case(tmp, prev):
+        (prev / "summary.json").write_bytes(SUMMARY_DAMAGE[damage])
+        return ["cifar", *command, str(prev)], f"{prev / 'summary.json'} is not a JSON object"
+    return case
+
+
+def _face_command_on_a_cifar_run(*command):
+    def case(tmp, prev):
+        argv = ["faces", *[str(prev) if c == "RUN" else str(tmp / c) if c.endswith((".jpg", ".txt")) else c
+                           for c in command]]
+        return argv, f"{prev} is a run of the CIFAR-10 block study (made by cnnlab cifar train)"
+    return case
+
+
+FACE_COMMANDS = {
+    "figures": ("figures", "RUN"),
+    "analyze": ("analyze", "RUN"),
+    "evaluate": ("evaluate", "RUN", "--pairs", "pairs.txt"),
+    "verify": ("verify", "RUN", "a.jpg", "b.jpg"),
+    "identify": ("identify", "RUN", "a.jpg", "--gallery", "."),
+    "compare": ("compare", "RUN", "--out", "cmp"),
+    "train --resume": ("train", "--resume", "RUN"),
+}
+
+
 def _resume_nothing(tmp, prev):
     (tmp / "empty").mkdir()
     return ["cifar", "train", "--resume", str(tmp / "empty")], "holds no cnnlab run"
@@ -122,6 +169,11 @@ CASES = [
     ("truncated batch", lambda t, p: _batches(t, _truncate_batch), 2),
     ("corrupted batch", lambda t, p: _batches(t, _garble_batch), 2),
     ("malicious batch", lambda t, p: _batches(t, _evil_batch), 2),
+    ("labels as bytes", lambda t, p: _batches(t, _bad_labels(lambda y: bytes(y))), 2),
+    ("labels all None", lambda t, p: _batches(t, _bad_labels(lambda y: [None] * len(y))), 2),
+    ("labels a 2-D array", lambda t, p: _batches(t, _bad_labels(lambda y: np.array(y).reshape(-1, 1))), 2),
+    ("float labels", lambda t, p: _batches(t, _bad_labels(lambda y: [3.7] * len(y))), 2),
+    ("float label array", lambda t, p: _batches(t, _bad_labels(lambda y: np.array(y, dtype=np.float64) + 0.7)), 2),
     ("corrupted jpeg", lambda t, p: _folders(t, _write("bad.jpg", b"\xff\xd8\xff\xe0" + random.Random(5).randbytes(300))), 2),
     ("truncated jpeg", lambda t, p: _folders(t, _write("cut.jpg", _jpeg_bytes()[:200])), 2),
     ("non-image file", lambda t, p: _folders(t, _write("notes.txt", b"hello")), 2),
@@ -141,6 +193,9 @@ CASES = [
     ("checkpoint of another architecture", _other_arch_checkpoint, 2),
     ("malicious checkpoint", _evil_checkpoint, 2),
     ("resume of a folder with no run", _resume_nothing, 2),
+    *((f"summary.json {d}, evaluate", _bad_summary(d, "evaluate", "--tsne-samples", "0"), 2) for d in SUMMARY_DAMAGE),
+    *((f"summary.json {d}, figures", _bad_summary(d, "figures"), 2) for d in SUMMARY_DAMAGE),
+    *((f"faces {c} on a cifar run", _face_command_on_a_cifar_run(*a), 2) for c, a in FACE_COMMANDS.items()),
 ]
 
 
@@ -246,3 +301,70 @@ def test_download_of_an_archive_that_escapes_is_refused(tmp_path, capsys, monkey
     assert rc == 2 and member.lstrip("/") in err and "Traceback" not in err
     assert not (tmp_path / "data" / "escaped.txt").exists()
     assert not Path("/tmp/cnnlab-absolute-escape.txt").exists()
+
+
+def _weights_finite(path: Path) -> bool:
+    from cnnlab.files import load_checkpoint
+
+    return all(torch.isfinite(v).all() for v in load_checkpoint(path)["model"].values() if v.is_floating_point())
+
+
+def test_weights_blown_up_by_an_epochs_last_step_stop_the_run_as_diverged(tmp_path, capsys, monkeypatch):
+    """A step that sends the weights to NaN after its loss was computed once ended as 'finished'."""
+    import cnnlab.engine as engine
+
+    root = write_cifar_batches(tmp_path / "b").parent
+    out = tmp_path / "run"
+    real = engine._train_epoch
+
+    def blow_up_in_epoch_2(s, spec, st, net, batches, epoch):
+        sums = real(s, spec, st, net, batches, epoch)
+        if epoch == 1:
+            with torch.no_grad():
+                for p in st.model.parameters():
+                    p.fill_(float("inf"))
+        return sums
+
+    monkeypatch.setattr(engine, "_train_epoch", blow_up_in_epoch_2)
+    rc = main(TRAIN + ["--epochs", "3", "--data-dir", str(root), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "training diverged at epoch 2" in err and "became NaN or infinite" in err, err
+    assert "last good checkpoint (epoch 1) is kept" in err and "Traceback" not in err
+    from cnnlab.files import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+    assert load_checkpoint(out / "checkpoints" / "best.pt")["epoch"] == 1
+    assert _weights_finite(out / "checkpoints" / "last.pt") and _weights_finite(out / "checkpoints" / "best.pt")
+    assert not (out / "summary.json").exists()  # never marked finished
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2  # the header and epoch 1
+
+
+def test_a_huge_learning_rate_in_a_one_step_epoch_is_diverged_not_finished(tmp_path, capsys):
+    """The issue's case: one step an epoch at an absurd rate; only the training loss was checked."""
+    root = write_cifar_batches(tmp_path / "b").parent
+    out = tmp_path / "run"
+    rc = main(TRAIN + ["--batch-size", "256", "--lr", "1e30", "--data-dir", str(root), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "training diverged at epoch 1" in err and "no checkpoint was written" in err, err
+    assert not (out / "checkpoints" / "best.pt").exists() and not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("damage", sorted(SUMMARY_DAMAGE))
+def test_resume_rebuilds_a_summary_that_is_not_json(damage, tmp_path, previous_run, capsys):
+    import shutil
+
+    from tests.reliability.conftest import snapshot
+
+    shutil.copytree(previous_run.parent, tmp_path / "prev")
+    run = tmp_path / "prev" / previous_run.name
+    good = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_bytes(SUMMARY_DAMAGE[damage])
+    checkpoints = snapshot(run / "checkpoints")
+    assert main(["cifar", "train", "--resume", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert f"{run / 'summary.json'} is not a JSON object" in err and "rebuilt from the checkpoints" in err
+    rebuilt = json.loads((run / "summary.json").read_text())
+    assert rebuilt["status"] == "finished" and rebuilt["best_epoch"] == good["best_epoch"]
+    assert rebuilt["test_accuracy"] == good["test_accuracy"]
+    assert (run / "summary.json.unreadable").read_bytes() == SUMMARY_DAMAGE[damage]  # kept, not lost
+    assert snapshot(run / "checkpoints") == checkpoints

@@ -59,6 +59,37 @@ def _pairs(case, prev, lines):
 
 FOLD2 = ["Person_C\t1\t2", "Person_D\t1\tPerson_E\t1"]  # a second, well-formed fold
 
+SUMMARY_DAMAGE = {"not json": b"{not json", "random bytes": bytes(range(256)) * 2, "a JSON list": b"[]",
+                  "truncated": b'{"kind": "faces", "thresh'}
+
+
+def _bad_summary(damage, *command):
+    def case(c, p):
+        (p / "summary.json").write_bytes(SUMMARY_DAMAGE[damage])
+        argv = ["faces", *[str(p) if a == "RUN" else str(p.parent / "faces" / a) if a.endswith(".jpg") else
+                           str(c / a) if a == "cmp" else a for a in command]]
+        return argv, f"{p / 'summary.json'} is not a JSON object"
+    return case
+
+
+SUMMARY_COMMANDS = {
+    "verify": ("verify", "RUN", "Person_A/Person_A_0001.jpg", "Person_B/Person_B_0001.jpg"),
+    "compare": ("compare", "RUN", "--out", "cmp"),
+    "analyze": ("analyze", "RUN"),
+    "figures": ("figures", "RUN"),
+}
+
+
+def _cifar_command_on_a_face_run(*command):
+    def case(c, p):
+        return ["cifar", *[str(p) if a == "RUN" else a for a in command]], \
+            f"{p} is a run of the face-verification study (made by cnnlab faces train)"
+    return case
+
+
+CIFAR_COMMANDS = {"figures": ("figures", "RUN"), "evaluate": ("evaluate", "RUN"),
+                  "train --resume": ("train", "--resume", "RUN")}
+
 CASES = [
     ("missing data folder", lambda c, p: (_train(c, c / "nowhere"), "nowhere")),
     ("empty data folder", lambda c, p: ((c / "empty").mkdir(), _train(c, c / "empty"))[1:] + ("empty",)),
@@ -83,6 +114,9 @@ CASES = [
         "already holds a different run")),
     ("verify with a missing image", lambda c, p: (
         ["faces", "verify", str(p), str(c / "a.jpg"), str(c / "b.jpg")], "a.jpg")),
+    *((f"summary.json {d}, {cmd}", _bad_summary(d, *a)) for d in SUMMARY_DAMAGE for cmd, a in SUMMARY_COMMANDS.items()
+      if d == "not json" or cmd == "verify"),
+    *((f"cifar {cmd} on a face run", _cifar_command_on_a_face_run(*a)) for cmd, a in CIFAR_COMMANDS.items()),
 ]
 
 
@@ -109,3 +143,29 @@ def test_pairs_file_in_lfw_format_is_accepted(tmp_path, face_run):
     run = tmp_path / "run"
     shutil.copytree(face_run / "run", run)
     assert main(["faces", "evaluate", str(run), "--pairs", str(pairs)]) == 0
+
+
+def test_weights_blown_up_in_an_epoch_stop_a_face_run_as_diverged(tmp_path, capsys, monkeypatch):
+    """The face side of the engine's check: the untrained epoch 0 stays the last good checkpoint."""
+    import torch
+
+    import cnnlab.engine as engine
+    from cnnlab.files import load_checkpoint
+
+    real = engine._train_epoch
+
+    def blow_up(s, spec, st, net, batches, epoch):
+        sums = real(s, spec, st, net, batches, epoch)
+        with torch.no_grad():
+            for p in st.model.parameters():
+                p.fill_(float("nan"))
+        return sums
+
+    monkeypatch.setattr(engine, "_train_epoch", blow_up)
+    out = tmp_path / "new"
+    rc = main(_train(tmp_path, make_people(tmp_path / "faces")))
+    err = capsys.readouterr().err
+    assert rc == 2 and "training diverged at epoch 1" in err and "last good checkpoint (epoch 0)" in err, err
+    assert "Traceback" not in err and not (out / "summary.json").exists()
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert last["epoch"] == 0 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())

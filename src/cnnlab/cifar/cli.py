@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from cnnlab.config import CifarTrainConfig
@@ -18,9 +17,10 @@ _RUN_DIR = run_dir("a run folder of cnnlab cifar train")
 
 def _summary(args: argparse.Namespace) -> int:
     from cnnlab.cifar.summary import format_summary, model_summary
+    from cnnlab.files import dumps_json
 
     s = model_summary(args.blocks, args.width)
-    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    print(dumps_json(s, indent=2) if args.json else format_summary(s))
     return 0
 
 

@@ -68,6 +68,7 @@ def evaluate_run(run_dir: str | Path, tsne_samples: int = 2000, feature_image: i
     if not isinstance(feature_image, int) or feature_image < 0:
         raise ConfigError(f"--feature-image: expected the index of a test image (0 or more), got {feature_image!r}")
     run = RunDir(run_dir)
+    run.expect_study(CifarTrainConfig)
     cfg = from_dict(CifarTrainConfig, run.read_config(), source=str(run.config_path))
     summary = run.read_summary()
     with log_to_file(run.log_path):
@@ -196,6 +197,7 @@ def redraw_figures(run_dir: str | Path) -> list[Path]:
     from cnnlab.viz import cifar as viz
 
     run = RunDir(run_dir)
+    run.expect_study(CifarTrainConfig)
     if not run.metrics_path.is_file():
         raise CnnlabError(f"{run.path} has no metrics.csv: it holds no run, or no epoch has finished yet")
     summary = run.read_summary()

@@ -49,6 +49,7 @@ def build_optimizer(model: nn.Module, cfg: CifarTrainConfig) -> torch.optim.Opti
 
 def load_run_model(run: RunDir, checkpoint: str = "best", device: str | torch.device = "cpu") -> tuple[BaseCNN, dict]:
     """The model of a finished run with the weights of ``checkpoints/<checkpoint>.pt``."""
+    run.expect_study(CifarTrainConfig)
     cfg = from_dict(CifarTrainConfig, run.read_config(), source=str(run.config_path))
     model = build_model(cfg)
     path = run.checkpoints / f"{checkpoint}.pt"

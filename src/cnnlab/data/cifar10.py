@@ -104,7 +104,7 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     data, labels = d.get("data"), d.get("labels")
     if not isinstance(data, np.ndarray) or labels is None:
         raise DataError(f"{path}: a CIFAR-10 batch needs 'data' (an array) and 'labels'")
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = _labels(path, labels)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE * IMAGE_SIZE:
         raise DataError(f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
     if len(labels) != len(data):
@@ -112,6 +112,23 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASSES)):
         raise DataError(f"{path}: labels outside 0..{len(CLASSES) - 1}")
     return data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE), labels
+
+
+def _labels(path: Path, labels: object) -> np.ndarray:
+    """'labels' as int64 (N,): a list of integers or a 1-D integer array, nothing else (3.7 is not a class)."""
+    if isinstance(labels, np.ndarray):
+        ok = labels.ndim == 1 and labels.dtype.kind in "iu"
+        found = f"a {labels.dtype} array of shape {labels.shape}"
+    elif isinstance(labels, list):
+        bad = [v for v in labels if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+        ok = not bad
+        found = f"a list holding {bad[0]!r}" if bad else ""
+    else:
+        ok, found = False, f"{type(labels).__name__} {repr(labels)[:40]}"
+    if not ok:
+        raise DataError(f"{path}: not a CIFAR-10 batch: 'labels' must be a list of integers (class indices), "
+                        f"found {found}")
+    return np.asarray(labels, dtype=np.int64).reshape(-1)
 
 
 def _read_classes(folder: Path) -> list[str]:
@@ -248,12 +265,14 @@ def load_cifar10(
 
     key = cache.fingerprint(key_files, root, layout, skip_bad_images, _CACHE_VERSION)
     cache_file = cache.cache_dir(cache_root) / f"cifar10-{key}.pt"
-    data = cache.load_cached(cache_file)
+    meta = {"layout": layout, "image_size": IMAGE_SIZE, "files": len(key_files), "skip_bad_images": skip_bad_images}
+    data = cache.load_checked(cache_file, key=key, meta=meta, what="CIFAR-10 cache",
+                              check=lambda d: _cache_problem(d, classes, listing, skip_bad_images))
     if data is None:
         logger.info("decoding CIFAR-10 from %s (%s layout); cached afterwards in %s", root, layout, cache_file)
         data = _decode_batches(root) if layout == "batches" else _decode_folders(root, classes, listing,
                                                                                     skip_bad_images)
-        cache.save_cached(cache_file, data)
+        cache.save_checked(cache_file, data, key=key, meta=meta, what="CIFAR-10 cache")
     return Cifar10(
         train_images=data["train_images"],
         train_labels=data["train_labels"],
@@ -263,6 +282,25 @@ def load_cifar10(
         layout=layout,
         root=root,
     )
+
+
+def _cache_problem(data: dict, classes: list[str] | None, listing: dict | None, skip_bad: bool) -> str | None:
+    """What is wrong with a cached decode, given what the source files say it must hold (None: nothing)."""
+    names = data.get("classes")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return "it holds no class names"
+    if len(names) != (len(classes) if classes is not None else len(CLASSES)) or (classes and names != classes):
+        return f"it names {len(names)} classes, the source files {len(classes or CLASSES)}"
+    for split in ("train", "test"):
+        problem = cache.labelled_images_problem(data.get(f"{split}_images"), data.get(f"{split}_labels"),
+                                                size=IMAGE_SIZE, classes=len(names), name=f"{split} images")
+        if problem:
+            return problem
+        if listing is not None:
+            n, files = len(data[f"{split}_labels"]), len(listing[split])
+            if n > files or (n != files and not skip_bad):
+                return f"it holds {n} {split} images where the folders hold {files} image files"
+    return None
 
 
 # --- split -----------------------------------------------------------------------

@@ -26,10 +26,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cnnlab.data.cache import cache_dir as _cache_root  # load_faces takes a parameter named cache_dir
+from cnnlab.data import cache
 from cnnlab.data.images import center_crop_resize, list_files, load_many
 from cnnlab.errors import ConfigError, DataError
-from cnnlab.files import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -181,42 +180,25 @@ def _cache_keys(root: Path, image_size: int, crop: float, files: list[list[Path]
     return name, hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _read_cache(path: Path, key: str, image_size: int) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        n = len(obj["labels"])
-        ok = (
-            obj["images"].dtype == torch.uint8
-            and tuple(obj["images"].shape) == (n, 3, image_size, image_size)
-            and obj["labels"].dtype == torch.int64
-            and len(obj["files"]) == n
-            and (n == 0 or int(obj["labels"].max()) < len(obj["names"]))
-            and all(isinstance(b, str) for b in obj["bad"])
-        )
-        if not ok:
-            raise ValueError("its contents are not a decoded face set")
-    # A cache is disposable: whatever is wrong with it (truncated, from another
-    # version, not a torch file at all), decoding again is the fix.
-    except Exception as e:  # noqa: BLE001
-        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        logger.warning("ignoring the face cache %s (%s); decoding the images again", path, why)
-        return None
-    if obj["key"] != key:
-        logger.info("the face folder changed since the cache %s was written; decoding again", path)
-        return None
-    return obj
-
-
-def _write_cache(path: Path, obj: dict) -> None:
-    try:
-        # torch.save straight into the atomic temporary file: buffering first
-        # (as atomic_torch_save does) would hold a second copy of every image.
-        with atomic_open(path, "wb") as f:
-            torch.save(obj, f)
-    except OSError as e:
-        logger.warning("could not write the face cache %s (%s); the next run decodes again", path, e)
+def _cache_problem(obj: dict, names: list[str], files: list[list[Path]], image_size: int,
+                   skip_bad: bool) -> str | None:
+    """What is wrong with a cached decode, given the people and files the folder holds now (None: nothing)."""
+    kept, rel, bad = obj.get("names"), obj.get("files"), obj.get("bad")
+    if not all(isinstance(x, list) and all(isinstance(v, str) for v in x) for x in (kept, rel, bad)):
+        return "its names, files or bad files are not lists of strings"
+    problem = cache.labelled_images_problem(obj.get("images"), obj.get("labels"), size=image_size,
+                                            classes=len(kept), name="faces")
+    if problem:
+        return problem
+    if len(rel) != len(obj["labels"]):
+        return f"it lists {len(rel)} files for {len(obj['labels'])} faces"
+    scanned = sum(len(f) for f in files)
+    if len(rel) + len(bad) != scanned:
+        return f"it accounts for {len(rel) + len(bad)} image files where the folder holds {scanned}"
+    if not set(kept) <= set(names) or kept != sorted(kept, key=names.index) or (len(kept) != len(names)
+                                                                                and not skip_bad and not bad):
+        return "its people are not the people folders of the face folder"
+    return None
 
 
 def load_faces(
@@ -249,9 +231,12 @@ def load_faces(
     people_root = find_people_root(root)
     names, files = _scan(people_root, skip_bad)
     cache_name, key = _cache_keys(people_root, image_size, crop, files)
-    cache_path = _cache_root(cache_dir) / "faces" / f"{cache_name}.pt"
+    cache_path = cache.cache_dir(cache_dir) / "faces" / f"{cache_name}.pt"
 
-    cached = _read_cache(cache_path, key, image_size)
+    meta = {"version": _CACHE_VERSION, "image_size": image_size, "crop": round(float(crop), 6),
+            "files": sum(len(f) for f in files)}
+    cached = cache.load_checked(cache_path, key=key, meta=meta, what="face cache",
+                                check=lambda obj: _cache_problem(obj, names, files, image_size, skip_bad))
     if cached is not None:
         if cached["bad"]:
             first = people_root / cached["bad"][0]
@@ -286,8 +271,8 @@ def load_faces(
     images = torch.from_numpy(arr)  # (N, 3, S, S) uint8
     rel = [flat[i].relative_to(people_root).as_posix() for i in kept]
     bad_rel = [b.path.relative_to(people_root).as_posix() for b in bad]
-    _write_cache(cache_path, {"key": key, "images": images, "labels": labels.to(torch.int64),
-                              "names": kept_names, "files": rel, "bad": bad_rel})
+    cache.save_checked(cache_path, {"images": images, "labels": labels.to(torch.int64), "names": kept_names,
+                                    "files": rel, "bad": bad_rel}, key=key, meta=meta, what="face cache")
     logger.info("decoded %d faces of %d people from %s", len(rel), len(kept_names), people_root)
     return FaceSet(images, labels.to(torch.int64), kept_names, rel, people_root)
 

@@ -152,11 +152,11 @@ def redraw_figures(run_dir: str | Path, log_far: bool = False) -> list[Path]:
 
     run = RunDir(run_dir)
     run_config(run)  # a face run, or a clear error
+    summary = run.read_summary()  # read before any figure is drawn: a bad one changes nothing
     out: list[Path] = []
     name = run.path.name
     if run.metrics_path.is_file():
         out.append(viz.plot_loss_curves(run.read_metrics(), run.figures / "loss_curves.png", title=name))
-    summary = run.read_summary()
     if (run.path / "test_pairs.csv").is_file():
         pairs = read_test_pairs(run.path / "test_pairs.csv")
         threshold = summary.get("threshold")

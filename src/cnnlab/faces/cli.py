@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from cnnlab.config import FaceSearchConfig, FaceTrainConfig, from_dict
@@ -65,10 +64,11 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from cnnlab.faces.verify import verify
+    from cnnlab.files import dumps_json
 
     r = verify(args.run_dir, args.image_a, args.image_b, device=args.device)
     if args.json:
-        print(json.dumps(r))
+        print(dumps_json(r))
     else:
         verdict = "same person" if r["same_person"] else "different people"
         print(f"distance {r['distance']:.4f}  threshold {r['threshold']:.4f}  {verdict}")
@@ -77,10 +77,11 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _identify(args: argparse.Namespace) -> int:
     from cnnlab.faces.verify import identify
+    from cnnlab.files import dumps_json
 
     rows = identify(args.run_dir, args.probe, args.gallery, k=args.k, device=args.device)
     if args.json:
-        print(json.dumps(rows))
+        print(dumps_json(rows))
         return 0
     width = max(len(r["name"]) for r in rows)
     print(f"{'rank':>4}  {'name':<{width}}  {'distance':>8}  match  nearest image")

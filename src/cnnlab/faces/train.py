@@ -151,6 +151,7 @@ def frozen_layers(model: SiameseNet, cfg: FaceTrainConfig, epoch: int) -> list[n
 
 def run_config(run: RunDir) -> FaceTrainConfig:
     """The saved configuration of a face run (a :class:`CnnlabError` when the folder is not one)."""
+    run.expect_study(FaceTrainConfig)
     return from_dict(FaceTrainConfig, run.read_config(), source=str(run.config_path))
 
 

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.data.cache import cache_dir, fingerprint
+from cnnlab.data.cache import cache_dir, fingerprint, load_checked, save_checked
 from cnnlab.data.faces import load_faces
 from cnnlab.data.images import center_crop_resize, decode_rgb
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.faces.train import embed
-from cnnlab.faces.train import load_run_model
-from cnnlab.files import atomic_torch_save
+from cnnlab.faces.train import load_run_model, run_config
 from cnnlab.losses import LpDistance
 from cnnlab.run import RunDir
 from cnnlab.runtime import resolve_device
@@ -39,6 +38,7 @@ def load_image(path: str | os.PathLike, image_size: int, crop: float) -> torch.T
 
 
 def _threshold(run: RunDir) -> float:
+    run_config(run)  # a face run, or an error naming the study it belongs to
     summary = run.read_summary()
     if summary.get("threshold") is None:
         raise CnnlabError(f"{run.path} has no decision threshold in summary.json; it is written when training "
@@ -76,22 +76,31 @@ def _gallery(run: RunDir, model, cfg, gallery: str | os.PathLike, dev: torch.dev
     key = fingerprint([faces.root / f for f in faces.files], faces.root, _GALLERY_CACHE_VERSION, cfg.image_size,
                       cfg.crop, str(ckpt), st.st_size, st.st_mtime_ns)
     path = cache_dir() / "faces-gallery" / f"{key}.pt"
-    if path.is_file():
-        try:
-            cached = torch.load(path, map_location="cpu", weights_only=True)
-            if len(cached["files"]) == len(faces.files):
-                logger.info("gallery embeddings from the cache %s", path)
-                return cached
-        except Exception as e:
-            logger.warning("ignoring the gallery cache %s (%s)", path, e)
+    meta = {"version": _GALLERY_CACHE_VERSION, "image_size": cfg.image_size, "crop": cfg.crop,
+            "embedding_dim": cfg.embedding_dim, "files": len(faces.files), "root": str(faces.root)}
+    cached = load_checked(path, key=key, meta=meta, what="gallery cache",
+                          check=lambda g: _gallery_problem(g, faces, cfg.embedding_dim))
+    if cached is not None:
+        logger.info("gallery embeddings from the cache %s", path)
+        return cached
     emb = embed(model, faces.images, device=dev, batch_size=cfg.eval_batch_size, desc="embedding the gallery")
     out = {"embeddings": emb, "labels": faces.labels, "names": list(faces.names), "files": list(faces.files),
            "root": str(faces.root)}
-    try:
-        atomic_torch_save(out, path)
-    except OSError as e:
-        logger.warning("could not cache the gallery embeddings in %s (%s)", path, e)
+    save_checked(path, out, key=key, meta=meta, what="gallery cache")
     return out
+
+
+def _gallery_problem(g: dict, faces, dim: int) -> str | None:
+    """Whether cached gallery embeddings are those of ``faces``, the gallery as it is now (None: they are)."""
+    if g.get("names") != list(faces.names) or g.get("files") != list(faces.files):
+        return "its people or files are not those of the gallery"
+    labels, emb = g.get("labels"), g.get("embeddings")
+    if not isinstance(labels, torch.Tensor) or not torch.equal(labels, faces.labels):
+        return "its labels are not those of the gallery"
+    if not isinstance(emb, torch.Tensor) or not emb.is_floating_point() or emb.ndim != 2 \
+            or tuple(emb.shape) != (len(labels), dim) or not bool(torch.isfinite(emb).all()):
+        return f"its embeddings are not one finite {dim}-d vector per gallery image"
+    return None
 
 
 def identify(run_dir: str | os.PathLike, probe: str | os.PathLike, gallery: str | os.PathLike, k: int = 10,
