@@ -291,3 +291,17 @@ def test_download_of_an_archive_that_escapes_is_refused(tmp_path, capsys, monkey
     assert rc == 2 and member.lstrip("/") in err and "Traceback" not in err
     assert not (tmp_path / "data" / "escaped.txt").exists()
     assert not Path("/tmp/cnnlab-absolute-escape.txt").exists()
+
+
+def test_a_download_that_cannot_reach_its_server_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    import cnnlab.data.cifar10 as cifar10
+
+    monkeypatch.setattr(cifar10, "URL", "file:///nowhere/cifar-10-python.tar.gz")
+    out = tmp_path / "runs" / "A"
+    argv = TRAIN + ["--data-dir", str(tmp_path / "data"), "--download", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cifar-10-python.tar.gz" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+    assert main(argv) == 2  # the same command fails the same way, not with "already holds this run"
+    assert "already holds" not in capsys.readouterr().err
