@@ -143,10 +143,8 @@ _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a finite number
 def type_name(hint: Any) -> str:
     """How a message names what a field of type ``hint`` takes: ``an integer or null``."""
     args = typing.get_args(hint)
-    if type(None) in args and typing.get_origin(hint) in (typing.Union, types.UnionType):
-        rest = [a for a in args if a is not type(None)]
-        return " or ".join([type_name(rest[0]) if len(rest) == 1 else type_name(typing.Union[tuple(rest)]),
-                            "null"])
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) if a is not type(None) else "null" for a in args)
     if typing.get_origin(hint) is tuple:
         return f"a list of {type_name(args[0]).removeprefix('a ').removeprefix('an ')}s"
     return _TYPE_NAMES.get(hint, getattr(hint, "__name__", str(hint)))
