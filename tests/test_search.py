@@ -1,4 +1,5 @@
 import csv
+import shlex
 import socket
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from optuna.trial import TrialState
 
 from cnnlab.cli import main
 from cnnlab.config import FaceSearchConfig
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, Terminated
 from cnnlab.search import DEFAULT_SPACE, read_space, search
 
 from tests.faces.conftest import _fast_cpu, face_dir, tiny_config, tiny_options  # noqa: F401 (fixtures)
@@ -109,12 +110,99 @@ def test_the_default_space_holds_the_study_best():
     ({"lr": {"type": "float", "low": 0, "high": 0.1, "log": True}}, "log range needs low > 0"),
     ({"gamma": {"type": "categorical", "choices": []}}, "non-empty list"),
     ({"lr": {"type": "uniform"}}, "expected \\{type"),
+    ({"lr": {"type": "categorical", "choices": ["fast", "slow"]}}, "lr: choices: expected a finite number, got 'fast'"),
+    ({"gamma": {"type": "categorical", "choices": [{"a": 1}]}}, "gamma: choices: expected a finite number, got {'a': 1}"),
+    ({"loss": {"type": "categorical", "choices": ["triplet", 3]}}, "loss: choices: expected a string, got 3"),
+    ({"augment": {"type": "categorical", "choices": ["no"]}}, "augment: choices: expected true or false, got 'no'"),
+    ({"step_size": {"type": "int", "low": 5, "high": 15, "step": "abc"}},
+     "step_size: step: expected an integer, got 'abc'"),
+    ({"step_size": {"type": "int", "low": 5, "high": 15, "step": 0}}, "step_size: step: expected a positive number, got 0"),
+    ({"epochs": {"type": "int", "low": 1.5, "high": 3}}, "epochs: low: expected an integer, got 1.5"),
+    ({"epochs": {"type": "float", "low": 1, "high": 3}}, "epochs: a float range for an option that takes an integer"),
+    ({"loss": {"type": "int", "low": 1, "high": 3}}, "loss: an int range for an option that takes a string"),
+    ({"lr": {"type": "float", "low": "a", "high": 1}}, "lr: low: expected a finite number, got 'a'"),
+    ({"lr": {"type": "float", "low": 0.1, "high": float("inf")}}, "lr: high: expected a finite number, got inf"),
+    ({"lr": {"type": "float", "low": 0.1, "high": 1, "log": "yes"}}, "lr: log: expected true or false, got 'yes'"),
+    ({"lr": {"type": "float", "low": 0.1, "high": 1, "lg": True}}, "lr: a float range takes low, high, log, step, not lg"),
+    ({"lr": {"type": "float", "low": 0.1, "high": 1, "log": True, "step": 0.1}}, "lr: a float range takes step or log"),
 ])
 def test_a_bad_space_file_names_the_file_and_the_key(tmp_path, content, message):
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(content))
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as e:
         read_space(path)
+    assert str(e.value).startswith(f"--space {path}: ")
+
+
+def test_a_space_file_takes_numbers_written_as_yaml_strings_and_optional_nulls(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("lr: {type: categorical, choices: [1e-3, 1.0e-2]}\n"  # YAML reads 1e-3 as a string
+                    "trainable_layers: {type: categorical, choices: [null, 2]}\n"
+                    "step_size: {type: int, low: 2, high: 8, step: 2}\n")
+    space = read_space(path)
+    assert space["lr"]["choices"] == [1e-3, 1e-2] and space["trainable_layers"]["choices"] == [None, 2]
+    assert space["step_size"]["step"] == 2
+
+
+def _search_argv(faces, space, out, *extra):
+    return ["faces", "search", *tiny_options(faces), "--space", str(space), "--trials", "1", "--out", str(out),
+            *extra]
+
+
+@pytest.mark.parametrize("content, culprit", [
+    ("lr: {type: categorical, choices: [fast]}\n", "lr: choices: expected a finite number, got 'fast'"),
+    ("step_size: {type: int, low: 5, high: 9, step: abc}\n", "step_size: step: expected an integer, got 'abc'"),
+    # Every margin the space can draw is tried before a trial runs: 0 is refused by the contrastive loss.
+    ("margin: {type: float, low: 0, high: 2}\n",
+     "margin: the low 0.0 is refused by the training options (--margin: expected a positive number"),
+    ("margin: {type: categorical, choices: [1.0, -1.0]}\n", "margin: the choice -1.0 is refused"),
+])
+def test_a_bad_space_is_refused_before_the_search_folder_exists(face_dir, tmp_path, capfd, content, culprit):
+    space = tmp_path / "space.yaml"
+    space.write_text(content)
+    out = tmp_path / "search"
+    assert main(_search_argv(face_dir, space, out)) == 2
+    err = capfd.readouterr().err
+    assert f"--space {space}: {culprit}" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_values_refused_only_together_stop_the_search_with_one_message_and_no_traceback(face_dir, tmp_path, capfd):
+    # Each value alone is fine; a triplet batch of 6 cannot hold whole groups of --pk-images 4.
+    space = tmp_path / "space.yaml"
+    space.write_text("loss: {type: categorical, choices: [triplet]}\nbatch_size: {type: categorical, choices: [6]}\n")
+    out = tmp_path / "search"
+    assert main(_search_argv(face_dir, space, out)) == 2
+    err = capfd.readouterr().err
+    assert "trial 0 drew values the training options refuse: --batch-size" in err
+    assert "Traceback" not in err and "Trial 0 failed" not in err
+    assert err.strip().splitlines()[-1].startswith("cnnlab: error: ")
+    assert not (out / "trial-0000").exists()
+
+
+@pytest.mark.parametrize("stop, status, how", [(KeyboardInterrupt, 130, "Ctrl-C"), (Terminated, 143, "SIGTERM")])
+def test_an_interrupted_search_names_the_command_that_continues_it(face_dir, tmp_path, capfd, monkeypatch,
+                                                                   stop, status, how):
+    import cnnlab.faces.train as face_train
+
+    space, out = _space(tmp_path), tmp_path / "search"
+    argv = _search_argv(face_dir, space, out)
+    real_fit = face_train.fit
+
+    def interrupted(*a, **k):
+        raise stop()
+
+    monkeypatch.setattr(face_train, "fit", interrupted)
+    assert main(argv) == status
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "--resume" not in err
+    assert err.strip().splitlines()[-1] == f"cnnlab: interrupted by {how}; continue with: cnnlab {shlex.join(argv)}"
+    assert f"interrupted by {'SIGTERM' if stop is Terminated else 'Ctrl-C'}" in (out / "trial-0000" / "train.log").read_text()
+    assert [r["state"] for r in _rows(out)] == ["FAIL"]
+
+    monkeypatch.setattr(face_train, "fit", real_fit)
+    assert main(argv) == 0  # the same command again continues it
+    assert [r["state"] for r in _rows(out)] == ["FAIL", "COMPLETE"]
 
 
 def test_search_options_are_checked(face_dir, tmp_path, capsys):

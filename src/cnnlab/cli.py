@@ -8,12 +8,15 @@ imports this module.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
+import signal
 import sys
 from pathlib import Path
 
 from cnnlab import __version__
 from cnnlab.cifar.cli import add_cifar
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, Terminated
 from cnnlab.faces.cli import add_faces
 
 
@@ -34,11 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from cnnlab.run import setup_logging
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except CnnlabError as e:
         if args.debug:
             raise
@@ -51,10 +56,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnnlab: error: {e.strerror or e}{where}; what was written before is intact "
               "(files are replaced atomically)", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if args.debug:
             raise
-        target = getattr(args, "out", None) or getattr(args, "resume", None)
-        hint = f"; continue with --resume {target}" if target and Path(target).exists() else ""
-        print(f"cnnlab: interrupted{hint}", file=sys.stderr)
-        return 130
+        how = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+        command = continue_command(args, argv)
+        print(f"cnnlab: interrupted by {how}" + (f"; continue with: {command}" if command else ""), file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+
+
+def continue_command(args: argparse.Namespace, argv: list[str]) -> str | None:
+    """The command line that continues what an interrupted command did, or None if there is none.
+
+    A training run continues with ``--resume RUN_DIR`` once its folder holds a run;
+    a command whose rerun continues it (``faces search``, ``cifar compare``) with
+    the same command again.
+    """
+    if getattr(args, "rerun_continues", False):
+        return shlex.join(["cnnlab", *argv])
+    target = getattr(args, "resume", None) or getattr(args, "out", None)
+    if hasattr(args, "resume") and target and (Path(target) / "config.yaml").is_file():
+        return shlex.join(["cnnlab", args.study, args.command, "--resume", str(target)])
+    return None
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises :class:`Terminated` (a KeyboardInterrupt), so it stops a run as Ctrl-C does:
+    the last checkpoint kept, a line in the log, the command that continues it."""
+    def stop(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals to whoever owns them
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -7,7 +7,9 @@ is its ``--help`` text, so the options and the config cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,23 +113,95 @@ def to_dict(cfg: Any) -> dict:
 
 
 def from_dict(cls: type[C], data: dict, source: str = "config") -> C:
+    """``cls(**data)``, every value first checked against the field's declared type.
+
+    ``source`` names where the values come from: a YAML file (messages say
+    ``FILE: key``) or ``"options"``, the command line (messages say ``--key``).
+    """
+    return cls(**check_fields(cls, data, source))
+
+
+def check_fields(cls: type, data: dict, source: str = "config") -> dict:
+    """``data`` (field names of ``cls`` to values), each value checked by :func:`check_type`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of option names to values")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(map(str, set(data) - names))
     if unknown:
         raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}")
     hints = typing.get_type_hints(cls)
-    clean = {}
-    for k, v in data.items():
-        # YAML reads "1e-3" as a string; accept it where a float is expected.
-        if v is not None and hints[k] in (float, float | None) and isinstance(v, (str, int)):
+    return {k: check_type(v, hints[k], _where(source, k)) for k, v in data.items()}
+
+
+def _where(source: str, key: str) -> str:
+    return "--" + key.replace("_", "-") if source == "options" else f"{source}: {key}"
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+
+
+def type_name(hint: Any) -> str:
+    """How a message names what a field of type ``hint`` takes: ``an integer or null``."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) if a is not type(None) else "null" for a in args)
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {type_name(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    return _TYPE_NAMES.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_type(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as a field of type ``hint`` takes it, or a :class:`ConfigError` naming ``where``.
+
+    Strict where YAML and the command line are loose: a boolean only as a YAML
+    boolean (``'false'`` and ``no`` in quotes are strings), an integer never as a
+    float (``150.5``, ``150.0``) nor as a boolean, ``null`` only in an optional
+    field, and no infinite or NaN number. A string that reads as a number is
+    taken where a number is expected, because YAML reads ``1e-3`` as a string.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return _check_one(value, rest[0], where, type_name(hint))
+    return _check_one(value, hint, where, type_name(hint))
+
+
+def _check_one(value: Any, hint: Any, where: str, expected: str) -> Any:
+    given = value
+
+    def refuse() -> ConfigError:
+        return ConfigError(f"{where}: expected {expected}, got {given!r}")
+
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise refuse()
+        item = typing.get_args(hint)[0]
+        return tuple(_check_one(v, item, where, expected) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise refuse()
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise refuse()
+        return value
+    if hint is float:
+        if isinstance(value, str):
             try:
-                v = float(v)
+                value = float(value)
             except ValueError:
-                raise ConfigError(f"{source}: {k} expected a number, got {v!r}") from None
-        clean[k] = v
-    return cls(**clean)
+                raise refuse() from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise refuse()
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise refuse()
+        return value
+    return value  # a type this check does not know: the dataclass checks it
 
 
 def save_yaml(cfg: Any, path: str | Path, extra: dict | None = None) -> None:
@@ -140,9 +214,12 @@ def save_yaml(cfg: Any, path: str | Path, extra: dict | None = None) -> None:
 
 
 def load_yaml(path: str | Path) -> dict:
+    from cnnlab.files import not_a_regular_file
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    problem = not_a_regular_file(path)
+    if problem:
+        raise ConfigError(f"config file {path} {problem}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

@@ -130,10 +130,12 @@ def session(cfg: Any, out: str | Path, body: Callable[[Session], dict], *, resum
     run = RunDir(out)
     device = resolve_device(cfg.device)
     dinfo = init_distributed(device)
+    stub = None
     try:
         choice = select_precision(device, cfg.precision, cfg.channels_last)
         enable_fast_kernels(device)
         if dinfo.is_main:
+            stub = run.new_run_files() if not run.exists() else None
             run.prepare(to_dict(cfg), resume, ignore=runtime_fields)
             if resume:
                 run.set_aside_bad_summary()
@@ -148,6 +150,12 @@ def session(cfg: Any, out: str | Path, body: Callable[[Session], dict], *, resum
             if resume and not s.resuming:
                 logger.info("%s has no checkpoint yet; starting from the beginning", run.path)
             return body(s)
+    except CnnlabError as e:
+        # A start refused for its input (data not found, a download that failed, options the model refuses)
+        # leaves no run folder behind, or the same command would then find "a run" in it.
+        if stub is not None and not isinstance(e, TrainingDiverged) and not run.last_checkpoint.exists():
+            run.remove_new_run_files(stub)
+        raise
     finally:
         cleanup_distributed(dinfo)
 

@@ -24,3 +24,10 @@ class CheckpointError(CnnlabError):
 
 class TrainingDiverged(CnnlabError):
     """The loss became NaN or infinite."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or ``kill``'s polite stop), handled everywhere as Ctrl-C is."""
+
+    def __init__(self) -> None:
+        super().__init__("SIGTERM")

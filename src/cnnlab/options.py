@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence, Union
 
-from cnnlab.config import from_dict, load_yaml
+from cnnlab.config import check_fields, from_dict, load_yaml
 from cnnlab.errors import CnnlabError
 
 # --- subcommands as data --------------------------------------------------------------
@@ -154,9 +154,11 @@ def config_overrides(args: argparse.Namespace, cls: type) -> dict:
 
 def build_config(cls: type, args: argparse.Namespace) -> Any:
     values: dict = {}
+    # The file and the options are checked each on their own: a bad value is named where it was
+    # written, and a bad file is refused even where an option overrides its value.
     if getattr(args, "config", None):
-        values.update(load_yaml(args.config))
-    values.update(config_overrides(args, cls))
+        values.update(check_fields(cls, load_yaml(args.config), source=args.config))
+    values.update(check_fields(cls, config_overrides(args, cls), source="options"))
     return from_dict(cls, values, source=args.config or "options")
 
 

@@ -71,10 +71,15 @@ class RunDir:
                     f"{option} {self.path} already holds {what} (config.yaml); "
                     f"continue it with --resume {self.path}, or choose another {option}"
                 )
-            diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k) and k not in ignore)
-            if diff:
+            missing = sorted(k for k in config if k not in saved)
+            added = sorted(k for k in saved if k not in config)
+            changed = sorted(k for k in set(saved) & set(config) if saved[k] != config[k] and k not in ignore)
+            if missing or added or changed:
+                what = ([f"it lacks {', '.join(missing)}"] if missing else []) \
+                    + ([f"it has unknown {', '.join(added)}"] if added else []) \
+                    + ([f"it differs in {', '.join(changed)}"] if changed else [])
                 raise CnnlabError(
-                    f"--resume {self.path}: the saved config differs in {', '.join(diff)}; "
+                    f"--resume {self.path}: config.yaml does not match the run ({'; '.join(what)}); "
                     "a resumed run keeps the options it was started with"
                 )
         elif self.path.is_dir() and any(p for p in self.path.iterdir() if p.name != "train.log"):
@@ -86,6 +91,24 @@ class RunDir:
         if not self.exists():
             atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def new_run_files(self) -> list[Path]:
+        """What :meth:`prepare` is about to create for a new run: the paths among the folders above
+        the run, the run folder, ``config.yaml``, ``train.log`` and ``checkpoints/`` that do not exist yet."""
+        chain = [p for p in reversed(self.path.absolute().parents) if not p.exists()]
+        own = [self.path, self.config_path, self.log_path, self.checkpoints]
+        return chain + [p for p in own if not p.exists()]
+
+    def remove_new_run_files(self, created: list[Path]) -> None:
+        """Undo a failed start: remove the files and the (then empty) folders of ``created``, nothing else."""
+        for p in reversed(created):
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    p.rmdir()  # only when empty: whatever else is there stays
+                elif p.exists():
+                    p.unlink()
+            except OSError:
+                pass
 
     def read_config(self) -> dict:
         if not self.config_path.is_file():
@@ -233,7 +256,10 @@ class log_to_file:
                 lg.setLevel(logging.INFO)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        if self.handler is not None and isinstance(exc, KeyboardInterrupt):
+            logger.warning("interrupted by %s; what was saved until now is kept",
+                           str(exc) or "Ctrl-C (SIGINT)")
         if self.handler is not None:
             logging.getLogger("cnnlab").removeHandler(self.handler)
             self.handler.close()

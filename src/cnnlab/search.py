@@ -35,14 +35,15 @@ import logging
 import math
 import os
 import socket
+import typing
 import warnings
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cnnlab.config import FaceSearchConfig, FaceTrainConfig, load_yaml
+from cnnlab.config import FaceSearchConfig, FaceTrainConfig, check_type, load_yaml, type_name
 from cnnlab.errors import CnnlabError, ConfigError, TrainingDiverged
 from cnnlab.files import atomic_write_text
 
@@ -73,9 +74,12 @@ def read_space(path: str | os.PathLike | None) -> dict[str, dict]:
     Each key is a ``cnnlab faces train`` option (underscores, e.g.
     ``step_size``); each value one of::
 
-        {type: float, low: 1e-4, high: 1e-2, log: true}
-        {type: int, low: 5, high: 15}            # optional step, log
+        {type: float, low: 1e-4, high: 1e-2, log: true}   # optional step (not with log)
+        {type: int, low: 5, high: 15}                      # optional step, log
         {type: categorical, choices: [0.1, 0.5]}
+
+    Bounds, steps and choices must be of the option's type (a choice of
+    ``lr`` is a number, of ``loss`` a string), as in ``--config`` files.
     """
     if path is None:
         return {k: dict(v) for k, v in DEFAULT_SPACE.items()}
@@ -83,25 +87,68 @@ def read_space(path: str | os.PathLike | None) -> dict[str, dict]:
     where = f"--space {path}"
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{where}: expected a mapping of option names to ranges")
-    names = {f.name for f in fields(FaceTrainConfig)}
-    for key, spec in data.items():
-        if key not in names:
+    hints = typing.get_type_hints(FaceTrainConfig)
+    for key in data:
+        if key not in hints:
             raise ConfigError(f"{where}: {key!r} is not an option of cnnlab faces train")
-        if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
-            raise ConfigError(f"{where}: {key}: expected {{type: float|int|categorical, ...}}, got {spec!r}")
+    return {key: _read_range(f"{where}: {key}", spec, hints[key]) for key, spec in data.items()}
+
+
+_RANGE_KEYS = {"float": ("type", "low", "high", "log", "step"), "int": ("type", "low", "high", "log", "step"),
+               "categorical": ("type", "choices")}
+
+
+def _read_range(where: str, spec: Any, hint: Any) -> dict:
+    """One option's range, its values checked against the option's type ``hint``."""
+    if not isinstance(spec, dict) or spec.get("type") not in _RANGE_KEYS:
+        raise ConfigError(f"{where}: expected {{type: float|int|categorical, ...}}, got {spec!r}")
+    kind = spec["type"]
+    a_range = f"{'an' if kind == 'int' else 'a'} {kind} range"
+    extra = sorted(map(str, set(spec) - set(_RANGE_KEYS[kind])))
+    if extra:
+        raise ConfigError(f"{where}: {a_range} takes {', '.join(_RANGE_KEYS[kind][1:])}, not {', '.join(extra)}")
+    if kind == "categorical":
+        if not isinstance(spec.get("choices"), list) or not spec["choices"]:
+            raise ConfigError(f"{where}: a categorical range needs a non-empty list 'choices'")
+        return {"type": kind, "choices": [check_type(c, hint, f"{where}: choices") for c in spec["choices"]]}
+    takes = {t for t in typing.get_args(hint) if t is not type(None)} or {hint}
+    if not takes & ({float} if kind == "float" else {int, float}):
+        raise ConfigError(f"{where}: {a_range} for an option that takes {type_name(hint)}; "
+                          f"use {'type: int or ' if int in takes else 'type: '}categorical")
+    number = float if kind == "float" else int
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(f"{where}: {a_range} needs numbers 'low' and 'high'")
+    low, high = (check_type(spec[k], number, f"{where}: {k}") for k in ("low", "high"))
+    out = {"type": kind, "low": low, "high": high, "log": check_type(spec.get("log", False), bool, f"{where}: log")}
+    if not low <= high:
+        raise ConfigError(f"{where}: low ({low}) must not exceed high ({high})")
+    if out["log"] and low <= 0:
+        raise ConfigError(f"{where}: a log range needs low > 0")
+    if spec.get("step") is not None:
+        out["step"] = check_type(spec["step"], number, f"{where}: step")
+        if out["step"] <= 0:
+            raise ConfigError(f"{where}: step: expected a positive number, got {spec['step']!r}")
+        if out["log"] and (kind == "float" or out["step"] != 1):
+            raise ConfigError(f"{where}: {a_range} takes step or log, not both")
+    return out
+
+
+def check_space(base: FaceTrainConfig, space: dict[str, dict], where: str) -> None:
+    """Refuse a space whose bounds or choices the training options refuse (a margin of 0 for the
+    contrastive loss), before any trial runs; each option is tried alone in ``base``."""
+    for key, spec in space.items():
         if spec["type"] == "categorical":
-            if not isinstance(spec.get("choices"), list) or not spec["choices"]:
-                raise ConfigError(f"{where}: {key}: a categorical range needs a non-empty list 'choices'")
+            values = [("choice", v) for v in spec["choices"]]
         else:
+            top = spec["high"]
+            if spec.get("step"):  # the largest value the steps reach
+                top = spec["low"] + (spec["high"] - spec["low"]) // spec["step"] * spec["step"]
+            values = [("low", spec["low"]), ("high", top)]
+        for what, v in values:
             try:
-                low, high = float(spec["low"]), float(spec["high"])
-            except (KeyError, TypeError, ValueError):
-                raise ConfigError(f"{where}: {key}: a {spec['type']} range needs numbers 'low' and 'high'") from None
-            if not low <= high:
-                raise ConfigError(f"{where}: {key}: low ({low}) must not exceed high ({high})")
-            if spec.get("log") and low <= 0:
-                raise ConfigError(f"{where}: {key}: a log range needs low > 0")
-    return data
+                replace(base, **{key: v})
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {key}: the {what} {v!r} is refused by the training options ({e})") from None
 
 
 def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
@@ -110,7 +157,7 @@ def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
     for key, spec in space.items():
         if spec["type"] == "float":
             params[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]),
-                                              log=bool(spec.get("log", False)))
+                                              log=bool(spec.get("log", False)), step=spec.get("step"))
         elif spec["type"] == "int":
             params[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)),
                                             log=bool(spec.get("log", False)))
@@ -261,10 +308,17 @@ def search(base: FaceTrainConfig, cfg: FaceSearchConfig, out: str | os.PathLike,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CnnlabError(f"--out {out} is a file, expected a folder")
+    space = read_space(cfg.space)  # before the folder exists: a bad space leaves nothing behind
+    check_space(base, space, f"--space {cfg.space}" if cfg.space else "the default search space")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    space = read_space(cfg.space)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study, storage = _open_study(cfg, out)
+    try:
+        study, storage = _open_study(cfg, out)
+    except CnnlabError:
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
     fail_dead_trials(study, storage)
     complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     missing = max(0, cfg.trials - complete)
@@ -298,8 +352,17 @@ def search(base: FaceTrainConfig, cfg: FaceSearchConfig, out: str | os.PathLike,
         write_outputs(study, out)
 
     if missing:
-        study.optimize(objective, n_trials=missing, catch=(TrainingDiverged,), callbacks=[
-            after_trial, optuna.study.MaxTrialsCallback(cfg.trials, states=(TrialState.COMPLETE,))])
+        quiet = _QuietTrialErrors()
+        optuna_log = logging.getLogger("optuna.study._optimize")
+        optuna_log.addFilter(quiet)
+        try:
+            study.optimize(objective, n_trials=missing, catch=(TrainingDiverged,), callbacks=[
+                after_trial, optuna.study.MaxTrialsCallback(cfg.trials, states=(TrialState.COMPLETE,))])
+        except KeyboardInterrupt:  # Optuna has marked the trial failed; a rerun runs it again
+            write_outputs(study, out)
+            raise
+        finally:
+            optuna_log.removeFilter(quiet)
     best = write_outputs(study, out)
     states = [t.state.name for t in study.trials]
     result = {"study": cfg.study, "storage": storage_url(cfg, out), "trials": len(states),
@@ -309,6 +372,19 @@ def search(base: FaceTrainConfig, cfg: FaceSearchConfig, out: str | os.PathLike,
         logger.info("best trial %d: validation ROC AUC %.4f, %s (%s)", best["trial"], best["val_roc_auc"],
                     best["params"], out / best["run_dir"])
     return result
+
+
+class _QuietTrialErrors(logging.Filter):
+    """Optuna logs every failed trial with its traceback. An error worded for the user that ends the
+    search (a value the options refuse, Ctrl-C, SIGTERM) is said once, by the CLI; a diverged trial,
+    after which the search goes on, keeps its one line without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, TrainingDiverged):
+            record.exc_info, record.exc_text = None, None
+            return True
+        return not isinstance(exc, (CnnlabError, KeyboardInterrupt))
 
 
 def _fmt(v: Any) -> str:

@@ -18,14 +18,15 @@ def check_bad_input(build, previous: Path, tmp_path: Path, capsys, status: int =
                     replaced: str | None = None) -> None:
     """Prepare a case with ``build(case_dir, run_copy)``, run it, and check that it gets one
     message naming the culprit, exits with ``status``, shows no traceback, runs no pickled
-    code, and leaves every file of the earlier run as it was (but ``replaced``, which the
-    case itself overwrote)."""
+    code, leaves every file of the earlier run as it was (but ``replaced``, which the
+    case itself overwrote) and creates nothing (no stub run folder)."""
     shutil.copytree(previous.parent, tmp_path / "prev")  # a copy: cases may damage files of the run
     prev = tmp_path / "prev" / previous.name
     case = tmp_path / "case"
     case.mkdir()
     argv, culprit = build(case, prev)
     before = snapshot(prev)
+    made = sorted(case.rglob("*"))
     capsys.readouterr()
     rc = main(argv)
     err = capsys.readouterr().err
@@ -33,6 +34,7 @@ def check_bad_input(build, previous: Path, tmp_path: Path, capsys, status: int =
     assert culprit in err, err
     assert err.strip().splitlines()[-1].startswith("cnnlab: error: ") and "Traceback" not in err
     assert not list(tmp_path.rglob("PWNED")), "a pickle ran code"
+    assert sorted(case.rglob("*")) == made, "a refused command left files or folders behind (a stub run?)"
     after = snapshot(prev)
     if replaced:
         before.pop(replaced), after.pop(replaced)

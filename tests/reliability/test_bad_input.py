@@ -154,6 +154,31 @@ FACE_COMMANDS = {
     "compare": ("compare", "RUN", "--out", "cmp"),
     "train --resume": ("train", "--resume", "RUN"),
 }
+def _config(text, culprit):
+    """``--config FILE`` holding ``text``; the message must name the file and ``culprit`` (key, value, type)."""
+    def case(tmp, prev):
+        root = write_cifar_batches(tmp / "b").parent
+        (tmp / "c.yaml").write_text(text)
+        return TRAIN + ["--config", str(tmp / "c.yaml"), "--data-dir", str(root), "--out", str(tmp / "new")], \
+            f"c.yaml: {culprit}"
+    return case
+
+
+def _unicode_classes(tmp, prev):
+    root = write_cifar_folders(tmp / "imgs", n_train=2, n_test=1)
+    nfc, nfd = "caf\u00e9", "cafe\u0301"  # the same name, composed and decomposed
+    (root / "train" / "cat").rename(root / "train" / nfc)
+    (root / "test" / "cat").rename(root / "test" / nfd)
+    return TRAIN + ["--data-dir", str(root), "--out", str(tmp / "new")], \
+        "train/caf\\xe9 and test/cafe\\u0301 are the same name in different Unicode normalisation"
+
+
+def _resume_with_a_key_deleted(tmp, prev):
+    config = prev / "config.yaml"
+    config.write_text("".join(line for line in config.read_text().splitlines(True)
+                              if not line.startswith("val_per_class:")))
+    (prev / "summary.json").unlink()  # an unfinished run
+    return ["cifar", "train", "--resume", str(prev)], "config.yaml does not match the run (it lacks val_per_class)"
 
 
 def _resume_nothing(tmp, prev):
@@ -196,6 +221,24 @@ CASES = [
     *((f"summary.json {d}, evaluate", _bad_summary(d, "evaluate", "--tsne-samples", "0"), 2) for d in SUMMARY_DAMAGE),
     *((f"summary.json {d}, figures", _bad_summary(d, "figures"), 2) for d in SUMMARY_DAMAGE),
     *((f"faces {c} on a cifar run", _face_command_on_a_cifar_run(*a), 2) for c, a in FACE_COMMANDS.items()),
+    # Values of the wrong type, from a YAML file or the command line (issue 9, item 7).
+    ("config width as a list", _config("width: [0.125]\n", "width: expected a finite number, got [0.125]"), 2),
+    ("config data_dir as a number", _config("data_dir: 123\n", "data_dir: expected a string, got 123"), 2),
+    ("config seed as a word", _config("seed: abc\n", "seed: expected an integer, got 'abc'"), 2),
+    ("config integer as a float", _config("max_train_samples: 150.5\n",
+                                          "max_train_samples: expected an integer or null, got 150.5"), 2),
+    ("config null where not optional", _config("label_smoothing: null\n",
+                                               "label_smoothing: expected a finite number, got None"), 2),
+    ("config integer as a boolean", _config("batch_size: true\n", "batch_size: expected an integer, got True"), 2),
+    ("config quoted false", _config("compile: 'false'\n", "compile: expected true or false, got 'false'"), 2),
+    ("config quoted no", _config("augment: 'no'\n", "augment: expected true or false, got 'no'"), 2),
+    ("config infinite lr", _config("lr: .inf\n", "lr: expected a finite number, got inf"), 2),
+    ("infinite width", _option("--width", "inf", culprit="--width: expected a finite number, got inf"), 2),
+    ("NaN lr", _option("--lr", "nan", culprit="--lr: expected a finite number, got nan"), 2),
+    ("config is a folder", _option("--config", "/", culprit="config file / is a folder, not a regular file"), 2),
+    # Messages that mislead (item 12).
+    ("class folders differing in Unicode normalisation", _unicode_classes, 2),
+    ("resume with a key deleted from config.yaml", _resume_with_a_key_deleted, 2),
 ]
 
 
@@ -368,3 +411,15 @@ def test_resume_rebuilds_a_summary_that_is_not_json(damage, tmp_path, previous_r
     assert rebuilt["test_accuracy"] == good["test_accuracy"]
     assert (run / "summary.json.unreadable").read_bytes() == SUMMARY_DAMAGE[damage]  # kept, not lost
     assert snapshot(run / "checkpoints") == checkpoints
+def test_a_download_that_cannot_reach_its_server_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    import cnnlab.data.cifar10 as cifar10
+
+    monkeypatch.setattr(cifar10, "URL", "file:///nowhere/cifar-10-python.tar.gz")
+    out = tmp_path / "runs" / "A"
+    argv = TRAIN + ["--data-dir", str(tmp_path / "data"), "--download", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cifar-10-python.tar.gz" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+    assert main(argv) == 2  # the same command fails the same way, not with "already holds this run"
+    assert "already holds" not in capsys.readouterr().err

@@ -3,7 +3,9 @@ exit status, no traceback, and the files of an earlier run unchanged."""
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -90,6 +92,35 @@ def _cifar_command_on_a_face_run(*command):
 CIFAR_COMMANDS = {"figures": ("figures", "RUN"), "evaluate": ("evaluate", "RUN"),
                   "train --resume": ("train", "--resume", "RUN")}
 
+def _verify_with(case, prev, make):
+    """``faces verify`` given, as its first image, a path that is not a regular file."""
+    path = make(case)
+    good = case / "good.jpg"
+    shutil.copy(next((prev.parent / "faces" / "Person_A").iterdir()), good)
+    return ["faces", "verify", str(prev), str(path), str(good)], str(path)
+
+
+def _fifo(case):
+    os.mkfifo(case / "pipe.jpg")  # opening it to read would wait forever for a writer
+    return case / "pipe.jpg"
+
+
+def _folder(case):
+    (case / "photo.jpg").mkdir()
+    return case / "photo.jpg"
+
+
+def _with_config(case, text, culprit):
+    (case / "c.yaml").write_text(text)
+    return _train(case, make_people(case / "f"), "--config", str(case / "c.yaml")), f"c.yaml: {culprit}"
+
+
+def _search_space(case, text, culprit):
+    (case / "space.yaml").write_text(text)
+    argv = ["faces", "search", *tiny_options(make_people(case / "f")), "--space", str(case / "space.yaml"),
+            "--trials", "1", "--out", str(case / "search")]
+    return argv, f"--space {case / 'space.yaml'}: {culprit}"
+
 CASES = [
     ("missing data folder", lambda c, p: (_train(c, c / "nowhere"), "nowhere")),
     ("empty data folder", lambda c, p: ((c / "empty").mkdir(), _train(c, c / "empty"))[1:] + ("empty",)),
@@ -117,6 +148,38 @@ CASES = [
     *((f"summary.json {d}, {cmd}", _bad_summary(d, *a)) for d in SUMMARY_DAMAGE for cmd, a in SUMMARY_COMMANDS.items()
       if d == "not json" or cmd == "verify"),
     *((f"cifar {cmd} on a face run", _cifar_command_on_a_face_run(*a)) for cmd, a in CIFAR_COMMANDS.items()),
+    # Not a regular file: said so, not "does not exist" (issue 9, item 12).
+    ("verify with a folder as an image", lambda c, p: (
+        _verify_with(c, p, _folder)[0], f"image {c / 'photo.jpg'} is a folder, not a regular file")),
+    ("verify with a FIFO as an image", lambda c, p: (
+        _verify_with(c, p, _fifo)[0], f"image {c / 'pipe.jpg'} is a FIFO (named pipe), not a regular file")),
+    ("verify with /dev/zero as an image", lambda c, p: (
+        _verify_with(c, p, lambda c: Path("/dev/zero"))[0], "image /dev/zero is a character device, not a regular file")),
+    ("identify with a folder as the probe", lambda c, p: (
+        ["faces", "identify", str(p), str(_folder(c)), "--gallery", str(p.parent / "faces")],
+        "is a folder, not a regular file")),
+    # A failed start leaves no run folder (item 13): the table checks that nothing is left behind.
+    ("lfw protocol without its files", lambda c, p: (
+        _train(c, make_people(c / "f"), "--protocol", "lfw-view1"), "LFW protocol file peopleDevTrain.txt not found")),
+    ("backbone weights file missing", lambda c, p: (
+        _train(c, make_people(c / "f"), "--backbone", "efficientnet_lite0", "--weights", str(c / "none.pt")),
+        "none.pt")),
+    # Values of the wrong type (item 7).
+    ("config quoted boolean", lambda c, p: _with_config(c, "augment: 'no'\n", "augment: expected true or false, got 'no'")),
+    ("config margin as a word", lambda c, p: _with_config(
+        c, "margin: wide\n", "margin: expected a finite number or null, got 'wide'")),
+    ("NaN lr", lambda c, p: (_train(c, make_people(c / "f"), "--lr", "nan"), "--lr: expected a finite number, got nan")),
+    # A bad search space: one message, no traceback, no search folder (item 9).
+    ("search space with string choices for lr", lambda c, p: _search_space(
+        c, "lr: {type: categorical, choices: [fast, slow]}\n", "lr: choices: expected a finite number, got 'fast'")),
+    ("search space with dict choices", lambda c, p: _search_space(
+        c, "gamma: {type: categorical, choices: [{a: 1}]}\n", "gamma: choices: expected a finite number")),
+    ("search space with step abc", lambda c, p: _search_space(
+        c, "step_size: {type: int, low: 2, high: 8, step: abc}\n", "step_size: step: expected an integer, got 'abc'")),
+    ("search space with step 0", lambda c, p: _search_space(
+        c, "step_size: {type: int, low: 2, high: 8, step: 0}\n", "step_size: step: expected a positive number, got 0")),
+    ("search space drawing a refused margin", lambda c, p: _search_space(
+        c, "margin: {type: float, low: -1, high: 1}\n", "margin: the low -1.0 is refused by the training options")),
 ]
 
 
@@ -169,3 +232,17 @@ def test_weights_blown_up_in_an_epoch_stop_a_face_run_as_diverged(tmp_path, caps
     assert "Traceback" not in err and not (out / "summary.json").exists()
     last = load_checkpoint(out / "checkpoints" / "last.pt")
     assert last["epoch"] == 0 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+def test_a_download_that_cannot_reach_its_server_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    import functools
+
+    import cnnlab.data.lfw as lfw
+
+    monkeypatch.setattr(lfw, "download_lfw", functools.partial(lfw.download_lfw, base_url="file:///nowhere/lfw/"))
+    out = tmp_path / "runs" / "new"
+    argv = ["faces", "train", *tiny_options(tmp_path / "lfw"), "--download", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot" in err and "lfw-deepfunneled.tgz" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # nor the folder above the run, which the start created
+    assert main(argv) == 2  # the same command fails the same way, not with "already holds this run"
+    assert "already holds" not in capsys.readouterr().err

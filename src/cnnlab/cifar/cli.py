@@ -134,7 +134,7 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
                        "on smaller sets)"),
               arg("--skip-bad-images", action="store_true", help="skip image files that cannot be decoded")])
 
-    add_command(
+    compare = add_command(
         csub, "compare", _compare, help="train, evaluate and compare several variants (the study)",
         description="Train each variant (reusing finished runs in --out, resuming unfinished ones), evaluate it, "
                     "and write comparison.csv, comparison.md, report.md and a self-contained report.html. "
@@ -150,3 +150,4 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
               arg("--no-evaluate", action="store_true", help="only train and tabulate; no figures"),
               TRAINING_OPTIONS_FILE,
               config_options(CifarTrainConfig, exclude=("blocks",))])
+    compare.set_defaults(rerun_continues=True)  # interrupted, the same command again continues it

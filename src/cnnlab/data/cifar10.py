@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,16 +171,35 @@ def _class_dirs(split_dir: Path) -> list[Path]:
     return sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _escaped(name: str) -> str:
+    return name.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _class_difference(train: list[str], test: list[str]) -> str:
+    """The class folders only one split has; names that are equal but for Unicode normalisation
+    (``café`` written NFC in one, NFD in the other) are paired, with their code points escaped."""
+    only_train, only_test = set(train) - set(test), set(test) - set(train)
+    by_nfc = {unicodedata.normalize("NFC", n): n for n in only_test}
+    parts = []
+    for name in sorted(only_train):
+        twin = by_nfc.get(unicodedata.normalize("NFC", name))
+        if twin is not None:
+            only_test.discard(twin)
+            parts.append(f"train/{_escaped(name)} and test/{_escaped(twin)} are the same name in different Unicode "
+                         "normalisation; rename one so both are written alike")
+        else:
+            parts.append(f"only in train/: {name}")
+    parts += [f"only in test/: {n}" for n in sorted(only_test)]
+    return "; ".join(parts)
+
+
 def _folder_listing(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
     train_classes = [d.name for d in _class_dirs(root / "train")]
     test_classes = [d.name for d in _class_dirs(root / "test")]
     if not train_classes:
         raise DataError(f"{root / 'train'}: no class folders (expected train/<class>/<image>)")
     if train_classes != test_classes:
-        raise DataError(
-            f"{root}: train/ and test/ have different class folders "
-            f"({', '.join(sorted(set(train_classes) ^ set(test_classes)))})"
-        )
+        raise DataError(f"{root}: train/ and test/ have different class folders ({_class_difference(train_classes, test_classes)})")
     listing = {}
     for split in ("train", "test"):
         items = []

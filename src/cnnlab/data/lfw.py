@@ -36,6 +36,7 @@ import torch
 from cnnlab.data.download import download_url, extract_archive
 from cnnlab.data.faces import FaceSet
 from cnnlab.errors import DataError
+from cnnlab.files import not_a_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,9 @@ class PeopleList:
 
 def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
     """Non-blank lines as (1-based line number, fields)."""
-    if not path.is_file():
-        raise DataError(f"LFW protocol file {path} does not exist")
+    problem = not_a_regular_file(path)
+    if problem:
+        raise DataError(f"LFW protocol file {path} {problem}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

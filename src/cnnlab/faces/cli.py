@@ -190,7 +190,7 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
 
     _add_use_commands(fsub)
 
-    add_command(
+    search = add_command(
         fsub, "search", _search, help="random search over training options (Optuna)",
         description="Random search (Optuna RandomSampler) over lr, margin, step size, gamma and epochs, or the "
                     "options of --space. Each trial is a run folder OUT/trial-NNNN; trials are ranked by validation "
@@ -205,6 +205,7 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
               TRAINING_OPTIONS_FILE,
               config_options(FaceSearchConfig),
               config_options(FaceTrainConfig)])
+    search.set_defaults(rerun_continues=True)  # interrupted, the same command again continues it
 
     add_command(
         fsub, "download", _download, help="download LFW (deep-funneled) and its protocol files",

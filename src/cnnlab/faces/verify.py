@@ -19,6 +19,7 @@ from cnnlab.data.images import center_crop_resize, decode_rgb
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.faces.train import embed
 from cnnlab.faces.train import load_run_model, run_config
+from cnnlab.files import not_a_regular_file
 from cnnlab.losses import LpDistance
 from cnnlab.run import RunDir
 from cnnlab.runtime import resolve_device
@@ -31,8 +32,9 @@ _GALLERY_CACHE_VERSION = 1
 def load_image(path: str | os.PathLike, image_size: int, crop: float) -> torch.Tensor:
     """One image file as uint8 (3, S, S), decoded, cropped and resized as in training."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image {path} does not exist")
+    problem = not_a_regular_file(path)
+    if problem:
+        raise DataError(f"image {path} {problem}")
     img = center_crop_resize(decode_rgb(path), image_size, crop)
     return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
 

@@ -1,0 +1,88 @@
+"""Config values are checked against the fields' declared types, from YAML and from the command line alike."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnnlab.cli import main
+from cnnlab.config import CifarTrainConfig, FaceSearchConfig, FaceTrainConfig, from_dict
+from cnnlab.errors import ConfigError
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("width", [0.125], "a finite number"),
+    ("data_dir", 123, "a string"),
+    ("seed", "abc", "an integer"),
+    ("max_train_samples", 150.5, "an integer or null"),
+    ("max_train_samples", 150.0, "an integer or null"),  # a float, even a whole one, is not an integer
+    ("label_smoothing", None, "a finite number"),  # null only where the field is optional
+    ("batch_size", True, "an integer"),
+    ("compile", "false", "true or false"),  # a quoted boolean is a string
+    ("augment", "no", "true or false"),
+    ("augment", 0, "true or false"),
+    ("channels_last", "yes", "true or false or null"),
+    ("width", float("inf"), "a finite number"),
+    ("lr", float("nan"), "a finite number"),
+    ("lr", "-inf", "a finite number"),
+    ("blocks", {"A": 1}, "a string"),
+])
+def test_a_value_of_the_wrong_type_names_the_key_the_value_and_the_type(key, value, expected):
+    with pytest.raises(ConfigError) as e:
+        from_dict(CifarTrainConfig, {key: value}, source="run.yaml")
+    assert str(e.value) == f"run.yaml: {key}: expected {expected}, got {value!r}"
+
+
+def test_values_of_the_right_type_are_taken():
+    cfg = from_dict(CifarTrainConfig, {"width": 1, "lr": "1e-3", "max_train_samples": None, "val_per_class": 5,
+                                       "compile": False, "channels_last": None, "data_dir": "d"})
+    assert cfg.width == 1.0 and isinstance(cfg.width, float)
+    assert cfg.lr == 1e-3 and cfg.max_train_samples is None and cfg.val_per_class == 5
+
+
+@pytest.mark.parametrize("cls, data, culprit", [
+    (FaceTrainConfig, {"margin": "wide"}, "margin: expected a finite number or null, got 'wide'"),
+    (FaceTrainConfig, {"trainable_layers": 2.5}, "trainable_layers: expected an integer or null, got 2.5"),
+    (FaceTrainConfig, {"freeze_bn": "true"}, "freeze_bn: expected true or false, got 'true'"),
+    (FaceSearchConfig, {"trials": 3.0}, "trials: expected an integer, got 3.0"),
+    (FaceSearchConfig, {"prune": 1}, "prune: expected true or false, got 1"),
+])
+def test_every_config_class_is_checked_the_same_way(cls, data, culprit):
+    with pytest.raises(ConfigError, match=culprit):
+        from_dict(cls, data, source="f.yaml")
+
+
+def test_command_line_values_are_named_as_options():
+    with pytest.raises(ConfigError, match=r"^--width: expected a finite number, got inf$"):
+        from_dict(CifarTrainConfig, {"width": float("inf")}, source="options")
+
+
+@pytest.mark.parametrize("opts, culprit", [
+    (["--width", "inf"], "--width: expected a finite number, got inf"),
+    (["--lr", "nan"], "--lr: expected a finite number, got nan"),
+    (["--momentum=-inf"], "--momentum: expected a finite number, got -inf"),
+])
+def test_non_finite_numbers_on_the_command_line_are_refused(opts, culprit, tmp_path, capsys):
+    rc = main(["cifar", "train", "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "run"), *opts])
+    err = capsys.readouterr().err
+    assert rc == 2 and culprit in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_option_beside_a_good_config_file_is_named_as_the_option(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("width: 0.5\n")
+    rc = main(["cifar", "train", "--config", str(cfg), "--width", "inf", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--width: expected a finite number, got inf" in err and str(cfg) not in err
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda p: p.mkdir(), "is a folder, not a regular file"),
+    (lambda p: None, "does not exist"),
+])
+def test_a_config_path_that_is_not_a_file_says_what_it_is(make, problem, tmp_path):
+    from cnnlab.config import load_yaml
+
+    make(tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match=f"c.yaml {problem}"):
+        load_yaml(tmp_path / "c.yaml")
