@@ -7,6 +7,7 @@ Each row: an id, a function that prepares the case under ``tmp_path`` and return
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import random
@@ -20,7 +21,7 @@ from PIL import Image
 
 from cnnlab.cli import main
 from tests.conftest import TouchesOnLoad, write_cifar_batches, write_cifar_folders
-from tests.reliability.conftest import check_bad_input
+from tests.reliability.conftest import check_bad_input, lock_held_elsewhere
 
 TRAIN = ["cifar", "train", "--width", "0.125", "--epochs", "1", "--batch-size", "32"]
 
@@ -114,6 +115,27 @@ def _resume_nothing(tmp, prev):
     return ["cifar", "train", "--resume", str(tmp / "empty")], "holds no cnnlab run"
 
 
+def _edit_config(edit):
+    """A hand-edited config.yaml of the finished run, then --resume: the checkpoint's configuration wins."""
+    def case(tmp, prev):
+        import yaml
+
+        cfg = yaml.safe_load((prev / "config.yaml").read_text())
+        culprit = edit(cfg)
+        (prev / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return ["cifar", "train", "--resume", str(prev), "--epochs", "2"], culprit
+    return case
+
+
+def _set(key, value, culprit):
+    return _edit_config(lambda cfg: (cfg.__setitem__(key, value), culprit)[1])
+
+
+def _unfinished(tmp, prev):
+    (prev / "summary.json").unlink()  # what a run killed before its end leaves
+    return ["cifar", "evaluate", str(prev)], "has not finished training"
+
+
 CASES = [
     ("missing data folder", lambda t, p: _data_dir(t, lambda d: None), 2),
     ("empty data folder", lambda t, p: _data_dir(t, lambda d: d.mkdir()), 2),
@@ -141,6 +163,12 @@ CASES = [
     ("checkpoint of another architecture", _other_arch_checkpoint, 2),
     ("malicious checkpoint", _evil_checkpoint, 2),
     ("resume of a folder with no run", _resume_nothing, 2),
+    ("config.yaml with another seed", _set("seed", 7, "seed: 0 in the run, 7 in config.yaml"), 2),
+    ("config.yaml without a key", _edit_config(lambda cfg: (
+        cfg.pop("val_per_class"), "val_per_class: null in the run, missing from config.yaml")[1]), 2),
+    ("config.yaml with an unknown key", _set("colour", "red", 'colour: not in the run, "red" in config.yaml'), 2),
+    ("config.yaml with another seed, how to go on", _set("seed", 7, "put config.yaml back as it was"), 2),
+    ("evaluate of an unfinished run", _unfinished, 2),
 ]
 
 
@@ -246,3 +274,16 @@ def test_download_of_an_archive_that_escapes_is_refused(tmp_path, capsys, monkey
     assert rc == 2 and member.lstrip("/") in err and "Traceback" not in err
     assert not (tmp_path / "data" / "escaped.txt").exists()
     assert not Path("/tmp/cnnlab-absolute-escape.txt").exists()
+
+
+@pytest.mark.parametrize("command", [["cifar", "train", "--resume"], ["cifar", "evaluate"], ["cifar", "figures"]])
+def test_a_run_in_use_by_another_process_is_refused_naming_it(command, tmp_path, previous_run, capsys):
+    with contextlib.ExitStack() as held:
+        def build(case, prev):
+            holder = held.enter_context(lock_held_elsewhere(prev))
+            return [*command, str(prev)], f"in use by another cnnlab process (PID {holder.pid}, started "
+
+        check_bad_input(build, previous_run, tmp_path, capsys)
+    # SIGKILL released the lock with the holder: the run is free again, nothing stale is left
+    assert main(["cifar", "figures", str(tmp_path / "prev" / previous_run.name)]) == 0
+    assert not (tmp_path / "prev" / previous_run.name / ".lock").exists()
