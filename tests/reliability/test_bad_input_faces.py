@@ -3,14 +3,16 @@ exit status, no traceback, and the files of an earlier run unchanged."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 
 import pytest
+import yaml
 from PIL import Image
 
 from cnnlab.cli import main
 from tests.faces.conftest import make_people, tiny_options, write_pairs
-from tests.reliability.conftest import check_bad_input
+from tests.reliability.conftest import check_bad_input, lock_held_elsewhere
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,13 @@ def _pairs(case, prev, lines):
 
 FOLD2 = ["Person_C\t1\t2", "Person_D\t1\tPerson_E\t1"]  # a second, well-formed fold
 
+def _edited_config(case, prev, edit, culprit):
+    cfg = yaml.safe_load((prev / "config.yaml").read_text())
+    edit(cfg)
+    (prev / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return ["faces", "train", "--resume", str(prev), "--epochs", "2"], culprit
+
+
 CASES = [
     ("missing data folder", lambda c, p: (_train(c, c / "nowhere"), "nowhere")),
     ("empty data folder", lambda c, p: ((c / "empty").mkdir(), _train(c, c / "empty"))[1:] + ("empty",)),
@@ -83,6 +92,14 @@ CASES = [
         "already holds a different run")),
     ("verify with a missing image", lambda c, p: (
         ["faces", "verify", str(p), str(c / "a.jpg"), str(c / "b.jpg")], "a.jpg")),
+    ("config.yaml with another margin", lambda c, p: _edited_config(
+        c, p, lambda cfg: cfg.update(margin=2.0), "margin: 1.0 in the run, 2.0 in config.yaml")),
+    ("config.yaml without a key", lambda c, p: _edited_config(
+        c, p, lambda cfg: cfg.pop("test_fraction"), "test_fraction: 0.3 in the run, missing from config.yaml")),
+    ("resume changing the seed", lambda c, p: (
+        ["faces", "train", "--resume", str(p), "--seed", "7"], "cannot change --seed")),
+    ("analyze of an unfinished run", lambda c, p: (
+        ((p / "summary.json").unlink(), ["faces", "analyze", str(p)])[1], "is not a finished run")),
 ]
 
 
@@ -109,3 +126,16 @@ def test_pairs_file_in_lfw_format_is_accepted(tmp_path, face_run):
     run = tmp_path / "run"
     shutil.copytree(face_run / "run", run)
     assert main(["faces", "evaluate", str(run), "--pairs", str(pairs)]) == 0
+
+
+@pytest.mark.parametrize("command", [["faces", "train", "--resume"], ["faces", "analyze"], ["faces", "figures"],
+                                     ["faces", "evaluate"]])
+def test_a_run_in_use_by_another_process_is_refused_naming_it(command, tmp_path, face_run, capsys):
+    pairs = write_pairs(tmp_path / "pairs.txt", [([("Person_A", 1, 2)], [("Person_A", 1, "Person_B", 1)])] * 2)
+    extra = ["--pairs", str(pairs)] if command[1] == "evaluate" else []
+    with contextlib.ExitStack() as held:
+        def build(case, prev):
+            holder = held.enter_context(lock_held_elsewhere(prev))
+            return [*command, str(prev), *extra], f"in use by another cnnlab process (PID {holder.pid}, started "
+
+        check_bad_input(build, face_run / "run", tmp_path, capsys)

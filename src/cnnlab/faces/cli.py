@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from cnnlab.config import FaceSearchConfig, FaceTrainConfig, from_dict
-from cnnlab.options import (DEVICE, TRAINING_OPTIONS_FILE, add_command, add_figures_command, arg, build_config,
-                            config_options, config_overrides, data_dir, print_result, run_dir, train_args,
-                            train_command)
+from cnnlab.options import (DEVICE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command, add_figures_command, arg,
+                            build_config, config_options, config_overrides, data_dir, print_result, run_dir,
+                            train_args, train_command)
 
 
 _RESULT_KEYS = ("roc_auc", "eer", "accuracy", "threshold", "tar_at_far_1e-3", "precision_at_1", "map_at_r",
@@ -141,11 +141,13 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
                     "config.yaml, metrics.csv, summary.json, checkpoints/{best,last}.pt, test_pairs.csv, "
                     "test_embeddings.pt and train.log; --resume continues it. --epochs 0 scores the untrained "
                     "(ImageNet) network.",
+        notes=RESUME_NOTES,
         examples=["cnnlab faces train --data-dir data/lfw --protocol lfw-view1 --epochs 3 --precision bf16 "
                   "--out runs/view1",
                   "cnnlab faces train --data-dir data/my-faces --loss triplet --miner semi-hard --out runs/triplet",
                   "cnnlab faces train --data-dir data/lfw --protocol lfw-view1 --epochs 0 --out runs/imagenet",
-                  "cnnlab faces train --resume runs/view1"],
+                  "cnnlab faces train --resume runs/view1",
+                  "cnnlab faces train --resume runs/view1 --epochs 10"],
         args=train_args(FaceTrainConfig))
 
     add_command(
