@@ -146,7 +146,6 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
                   "--out runs/view1",
                   "cnnlab faces train --data-dir data/my-faces --loss triplet --miner semi-hard --out runs/triplet",
                   "cnnlab faces train --data-dir data/lfw --protocol lfw-view1 --epochs 0 --out runs/imagenet",
-                  "cnnlab faces train --resume runs/view1",
                   "cnnlab faces train --resume runs/view1 --epochs 10"],
         args=train_args(FaceTrainConfig))
 
