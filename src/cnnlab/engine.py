@@ -15,6 +15,7 @@ training device. There is no DataLoader and no per-image Python in the loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -117,13 +118,17 @@ class Session:
 
 
 def session(cfg: Any, out: str | Path, body: Callable[[Session], dict], *, resume: bool, progress: bool,
-            runtime_fields: tuple[str, ...]) -> dict:
+            runtime_fields: tuple[str, ...], evaluation_keys: tuple[str, ...] = ()) -> dict:
     """Run ``body(session)`` in the run folder ``out`` and return its summary.
 
     Opens what every training run needs, the same for every study: the device,
     the precision policy's choice (logged with its reason), the process group
-    under torchrun, ``config.yaml`` (rank 0; a resume must match it but for
-    ``runtime_fields``) and ``train.log``. A finished run is left as it is.
+    under torchrun, the run folder's lock (rank 0 holds it until the end),
+    ``config.yaml`` (rank 0; a resume must match the checkpoint's configuration
+    but for ``runtime_fields`` and ``--epochs``) and ``train.log``. A finished
+    run is left as it is, unless ``--epochs`` extends it: then it is reopened,
+    and the summary keys that ``evaluation_keys`` name or begin (what an
+    evaluation of the old best checkpoint wrote) are dropped.
     """
     from cnnlab.config import to_dict
 
@@ -134,22 +139,25 @@ def session(cfg: Any, out: str | Path, body: Callable[[Session], dict], *, resum
     try:
         choice = select_precision(device, cfg.precision, cfg.channels_last)
         enable_fast_kernels(device)
-        if dinfo.is_main:
-            stub = run.new_run_files() if not run.exists() else None
-            run.prepare(to_dict(cfg), resume, ignore=runtime_fields)
-            if resume:
-                run.set_aside_bad_summary()
-        barrier(dinfo)
-        with log_to_file(run.log_path, enabled=dinfo.is_main):
-            if resume and run.read_summary().get("status") == "finished":
-                logger.info("%s is already finished; nothing to do", run.path)
-                return run.read_summary()
-            if not dinfo.is_main:
-                logging.getLogger("cnnlab").setLevel(logging.WARNING)
-            s = Session(run, device, dinfo, choice, progress, resuming=resume and run.last_checkpoint.is_file())
-            if resume and not s.resuming:
-                logger.info("%s has no checkpoint yet; starting from the beginning", run.path)
-            return body(s)
+        with contextlib.ExitStack() as held:
+            changes, stub = _open_run(run, to_dict(cfg), resume, runtime_fields, dinfo, held)
+            with log_to_file(run.log_path, enabled=dinfo.is_main):
+                if changes:
+                    logger.info("resuming %s with changed options: %s", run.path, "; ".join(changes))
+                summary = run.read_summary()
+                if resume and summary.get("status") == "finished":
+                    if not cfg.epochs > summary.get("epochs", cfg.epochs):
+                        logger.info("%s is already finished; nothing to do", run.path)
+                        return summary
+                    barrier(dinfo)  # every rank has read the summary before rank 0 reopens it
+                    if dinfo.is_main:
+                        _reopen(run, summary, cfg.epochs, evaluation_keys)
+                if not dinfo.is_main:
+                    logging.getLogger("cnnlab").setLevel(logging.WARNING)
+                s = Session(run, device, dinfo, choice, progress, resuming=resume and run.last_checkpoint.is_file())
+                if resume and not s.resuming:
+                    logger.info("%s has no checkpoint yet; starting from the beginning", run.path)
+                return body(s)
     except CnnlabError as e:
         # A start refused for its input (data not found, a download that failed, options the model refuses)
         # leaves no run folder behind, or the same command would then find "a run" in it.
@@ -158,6 +166,40 @@ def session(cfg: Any, out: str | Path, body: Callable[[Session], dict], *, resum
         raise
     finally:
         cleanup_distributed(dinfo)
+
+
+def _open_run(run: RunDir, config: dict, resume: bool, runtime_fields: tuple[str, ...], dinfo: DistInfo,
+              held: contextlib.ExitStack) -> tuple[list[str], list | None]:
+    """Rank 0 takes the run folder's lock (kept in ``held``) and prepares it; every rank learns whether
+    that failed, so all of them stop with rank 0's message instead of waiting for it.
+
+    Returns the options a resume changed, and the paths a new run creates (to remove them again
+    when the start fails for its input), or None for an existing run."""
+    changes, failure, stub = [], None, None
+    if dinfo.is_main:
+        try:
+            stub = run.new_run_files() if not run.exists() else None
+            held.enter_context(run.lock("train", create=True))
+            changes = run.prepare(config, resume, ignore=runtime_fields)
+            if resume:
+                run.set_aside_bad_summary()
+        except CnnlabError as e:
+            failure = e
+    message = broadcast_object(None if failure is None else str(failure), dinfo)
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise CnnlabError(message)
+    return changes, stub
+
+
+def _reopen(run: RunDir, summary: dict, epochs: int, evaluation_keys: tuple[str, ...]) -> None:
+    """A finished run extended to ``epochs``: training again until the new end, and nothing in its summary
+    claims to describe a best checkpoint that further training may replace."""
+    logger.info("extending the finished run %s from %s to %d epochs; the schedule continues where it ended",
+                run.path, summary.get("epochs"), epochs)
+    kept = {k: v for k, v in summary.items() if not k.startswith(evaluation_keys)}
+    run.write_summary({**kept, "status": "training", "epochs": epochs})
 
 
 # --------------------------------------------------------------------------- what a study gives the loop

@@ -92,6 +92,15 @@ def data_dir(help: str, **kwargs: Any) -> Arg:
 
 
 DEVICE = arg("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+RESUME_NOTES = """\
+resuming and extending:
+  --resume RUN_DIR continues a run from checkpoints/last.pt, whose saved configuration is the
+  run's truth: a config.yaml edited since, or an option that changes what the run computes, is
+  refused with the differences listed. Only how it runs may change (--device, --data-dir,
+  --eval-batch-size, --compile...), and --epochs, which extends a run, finished or not: it then
+  trains exactly as a run started with the new --epochs (the learning-rate schedule continues
+  where it ended; StepLR steps where it would have), and its test is scored again at the end
+  with the best checkpoint. One process at a time works on a run folder."""
 TRAINING_OPTIONS_FILE = arg("--config", metavar="FILE", help="YAML file of training options")
 
 

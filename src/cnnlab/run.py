@@ -5,22 +5,31 @@ Every file in it is written atomically, so a crash leaves the previous version.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
+import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 from cnnlab.config import load_yaml
 from cnnlab.errors import CnnlabError
-from cnnlab.files import atomic_write_json, atomic_write_text, read_json
+from cnnlab.files import atomic_write_json, atomic_write_text, load_checkpoint, read_json
 
 logger = logging.getLogger(__name__)
+
+# Options a resumed run may change although they define it: ``--epochs`` extends a run
+# (the schedules are functions of the epoch, so they simply continue). ``config.yaml``
+# follows them, so the folder always says where the run is going.
+EXTENDABLE = ("epochs",)
+LOCK_FILE = ".lock"
 
 
 class SummaryError(CnnlabError):
@@ -54,35 +63,36 @@ class RunDir:
     def exists(self) -> bool:
         return self.config_path.is_file()
 
-    def prepare(self, config: dict, resume: bool, option: str = "--out", ignore: tuple[str, ...] = ()) -> None:
+    def prepare(self, config: dict, resume: bool, option: str = "--out", ignore: tuple[str, ...] = ()) -> list[str]:
         """Check the folder can take this run, create it and write ``config.yaml``.
 
         A folder that already holds a run is only continued with ``--resume``, and
-        never with a different configuration (bar the ``ignore`` fields, which do
-        not change results): nothing already written is lost.
+        never with another configuration than the one its checkpoint holds (bar
+        the ``ignore`` fields, which do not change results, and ``--epochs``,
+        which extends it): nothing already written is lost. Returns the options
+        that changed on resume, worded for the log.
         """
         if self.path.exists() and not self.path.is_dir():
             raise CnnlabError(f"{option} {self.path} is a file, expected a folder")
+        changes: list[str] = []
         if self.exists():
-            saved = self.read_config()
             if not resume:
-                what = "this run" if saved == config else "a different run"
+                what = "this run" if self.read_config() == config else "a different run"
                 raise CnnlabError(
                     f"{option} {self.path} already holds {what} (config.yaml); "
                     f"continue it with --resume {self.path}, or choose another {option}"
                 )
-            missing = sorted(k for k in config if k not in saved)
-            added = sorted(k for k in saved if k not in config)
-            changed = sorted(k for k in set(saved) & set(config) if saved[k] != config[k] and k not in ignore)
-            if missing or added or changed:
-                what = ([f"it lacks {', '.join(missing)}"] if missing else []) \
-                    + ([f"it has unknown {', '.join(added)}"] if added else []) \
-                    + ([f"it differs in {', '.join(changed)}"] if changed else [])
+            may_differ = (*ignore, *EXTENDABLE)
+            saved = self.run_config(may_differ)
+            diff = _differences(saved, config, "this command", skip=may_differ)
+            if diff:
                 raise CnnlabError(
-                    f"--resume {self.path}: config.yaml does not match the run ({'; '.join(what)}); "
+                    f"--resume {self.path}: the options differ from the run's ({'; '.join(diff)}); "
                     "a resumed run keeps the options it was started with"
                 )
-        elif self.path.is_dir() and any(p for p in self.path.iterdir() if p.name != "train.log"):
+            self._check_extension(config)
+            changes = _differences(self._truth() or saved, config, "this command", only=may_differ)
+        elif self.path.is_dir() and any(p for p in self.path.iterdir() if p.name not in ("train.log", LOCK_FILE)):
             raise CnnlabError(f"{option} {self.path} is not empty and holds no cnnlab run; choose an empty folder")
         if resume:
             for tmp in self.path.rglob(".*.tmp"):  # left by a write that was killed; never read
@@ -90,7 +100,106 @@ class RunDir:
         # config.yaml first: a folder killed right after this is a run that --resume continues.
         if not self.exists():
             atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
+        else:
+            saved = self.read_config()
+            extended = {k: config[k] for k in EXTENDABLE if k in config and saved.get(k) != config[k]}
+            if extended:
+                atomic_write_text(self.config_path, yaml.safe_dump({**saved, **extended}, sort_keys=False))
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+        return changes
+
+    def _truth(self) -> dict | None:
+        """The configuration saved in ``checkpoints/last.pt`` (None before the first epoch ends)."""
+        if not self.last_checkpoint.is_file():
+            return None
+        ckpt = load_checkpoint(self.last_checkpoint)
+        return ckpt["config"] if isinstance(ckpt.get("config"), dict) else None
+
+    def run_config(self, may_differ: tuple[str, ...] = ()) -> dict:
+        """The run's configuration: the one its last checkpoint saved, which is the run's truth.
+
+        ``config.yaml`` must agree with it; only the ``may_differ`` fields (how the
+        run runs, and ``--epochs``) may differ, and their values are taken from
+        ``config.yaml``. Before the first checkpoint ``config.yaml`` is all there is.
+        """
+        saved = self.read_config()
+        truth = self._truth()
+        if truth is None:
+            return saved
+        diff = _differences(truth, saved, "config.yaml", skip=may_differ)
+        if diff:
+            raise CnnlabError(
+                f"--resume {self.path}: config.yaml differs from the configuration saved in "
+                f"{self.last_checkpoint}, which is the run's: {'; '.join(diff)}. To continue this run, put "
+                f"config.yaml back as it was (the values \"in the run\"); to train with the edited options, "
+                f"start a new run: --config {self.config_path} --out NEW_FOLDER"
+            )
+        return {**truth, **{k: saved[k] for k in may_differ if k in saved}}
+
+    def _check_extension(self, config: dict) -> None:
+        """``--epochs`` may extend a run, never cut off epochs it has already trained."""
+        if "epochs" not in config or not self.last_checkpoint.is_file():
+            return
+        done = load_checkpoint(self.last_checkpoint).get("epoch")
+        if isinstance(done, int) and config["epochs"] < done:
+            raise CnnlabError(
+                f"--resume {self.path} --epochs {config['epochs']}: the run has already trained {done} epochs "
+                f"(checkpoints/last.pt); --epochs can extend a run, not shorten it"
+            )
+
+    @contextlib.contextmanager
+    def lock(self, command: str, create: bool = False) -> Iterator[None]:
+        """Hold the run folder for this process: one process at a time works on a run.
+
+        An exclusive ``flock`` on ``.lock`` inside the folder; the kernel releases
+        it when the process ends, however it ends, so a killed run leaves nothing
+        stale. The file names the holder (PID, start, command) for the one refused.
+        A folder that does not exist (or is a file) is not locked, unless ``create``
+        makes it (and removes it again if it stays empty); the caller's own checks
+        speak about it.
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows has no flock
+            yield
+            return
+        made = create and not self.path.exists()
+        if made:
+            self.path.mkdir(parents=True)
+        if not self.path.is_dir():
+            yield
+            return
+        path = self.path / LOCK_FILE
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise CnnlabError(
+                    f"{self.path} is in use by another cnnlab process ({holder}); one process at a time works "
+                    f"on a run folder: wait for it to end, or stop it, then run this again"
+                ) from None
+            try:  # the holder before us may have removed the file as it let go: hold the file that is there
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                     "command": command}).encode())
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # while still held, so that no process locks a file that is gone
+            os.close(fd)
+            if made:
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()  # only when empty: a start that failed leaves no folder behind
 
     def new_run_files(self) -> list[Path]:
         """What :meth:`prepare` is about to create for a new run: the paths among the folders above
@@ -169,6 +278,9 @@ class RunDir:
                               f"{_STUDIES[want]}; use the cnnlab {have} commands on it, "
                               f"e.g. cnnlab {have} figures {self.path}")
 
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_json(self.summary_path, summary)
+
     def update_summary(self, **values: Any) -> dict:
         summary = self.read_summary()
         summary.update(values)
@@ -177,26 +289,65 @@ class RunDir:
 
 
 def resume_config(cls: type, run_dir: str | Path, overrides: dict | None, runtime_fields: tuple[str, ...]):
-    """The saved config of a run as ``cls``, with only ``runtime_fields`` overridden.
+    """The configuration of a run as ``cls`` (the one its checkpoint saved), with only ``runtime_fields``
+    and ``--epochs`` overridden.
 
-    A resumed run keeps what it computes; only how it runs (device, data location...) may change.
+    A resumed run keeps what it computes; only how it runs (device, data location...) may change,
+    and how many epochs it trains (a finished run is extended).
     """
     from dataclasses import replace
 
     from cnnlab.config import from_dict
 
     run = RunDir(run_dir)
-    saved = run.read_config()
     run.expect_study(cls)
+    may_change = (*runtime_fields, *EXTENDABLE)
+    saved = run.run_config(may_change)
     overrides = overrides or {}
-    bad = sorted(k for k in overrides if k not in runtime_fields and overrides[k] != saved.get(k))
+    bad = sorted(k for k in overrides if k not in may_change and not _same(overrides[k], saved.get(k)))
     if bad:
         raise CnnlabError(
             f"--resume {run.path}: cannot change {', '.join('--' + b.replace('_', '-') for b in bad)} "
-            f"of a run (only {', '.join('--' + f.replace('_', '-') for f in runtime_fields)} may change)"
+            f"of a run (only {', '.join('--' + f.replace('_', '-') for f in may_change)} may change)"
         )
     cfg = from_dict(cls, saved, source=str(run.config_path))
-    return replace(cfg, **{k: v for k, v in overrides.items() if k in runtime_fields})
+    return replace(cfg, **{k: v for k, v in overrides.items() if k in may_change})
+
+
+def _read_holder(fd: int) -> str:
+    """Who holds a lock file, from what it wrote there: ``PID 123, started ..., cifar train``."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return f"PID {int(info['pid'])}, started {info['started']}, running `{info['command']}`"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "PID unknown: it is just starting"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as saved values (a tuple from the command line equals the list YAML reads back)."""
+    def norm(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+    return norm(a) == norm(b)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value, default=str)
+
+
+def _differences(run: dict, other: dict, name: str, *, skip: tuple[str, ...] = (),
+                 only: tuple[str, ...] | None = None) -> list[str]:
+    """``"seed: 0 in the run, 7 in config.yaml"`` for each key whose value differs or is missing on one side."""
+    out = []
+    for k in [*run, *(k for k in other if k not in run)]:
+        if k in skip or (only is not None and k not in only):
+            continue
+        if k not in other:
+            out.append(f"{k}: {_show(run[k])} in the run, missing from {name}")
+        elif k not in run:
+            out.append(f"{k}: not in the run, {_show(other[k])} in {name}")
+        elif not _same(run[k], other[k]):
+            out.append(f"{k}: {_show(run[k])} in the run, {_show(other[k])} in {name}")
+    return out
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:

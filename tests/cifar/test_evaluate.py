@@ -294,3 +294,29 @@ def test_data_figures_out_must_be_a_folder(cifar_folders, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(CnnlabError, match="is a file, expected a folder"):
         data_figures(cifar_folders, tmp_path / "file")
+
+
+def test_evaluate_refuses_an_unfinished_run(run_copy, capsys):
+    (run_copy / "summary.json").unlink()
+    before = {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()}
+    assert main(["cifar", "evaluate", str(run_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "has not finished training" in err and f"cnnlab cifar train --resume {run_copy}" in err
+    assert {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()} == before
+
+
+def test_figures_warns_when_the_best_checkpoint_moved_on_after_evaluate(evaluated, tmp_path, evaluate_log):
+    from cnnlab.files import atomic_torch_save, load_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated, run)
+    with np.load(run / "test_predictions.npz") as z:
+        evaluated_epoch = int(z["checkpoint_epoch"])
+    redraw_figures(run)
+    assert "out of date" not in evaluate_log.text
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    atomic_torch_save({**best, "epoch": evaluated_epoch + 3}, run / "checkpoints" / "best.pt")  # trained on
+    redraw_figures(run)
+    for name in ("test_predictions.npz", "features.npz", "feature_maps.npz"):
+        assert (f"{name} was computed from the best checkpoint of epoch {evaluated_epoch}, but the run's best "
+                f"checkpoint is now epoch {evaluated_epoch + 3}") in evaluate_log.text

@@ -166,3 +166,32 @@ def test_real_sample_short_run(shared_datasets, tmp_path):
                                data_dir=str(sample)), tmp_path / "real", progress=False)
     assert s["num_train"] == 256 and s["num_val"] == 400 and s["num_test"] == 1000
     assert s["data_layout"] == "folders" and 0 <= s["test_accuracy"] <= 1
+
+
+def test_a_finished_run_extended_from_2_to_4_epochs_equals_a_4_epoch_run(cifar_batches, tmp_path, capsys):
+    full, ext = tmp_path / "full", tmp_path / "ext"
+    train(_cfg(cifar_batches, epochs=4, warmup_epochs=1.5), full, progress=False)
+    train(_cfg(cifar_batches, epochs=2, warmup_epochs=1.5), ext, progress=False)
+    RunDir(ext).update_summary(confusion_matrix=[[1]], evaluated_epoch=1)  # as cifar evaluate leaves it
+    assert main(["cifar", "train", "--resume", str(ext), "--epochs", "4"]) == 0
+    a, b = RunDir(full).read_metrics(), RunDir(ext).read_metrics()
+    assert [r["epoch"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
+            assert math.isclose(ra[k], rb[k], rel_tol=0, abs_tol=1e-6), (ra["epoch"], k)
+    sa, sb = RunDir(full).read_summary(), RunDir(ext).read_summary()
+    assert sb["status"] == "finished" and sb["epochs"] == 4 and sb["best_epoch"] == sa["best_epoch"]
+    assert sb["test_accuracy"] == sa["test_accuracy"]
+    assert "confusion_matrix" not in sb and "evaluated_epoch" not in sb  # they described the old best.pt
+    assert yaml.safe_load((ext / "config.yaml").read_text())["epochs"] == 4
+    log = (ext / "train.log").read_text()
+    assert "epochs: 2 in the run, 4 in this command" in log and "extending the finished run" in log
+
+
+def test_epochs_cannot_shorten_a_run(cifar_batches, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(_cfg(cifar_batches, epochs=2), out, progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(["cifar", "train", "--resume", str(out), "--epochs", "1"]) == 2
+    assert "--epochs 1: the run has already trained 2 epochs" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

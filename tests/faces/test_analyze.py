@@ -71,3 +71,25 @@ def test_analyze_of_an_unfinished_run_is_a_clear_error(run_copy):
 def test_analyze_of_a_folder_that_is_no_run(tmp_path, capsys):
     assert main(["faces", "analyze", str(tmp_path)]) == 2
     assert "no config.yaml" in capsys.readouterr().err
+
+
+def test_figures_warns_when_the_best_checkpoint_moved_on(run_copy, caplog):
+    import logging
+
+    from cnnlab.files import atomic_torch_save
+
+    lg = logging.getLogger("cnnlab.faces.analyze")  # the CLI keeps "cnnlab" records to its own handler
+    lg.addHandler(caplog.handler)
+    try:
+        analyze(run_copy, device="cpu")
+        tested = json.loads((run_copy / "summary.json").read_text())["best_epoch"]
+        redraw_figures(run_copy)
+        assert "out of date" not in caplog.text
+        best = load_checkpoint(run_copy / "checkpoints" / "best.pt")
+        atomic_torch_save({**best, "epoch": tested + 5}, run_copy / "checkpoints" / "best.pt")  # trained on
+        redraw_figures(run_copy)
+    finally:
+        lg.removeHandler(caplog.handler)
+    for name in ("test_pairs.csv", "neighbours.pt"):
+        assert (f"{name} comes from the best checkpoint of epoch {tested}, but the run's best checkpoint is now "
+                f"epoch {tested + 5}") in caplog.text

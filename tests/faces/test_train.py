@@ -246,6 +246,8 @@ def test_too_few_validation_people_is_a_clear_error(tmp_path):
     (dict(backbone="resnet18"), "--backbone: expected efficientnet_lite0, efficientnet_b0, tiny or timm:NAME"),
     (dict(backbone="timm:resnet_nope"), "--backbone: .*got 'timm:resnet_nope'"),
 ])
+
+
 def test_bad_options_name_the_option(face_dir, kw, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config(face_dir, **kw)
@@ -343,3 +345,23 @@ def test_run_of_the_former_lite0_port_evaluates_and_resumes(face_dir, tmp_path):
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     a, b = RunDir(part).read_summary(), RunDir(old).read_summary()
     assert a["roc_auc"] == b["roc_auc"] and a["best_epoch"] == b["best_epoch"]
+
+
+def test_a_finished_run_extended_from_2_to_4_epochs_equals_a_4_epoch_run(face_dir, tmp_path):
+    full, ext = tmp_path / "full", tmp_path / "ext"
+    kw = dict(step_size=3, gamma=0.5, freeze_bn=False)  # StepLR steps after epoch 3, beyond the first end
+    train(tiny_config(face_dir, epochs=4, **kw), full, progress=False)
+    train(tiny_config(face_dir, epochs=2, **kw), ext, progress=False)
+    RunDir(ext).update_summary(lfw_accuracy_mean=0.5)  # as faces evaluate leaves it
+    assert main(["faces", "train", "--resume", str(ext), "--epochs", "4"]) == 0
+    a, b = RunDir(full).read_metrics(), RunDir(ext).read_metrics()
+    assert [r["epoch"] for r in b] == [0, 1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        for k in ("train_loss", "val_loss", "val_roc_auc", "lr"):
+            if not math.isnan(ra[k]):
+                assert math.isclose(ra[k], rb[k], rel_tol=0, abs_tol=1e-6), (ra["epoch"], k)
+    assert b[4]["lr"] == pytest.approx(b[3]["lr"] * 0.5)
+    sa, sb = RunDir(full).read_summary(), RunDir(ext).read_summary()
+    assert sb["status"] == "finished" and sb["epochs"] == 4 and "lfw_accuracy_mean" not in sb
+    for k in ("roc_auc", "accuracy", "threshold", "best_epoch"):
+        assert sa[k] == pytest.approx(sb[k], abs=1e-6), k

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from cnnlab.cli import main
@@ -39,3 +44,18 @@ def check_bad_input(build, previous: Path, tmp_path: Path, capsys, status: int =
     if replaced:
         before.pop(replaced), after.pop(replaced)
     assert after == before
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(run: Path):
+    """Another process holding ``run``'s lock, as a training run would; killed with SIGKILL at the end."""
+    code = ("import sys, time\nfrom cnnlab.run import RunDir\n"
+            "held = RunDir(sys.argv[1]).lock('cifar train')\nheld.__enter__()\nprint('held', flush=True)\ntime.sleep(300)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

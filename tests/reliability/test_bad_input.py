@@ -7,6 +7,7 @@ Each row: an id, a function that prepares the case under ``tmp_path`` and return
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import pickle
@@ -21,7 +22,7 @@ from PIL import Image
 
 from cnnlab.cli import main
 from tests.conftest import TouchesOnLoad, write_cifar_batches, write_cifar_folders
-from tests.reliability.conftest import check_bad_input
+from tests.reliability.conftest import check_bad_input, lock_held_elsewhere
 
 TRAIN = ["cifar", "train", "--width", "0.125", "--epochs", "1", "--batch-size", "32"]
 
@@ -154,6 +155,8 @@ FACE_COMMANDS = {
     "compare": ("compare", "RUN", "--out", "cmp"),
     "train --resume": ("train", "--resume", "RUN"),
 }
+
+
 def _config(text, culprit):
     """``--config FILE`` holding ``text``; the message must name the file and ``culprit`` (key, value, type)."""
     def case(tmp, prev):
@@ -178,12 +181,33 @@ def _resume_with_a_key_deleted(tmp, prev):
     config.write_text("".join(line for line in config.read_text().splitlines(True)
                               if not line.startswith("val_per_class:")))
     (prev / "summary.json").unlink()  # an unfinished run
-    return ["cifar", "train", "--resume", str(prev)], "config.yaml does not match the run (it lacks val_per_class)"
+    return ["cifar", "train", "--resume", str(prev)], "val_per_class: null in the run, missing from config.yaml"
 
 
 def _resume_nothing(tmp, prev):
     (tmp / "empty").mkdir()
     return ["cifar", "train", "--resume", str(tmp / "empty")], "holds no cnnlab run"
+
+
+def _edit_config(edit):
+    """A hand-edited config.yaml of the finished run, then --resume: the checkpoint's configuration wins."""
+    def case(tmp, prev):
+        import yaml
+
+        cfg = yaml.safe_load((prev / "config.yaml").read_text())
+        culprit = edit(cfg)
+        (prev / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return ["cifar", "train", "--resume", str(prev), "--epochs", "2"], culprit
+    return case
+
+
+def _set(key, value, culprit):
+    return _edit_config(lambda cfg: (cfg.__setitem__(key, value), culprit)[1])
+
+
+def _unfinished(tmp, prev):
+    (prev / "summary.json").unlink()  # what a run killed before its end leaves
+    return ["cifar", "evaluate", str(prev)], "has not finished training"
 
 
 CASES = [
@@ -239,6 +263,12 @@ CASES = [
     # Messages that mislead (item 12).
     ("class folders differing in Unicode normalisation", _unicode_classes, 2),
     ("resume with a key deleted from config.yaml", _resume_with_a_key_deleted, 2),
+    ("config.yaml with another seed", _set("seed", 7, "seed: 0 in the run, 7 in config.yaml"), 2),
+    ("config.yaml without a key", _edit_config(lambda cfg: (
+        cfg.pop("val_per_class"), "val_per_class: null in the run, missing from config.yaml")[1]), 2),
+    ("config.yaml with an unknown key", _set("colour", "red", 'colour: not in the run, "red" in config.yaml'), 2),
+    ("config.yaml with another seed, how to go on", _set("seed", 7, "put config.yaml back as it was"), 2),
+    ("evaluate of an unfinished run", _unfinished, 2),
 ]
 
 
@@ -411,6 +441,8 @@ def test_resume_rebuilds_a_summary_that_is_not_json(damage, tmp_path, previous_r
     assert rebuilt["test_accuracy"] == good["test_accuracy"]
     assert (run / "summary.json.unreadable").read_bytes() == SUMMARY_DAMAGE[damage]  # kept, not lost
     assert snapshot(run / "checkpoints") == checkpoints
+
+
 def test_a_download_that_cannot_reach_its_server_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
     import cnnlab.data.cifar10 as cifar10
 
@@ -423,3 +455,16 @@ def test_a_download_that_cannot_reach_its_server_leaves_no_run_folder(tmp_path, 
     assert not (tmp_path / "runs").exists()
     assert main(argv) == 2  # the same command fails the same way, not with "already holds this run"
     assert "already holds" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["cifar", "train", "--resume"], ["cifar", "evaluate"], ["cifar", "figures"]])
+def test_a_run_in_use_by_another_process_is_refused_naming_it(command, tmp_path, previous_run, capsys):
+    with contextlib.ExitStack() as held:
+        def build(case, prev):
+            holder = held.enter_context(lock_held_elsewhere(prev))
+            return [*command, str(prev)], f"in use by another cnnlab process (PID {holder.pid}, started "
+
+        check_bad_input(build, previous_run, tmp_path, capsys)
+    # SIGKILL released the lock with the holder: the run is free again, nothing stale is left
+    assert main(["cifar", "figures", str(tmp_path / "prev" / previous_run.name)]) == 0
+    assert not (tmp_path / "prev" / previous_run.name / ".lock").exists()

@@ -4,15 +4,17 @@ exit status, no traceback, and the files of an earlier run unchanged."""
 from __future__ import annotations
 
 import os
+import contextlib
 import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from cnnlab.cli import main
 from tests.faces.conftest import make_people, tiny_options, write_pairs
-from tests.reliability.conftest import check_bad_input
+from tests.reliability.conftest import check_bad_input, lock_held_elsewhere
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +123,13 @@ def _search_space(case, text, culprit):
             "--trials", "1", "--out", str(case / "search")]
     return argv, f"--space {case / 'space.yaml'}: {culprit}"
 
+def _edited_config(case, prev, edit, culprit):
+    cfg = yaml.safe_load((prev / "config.yaml").read_text())
+    edit(cfg)
+    (prev / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return ["faces", "train", "--resume", str(prev), "--epochs", "2"], culprit
+
+
 CASES = [
     ("missing data folder", lambda c, p: (_train(c, c / "nowhere"), "nowhere")),
     ("empty data folder", lambda c, p: ((c / "empty").mkdir(), _train(c, c / "empty"))[1:] + ("empty",)),
@@ -180,6 +189,14 @@ CASES = [
         c, "step_size: {type: int, low: 2, high: 8, step: 0}\n", "step_size: step: expected a positive number, got 0")),
     ("search space drawing a refused margin", lambda c, p: _search_space(
         c, "margin: {type: float, low: -1, high: 1}\n", "margin: the low -1.0 is refused by the training options")),
+    ("config.yaml with another margin", lambda c, p: _edited_config(
+        c, p, lambda cfg: cfg.update(margin=2.0), "margin: 1.0 in the run, 2.0 in config.yaml")),
+    ("config.yaml without a key", lambda c, p: _edited_config(
+        c, p, lambda cfg: cfg.pop("test_fraction"), "test_fraction: 0.3 in the run, missing from config.yaml")),
+    ("resume changing the seed", lambda c, p: (
+        ["faces", "train", "--resume", str(p), "--seed", "7"], "cannot change --seed")),
+    ("analyze of an unfinished run", lambda c, p: (
+        ((p / "summary.json").unlink(), ["faces", "analyze", str(p)])[1], "is not a finished run")),
 ]
 
 
@@ -232,6 +249,8 @@ def test_weights_blown_up_in_an_epoch_stop_a_face_run_as_diverged(tmp_path, caps
     assert "Traceback" not in err and not (out / "summary.json").exists()
     last = load_checkpoint(out / "checkpoints" / "last.pt")
     assert last["epoch"] == 0 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
 def test_a_download_that_cannot_reach_its_server_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
     import functools
 
@@ -246,3 +265,14 @@ def test_a_download_that_cannot_reach_its_server_leaves_no_run_folder(tmp_path, 
     assert not (tmp_path / "runs").exists()  # nor the folder above the run, which the start created
     assert main(argv) == 2  # the same command fails the same way, not with "already holds this run"
     assert "already holds" not in capsys.readouterr().err
+@pytest.mark.parametrize("command", [["faces", "train", "--resume"], ["faces", "analyze"], ["faces", "figures"],
+                                     ["faces", "evaluate"]])
+def test_a_run_in_use_by_another_process_is_refused_naming_it(command, tmp_path, face_run, capsys):
+    pairs = write_pairs(tmp_path / "pairs.txt", [([("Person_A", 1, 2)], [("Person_A", 1, "Person_B", 1)])] * 2)
+    extra = ["--pairs", str(pairs)] if command[1] == "evaluate" else []
+    with contextlib.ExitStack() as held:
+        def build(case, prev):
+            holder = held.enter_context(lock_held_elsewhere(prev))
+            return [*command, str(prev), *extra], f"in use by another cnnlab process (PID {holder.pid}, started "
+
+        check_bad_input(build, face_run / "run", tmp_path, capsys)

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from cnnlab.config import CifarTrainConfig
-from cnnlab.options import (DEVICE, TRAINING_OPTIONS_FILE, add_command, add_figures_command, arg, build_config,
-                            config_options, data_dir, print_result, run_dir, train_args, train_command)
+from cnnlab.options import (DEVICE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command, add_figures_command, arg,
+                            build_config, config_options, data_dir, print_result, run_dir, train_args, train_command)
 
 _RUN_DIR = run_dir("a run folder of cnnlab cifar train")
 
@@ -94,10 +94,12 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
         csub, "train", _train, help="train one variant into a run folder",
         description="Train one BaseCNN variant on CIFAR-10. The run folder gets config.yaml, metrics.csv, "
                     "summary.json, checkpoints/{best,last}.pt and train.log; --resume continues it.",
+        notes=RESUME_NOTES,
         examples=["cnnlab cifar train --blocks B --data-dir data/cifar10 --download --out runs/B",
                   "cnnlab cifar train --blocks E --width 0.25 --epochs 5 --precision bf16 --data-dir data/cifar10 "
                   "--out runs/E-quick",
-                  "cnnlab cifar train --resume runs/B"],
+                  "cnnlab cifar train --resume runs/B",
+                  "cnnlab cifar train --resume runs/B --epochs 40"],
         args=train_args(CifarTrainConfig))
 
     add_command(

@@ -28,7 +28,7 @@ from cnnlab.data.augment import (AugmentConfig, affine_matrices, augment, color_
 from cnnlab.data.cifar10 import load_cifar10, stratified_split
 from cnnlab.engine import infer
 from cnnlab.errors import CnnlabError, ConfigError, DataError
-from cnnlab.files import atomic_open
+from cnnlab.files import atomic_open, load_checkpoint
 from cnnlab.metrics import accuracy, confusion_matrix, per_class_accuracy
 from cnnlab.run import RunDir, log_to_file
 from cnnlab.runtime import resolve_device, resolve_precision
@@ -61,16 +61,27 @@ def evaluate_run(run_dir: str | Path, tsne_samples: int = 2000, feature_image: i
     are drawn. ``data_dir`` overrides the run's ``--data-dir`` (a run folder
     moved to another machine).
     """
-    from cnnlab.cifar.train import load_run_model
-
     if not isinstance(tsne_samples, int) or tsne_samples < 0:
         raise ConfigError(f"--tsne-samples: expected 0 (all test images) or a positive number, got {tsne_samples!r}")
     if not isinstance(feature_image, int) or feature_image < 0:
         raise ConfigError(f"--feature-image: expected the index of a test image (0 or more), got {feature_image!r}")
     run = RunDir(run_dir)
     run.expect_study(CifarTrainConfig)
+    with run.lock("cifar evaluate"):
+        return _evaluate_run(run, tsne_samples, feature_image, device, data_dir, progress)
+
+
+def _evaluate_run(run: RunDir, tsne_samples: int, feature_image: int, device: str, data_dir: str | Path | None,
+                  progress: bool) -> dict:
+    from cnnlab.cifar.train import load_run_model
+
     cfg = from_dict(CifarTrainConfig, run.read_config(), source=str(run.config_path))
     summary = run.read_summary()
+    if summary.get("status") != "finished":
+        # A test of an unfinished run would describe a best checkpoint that training may still replace.
+        raise CnnlabError(f"{run.path} has not finished training (summary.json: status "
+                          f"{summary.get('status', 'missing')}); finish it with cnnlab cifar train --resume "
+                          f"{run.path}, then evaluate it")
     with log_to_file(run.log_path):
         dev = resolve_device(device)
         # The precision and memory format training tested with, so the test accuracy is the same number.
@@ -81,9 +92,6 @@ def evaluate_run(run_dir: str | Path, tsne_samples: int = 2000, feature_image: i
         model, ckpt = load_run_model(run, "best", dev)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        if summary.get("status") != "finished":
-            logger.warning("%s has not finished training; evaluating its best checkpoint so far (epoch %s)",
-                           run.path, ckpt.get("epoch", "?"))
 
         data = load_cifar10(data_dir if data_dir is not None else cfg.data_dir, False, cfg.skip_bad_images)
         n_test = len(data.test_labels)
@@ -106,23 +114,24 @@ def evaluate_run(run_dir: str | Path, tsne_samples: int = 2000, feature_image: i
         if isinstance(trained, (int, float)) and not math.isclose(trained, test_acc, abs_tol=1e-9):
             logger.warning("test accuracy %.4f differs from the %.4f measured after training "
                            "(another data folder or device?)", test_acc, trained)
+        epoch = np.int64(ckpt.get("epoch", -1))  # which best.pt these files describe; figures checks it
         _save_npz(run.path / PREDICTIONS_FILE, logits=logits.numpy(), predictions=preds, labels=labels,
-                  classes=np.array(classes))
+                  classes=np.array(classes), checkpoint_epoch=epoch)
 
         subset = _tsne_subset(n_test, tsne_samples, cfg.seed)
         coords = tsne_2d(feats[subset].numpy(), cfg.seed)
         _save_npz(run.path / FEATURES_FILE, features=feats[subset].numpy(), labels=labels[subset],
-                  test_index=subset, tsne=coords, classes=np.array(classes))
+                  test_index=subset, tsne=coords, classes=np.array(classes), checkpoint_epoch=epoch)
 
         maps = feature_maps(model, data.test_images[feature_image], dev)
         _save_npz(run.path / FEATURE_MAPS_FILE, image=data.test_images[feature_image].numpy(),
                   label=np.int64(labels[feature_image]), prediction=np.int64(preds[feature_image]),
-                  test_index=np.int64(feature_image), classes=np.array(classes),
+                  test_index=np.int64(feature_image), classes=np.array(classes), checkpoint_epoch=epoch,
                   layer_names=np.array([name for name, _, _ in maps]),
                   **{f"map_{i}": m for i, (_, m, _) in enumerate(maps)},
                   **{f"channels_{i}": c for i, (_, _, c) in enumerate(maps)})
 
-        written = redraw_figures(run.path)
+        written = _redraw_figures(run)
         summary = run.update_summary(
             test_accuracy=test_acc,
             per_class_accuracy={c: (None if math.isnan(a) else float(a)) for c, a in zip(classes, per_class)},
@@ -194,10 +203,15 @@ def redraw_figures(run_dir: str | Path) -> list[Path]:
     The curves need only ``metrics.csv``; the others need the files that
     ``cnnlab cifar evaluate`` saves, and are skipped (with a log line) without them.
     """
-    from cnnlab.viz import cifar as viz
-
     run = RunDir(run_dir)
     run.expect_study(CifarTrainConfig)
+    with run.lock("cifar figures"):
+        return _redraw_figures(run)
+
+
+def _redraw_figures(run: RunDir) -> list[Path]:
+    from cnnlab.viz import cifar as viz
+
     if not run.metrics_path.is_file():
         raise CnnlabError(f"{run.path} has no metrics.csv: it holds no run, or no epoch has finished yet")
     summary = run.read_summary()
@@ -206,7 +220,8 @@ def redraw_figures(run_dir: str | Path) -> list[Path]:
     written = [viz.plot_curves(run.metrics_path, fig_dir / FIGURES["curves"],
                                best_epoch=summary.get("best_epoch"), title=f"Training curves: {name}")]
 
-    pred = _load_npz(run.path / PREDICTIONS_FILE, ("predictions", "labels", "classes"), run)
+    best = _best_epoch(run)
+    pred = _load_npz(run.path / PREDICTIONS_FILE, ("predictions", "labels", "classes"), run, best)
     if pred is not None:
         classes = [str(c) for c in pred["classes"]]
         cm = confusion_matrix(pred["predictions"], pred["labels"], len(classes))
@@ -218,14 +233,14 @@ def redraw_figures(run_dir: str | Path) -> list[Path]:
             per_class_accuracy(cm), classes, fig_dir / FIGURES["per_class_accuracy"], overall=acc,
             title=f"Per-class test accuracy: {name}"))
 
-    feats = _load_npz(run.path / FEATURES_FILE, ("tsne", "labels", "classes"), run)
+    feats = _load_npz(run.path / FEATURES_FILE, ("tsne", "labels", "classes"), run, best)
     if feats is not None:
         written.append(viz.plot_tsne(
             feats["tsne"], feats["labels"], [str(c) for c in feats["classes"]], fig_dir / FIGURES["tsne"],
             title=f"t-SNE of the pre-classifier features: {name}, {len(feats['labels']):,} test images"))
 
     fm = _load_npz(run.path / FEATURE_MAPS_FILE, ("image", "label", "prediction", "test_index", "classes",
-                                                  "layer_names"), run)
+                                                  "layer_names"), run, best)
     if fm is not None:
         layers = [str(n) for n in fm["layer_names"]]
         missing = [f"map_{i}" for i in range(len(layers)) if f"map_{i}" not in fm]
@@ -260,8 +275,21 @@ def _save_npz(path: Path, **arrays) -> None:
         np.savez_compressed(f, **arrays)
 
 
-def _load_npz(path: Path, keys: tuple[str, ...], run: RunDir) -> dict[str, np.ndarray] | None:
-    """The arrays of ``path``, or None (logged) when it is absent; a :class:`DataError` when unreadable."""
+def _best_epoch(run: RunDir) -> int | None:
+    """The epoch of the run's best checkpoint now (None without a readable one)."""
+    if not run.best_checkpoint.is_file():
+        return None
+    try:
+        epoch = load_checkpoint(run.best_checkpoint).get("epoch")
+    except CnnlabError:
+        return None
+    return epoch if isinstance(epoch, int) else None
+
+
+def _load_npz(path: Path, keys: tuple[str, ...], run: RunDir, best_epoch: int | None) -> dict[str, np.ndarray] | None:
+    """The arrays of ``path``, or None (logged) when it is absent; a :class:`DataError` when unreadable.
+
+    A warning when they were computed from another best checkpoint than the run's now (it trained on)."""
     if not path.is_file():
         logger.info("skipping the figures of %s: it is absent (run `cnnlab cifar evaluate %s` first)",
                     path.name, run.path)
@@ -274,6 +302,11 @@ def _load_npz(path: Path, keys: tuple[str, ...], run: RunDir) -> dict[str, np.nd
     missing = [k for k in keys if k not in arrays]
     if missing:
         raise DataError(f"{path} lacks {', '.join(missing)}; run `cnnlab cifar evaluate {run.path}` again")
+    epoch = int(arrays["checkpoint_epoch"]) if "checkpoint_epoch" in arrays else None
+    if epoch is not None and best_epoch is not None and epoch != best_epoch:
+        logger.warning("%s was computed from the best checkpoint of epoch %d, but the run's best checkpoint is now "
+                       "epoch %d: its figures are out of date; run `cnnlab cifar evaluate %s` to renew them",
+                       path.name, epoch, best_epoch, run.path)
     return arrays
 
 

@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 KIND = "cifar"
 # Fields that change how fast a run goes, not what it computes: a resumed run may change them.
 RUNTIME_FIELDS = ("device", "compile", "eval_batch_size", "data_dir", "download", "skip_bad_images")
+# What ``cnnlab cifar evaluate`` adds to summary.json about the best checkpoint it tested: dropped when
+# a finished run is extended, since further training may replace that checkpoint.
+EVALUATION_KEYS = ("per_class_accuracy", "confusion_matrix", "tsne_samples", "feature_image", "evaluated_",
+                   "figures")
 
 
 def build_model(cfg: CifarTrainConfig, num_classes: int = 10) -> BaseCNN:
@@ -136,10 +140,13 @@ def train(cfg: CifarTrainConfig, out: str | Path, resume: bool = False, progress
     """Train ``cfg`` into the run folder ``out`` and return its summary.
 
     With ``resume`` the run continues from ``checkpoints/last.pt`` and ends where
-    the uninterrupted run would have ended; a finished run is left as it is.
+    the uninterrupted run would have ended; a finished run is left as it is,
+    unless ``cfg.epochs`` is more than it trained: then it trains on to the new
+    end, exactly as a run started with those epochs (the schedule is a function
+    of the epoch), and its test is scored again with the best checkpoint.
     """
     return session(cfg, out, lambda s: _train(cfg, s), resume=resume, progress=progress,
-                   runtime_fields=RUNTIME_FIELDS)
+                   runtime_fields=RUNTIME_FIELDS, evaluation_keys=EVALUATION_KEYS)
 
 
 def _train(cfg: CifarTrainConfig, s: Session) -> dict:

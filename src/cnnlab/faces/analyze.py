@@ -148,16 +148,42 @@ def redraw_figures(run_dir: str | Path, log_far: bool = False) -> list[Path]:
     Figures whose data is missing are skipped with a message (the neighbour
     grid needs ``neighbours.pt``, which ``analyze`` writes).
     """
+    run = RunDir(run_dir)
+    with run.lock("faces figures"):
+        return _redraw_figures(run, log_far)
+
+
+def _best_epoch(run: RunDir) -> int | None:
+    """The epoch of the run's best checkpoint now (None without a readable one)."""
+    if not run.best_checkpoint.is_file():
+        return None
+    try:
+        epoch = load_checkpoint(run.best_checkpoint).get("epoch")
+    except CnnlabError:
+        return None
+    return epoch if isinstance(epoch, int) else None
+
+
+def _warn_if_older(what: str, epoch: object, best: int | None, run: RunDir, renew: str) -> None:
+    """``what`` was drawn from the best checkpoint of ``epoch``; say so if the run's is another one now."""
+    if isinstance(epoch, int) and best is not None and epoch != best:
+        logger.warning("%s comes from the best checkpoint of epoch %d, but the run's best checkpoint is now epoch "
+                       "%d: its figures are out of date; %s", what, epoch, best, renew)
+
+
+def _redraw_figures(run: RunDir, log_far: bool) -> list[Path]:
     from cnnlab.viz import faces as viz
 
-    run = RunDir(run_dir)
     run_config(run)  # a face run, or a clear error
     summary = run.read_summary()  # read before any figure is drawn: a bad one changes nothing
     out: list[Path] = []
     name = run.path.name
     if run.metrics_path.is_file():
         out.append(viz.plot_loss_curves(run.read_metrics(), run.figures / "loss_curves.png", title=name))
+    best = _best_epoch(run)
     if (run.path / "test_pairs.csv").is_file():
+        _warn_if_older("test_pairs.csv", summary.get("best_epoch"), best, run,
+                       f"finish the run with cnnlab faces train --resume {run.path}")
         pairs = read_test_pairs(run.path / "test_pairs.csv")
         threshold = summary.get("threshold")
         out.append(viz.plot_distance_boxplot(pairs["distance"], pairs["same"], threshold,
@@ -170,6 +196,7 @@ def redraw_figures(run_dir: str | Path, log_far: bool = False) -> list[Path]:
     nb_path = run.path / NEIGHBOURS
     if nb_path.is_file():
         nb = load_checkpoint(nb_path)
+        _warn_if_older(NEIGHBOURS, nb.get("checkpoint_epoch"), best, run, f"run cnnlab faces analyze {run.path}")
         out.append(viz.plot_neighbours(nb["thumbnails"].numpy(), nb["query_names"], nb["neighbour_names"],
                                        nb["correct"].numpy(), nb["distances"].numpy(),
                                        run.figures / "neighbours.png"))
@@ -185,6 +212,12 @@ def analyze(run_dir: str | Path, device: str = "auto", seed: int = 0, log_far: b
             data_dir: str | None = None, queries: int = 5, k: int = 10) -> dict:
     """Retrieval scores, nearest neighbours, every figure and a report of a finished face run."""
     run = RunDir(run_dir)
+    with run.lock("faces analyze"):
+        return _analyze(run, device, seed, log_far, data_dir, queries, k)
+
+
+def _analyze(run: RunDir, device: str, seed: int, log_far: bool, data_dir: str | None, queries: int,
+             k: int) -> dict:
     cfg = run_config(run)
     if run.read_summary().get("status") != "finished":
         raise CnnlabError(f"{run.path} is not a finished run (no summary.json status 'finished'); "
@@ -207,12 +240,13 @@ def analyze(run_dir: str | Path, device: str = "auto", seed: int = 0, log_far: b
         root = find_people_root(root)
     try:
         nb = nearest_neighbours(saved, queries=queries, k=k, seed=seed, root=root)
+        nb["checkpoint_epoch"] = run.read_summary().get("best_epoch")  # what figures checks it against
         atomic_torch_save(nb, run.path / NEIGHBOURS)
     except BadImage as e:
         logger.warning("neighbour grid skipped: %s (pass --data-dir where the images are now)", e)
     except DataError as e:
         logger.warning("neighbour grid skipped: %s", e)
-    figures = redraw_figures(run.path, log_far=log_far)
+    figures = _redraw_figures(run, log_far)
     summary = run.update_summary(**retrieval)
     write_run_report(run, cfg, summary, figures)
     return summary

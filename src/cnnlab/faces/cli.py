@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from cnnlab.config import FaceSearchConfig, FaceTrainConfig, from_dict
-from cnnlab.options import (DEVICE, TRAINING_OPTIONS_FILE, add_command, add_figures_command, arg, build_config,
-                            config_options, config_overrides, data_dir, print_result, run_dir, train_args,
-                            train_command)
+from cnnlab.options import (DEVICE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command, add_figures_command, arg,
+                            build_config, config_options, config_overrides, data_dir, print_result, run_dir,
+                            train_args, train_command)
 
 
 _RESULT_KEYS = ("roc_auc", "eer", "accuracy", "threshold", "tar_at_far_1e-3", "precision_at_1", "map_at_r",
@@ -142,11 +142,12 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
                     "config.yaml, metrics.csv, summary.json, checkpoints/{best,last}.pt, test_pairs.csv, "
                     "test_embeddings.pt and train.log; --resume continues it. --epochs 0 scores the untrained "
                     "(ImageNet) network.",
+        notes=RESUME_NOTES,
         examples=["cnnlab faces train --data-dir data/lfw --protocol lfw-view1 --epochs 3 --precision bf16 "
                   "--out runs/view1",
                   "cnnlab faces train --data-dir data/my-faces --loss triplet --miner semi-hard --out runs/triplet",
                   "cnnlab faces train --data-dir data/lfw --protocol lfw-view1 --epochs 0 --out runs/imagenet",
-                  "cnnlab faces train --resume runs/view1"],
+                  "cnnlab faces train --resume runs/view1 --epochs 10"],
         args=train_args(FaceTrainConfig))
 
     add_command(
@@ -207,13 +208,7 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
               config_options(FaceTrainConfig)])
     search.set_defaults(rerun_continues=True)  # interrupted, the same command again continues it
 
-    add_command(
-        fsub, "download", _download, help="download LFW (deep-funneled) and its protocol files",
-        description="Fetch lfw-deepfunneled.tgz and pairsDevTrain.txt, pairsDevTest.txt, peopleDevTrain.txt, "
-                    "peopleDevTest.txt, pairs.txt and people.txt from LFW's site into --data-dir, check their md5 "
-                    "and unpack the images (about 110 MB).",
-        args=[arg("--data-dir", required=True, metavar="DIR", help="folder to put LFW in (created)"),
-              arg("--url", metavar="URL", help="another location of the same files, e.g. file:///mnt/lfw/")])
+    _add_download_command(fsub)
 
 
 def _add_use_commands(fsub: argparse._SubParsersAction) -> None:
@@ -241,3 +236,13 @@ def _add_use_commands(fsub: argparse._SubParsersAction) -> None:
               arg("-k", type=int, default=10, help="people to list (default: 10)"),
               arg("--json", action="store_true", help="print a JSON list"),
               DEVICE])
+
+
+def _add_download_command(fsub: argparse._SubParsersAction) -> None:
+    add_command(
+        fsub, "download", _download, help="download LFW (deep-funneled) and its protocol files",
+        description="Fetch lfw-deepfunneled.tgz and pairsDevTrain.txt, pairsDevTest.txt, peopleDevTrain.txt, "
+                    "peopleDevTest.txt, pairs.txt and people.txt from LFW's site into --data-dir, check their md5 "
+                    "and unpack the images (about 110 MB).",
+        args=[arg("--data-dir", required=True, metavar="DIR", help="folder to put LFW in (created)"),
+              arg("--url", metavar="URL", help="another location of the same files, e.g. file:///mnt/lfw/")])

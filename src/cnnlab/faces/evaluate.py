@@ -64,6 +64,12 @@ def evaluate_pairs(run_dir: str | os.PathLike, pairs: str | os.PathLike, data_di
     Each pair's distance is written to ``lfw_view2_pairs.csv``.
     """
     run = RunDir(run_dir)
+    with run.lock("faces evaluate"):
+        return _evaluate_pairs(run, pairs, data_dir, device, progress)
+
+
+def _evaluate_pairs(run: RunDir, pairs: str | os.PathLike, data_dir: str | None, device: str,
+                    progress: bool) -> dict:
     dev = resolve_device(device)
     model, cfg = load_run_model(run, "best", dev)
     if data_dir:

@@ -123,6 +123,10 @@ KIND = "faces"
 RUNTIME_FIELDS = ("device", "compile", "eval_batch_size", "data_dir", "download", "skip_bad_images",
                   "protocol_dir")
 
+# What ``cnnlab faces evaluate`` adds to summary.json (keys beginning so) about the best checkpoint it
+# tested: dropped when a finished run is extended, since further training may replace that checkpoint.
+EVALUATION_KEYS = ("lfw_",)
+
 TEST_EMBEDDINGS = "test_embeddings.pt"
 TEST_PAIRS = "test_pairs.csv"
 
@@ -350,12 +354,14 @@ def train(cfg: FaceTrainConfig, out: str | Path, resume: bool = False, progress:
 
     With ``resume`` the run continues from ``checkpoints/last.pt`` and ends
     where the uninterrupted run would have ended; a finished run is left as it
-    is. ``on_epoch(row)`` is called after every epoch's validation (the search
+    is, unless ``cfg.epochs`` is more than it trained: then it trains on to
+    the new end (StepLR steps where it would have) and its test is scored again
+    with the best checkpoint. ``on_epoch(row)`` is called after every epoch's validation (the search
     uses it to report to Optuna and to prune). Runs as one process or under
     ``torchrun`` (each rank its share of every epoch's batches; rank 0 writes).
     """
     return session(cfg, out, lambda s: _train(cfg, s, on_epoch), resume=resume, progress=progress,
-                   runtime_fields=RUNTIME_FIELDS)
+                   runtime_fields=RUNTIME_FIELDS, evaluation_keys=EVALUATION_KEYS)
 
 
 def _train(cfg: FaceTrainConfig, s: Session, on_epoch: EpochCallback | None) -> dict:
