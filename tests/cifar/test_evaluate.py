@@ -294,3 +294,26 @@ def test_data_figures_out_must_be_a_folder(cifar_folders, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(CnnlabError, match="is a file, expected a folder"):
         data_figures(cifar_folders, tmp_path / "file")
+
+
+def test_evaluate_writes_a_self_contained_report_of_the_run(evaluated):
+    s = json.loads((evaluated / "summary.json").read_text())
+    md = (evaluated / "report.md").read_text()
+    page = (evaluated / "report.html").read_text()
+    assert md.startswith(f"# CIFAR-10 run {evaluated.name}")
+    assert f"trained 2 epochs on {s['num_train']:,} training images" in md
+    assert f"| test accuracy | {s['test_accuracy']:.2%} |" in md
+    assert f"| training time | {round(s['train_seconds'])} s |" in md
+    assert f"Trained on **{s['device']}** in {s['precision']}" in md
+    for name in FIGURES.values():
+        assert f"](figures/{name})" in md
+    assert page.count('src="data:image/png;base64,') == len(FIGURES) and 'src="figures/' not in page
+
+
+def test_curves_title_names_width_epochs_and_training_images(evaluated, monkeypatch):
+    titles = []
+    real = viz.plot_curves
+    monkeypatch.setattr(viz, "plot_curves", lambda *a, **k: titles.append(k["title"]) or real(*a, **k))
+    redraw_figures(evaluated)
+    s = json.loads((evaluated / "summary.json").read_text())
+    assert titles == [f"Training curves: BaseCNN E (width 0.125), 2 epochs, {s['num_train']:,} training images"]

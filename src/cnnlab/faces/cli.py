@@ -177,7 +177,10 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
         fsub, _figures,
         description="Redraw every figure of RUN_DIR from metrics.csv, test_pairs.csv and neighbours.pt, without "
                     "the model or the data.",
-        args=[run_dir("a run of cnnlab faces train"), _LOG_FAR])
+        args=[run_dir("a run of cnnlab faces train"),
+              arg("--log-far", action=argparse.BooleanOptionalAction, default=None,
+                  help="logarithmic FAR axis on the ROC, or linear with --no-log-far (default: the axis the run "
+                       "was analysed with, saved in summary.json)")])
 
     add_command(
         fsub, "compare", _compare, help="compare finished runs: table, ROC curves, report",
