@@ -268,6 +268,7 @@ def _training_facts(run: RunDir, summary: dict) -> str:
     return "".join(f", {p}" for p in parts if p)
 
 
+WIDE_FIGURES = (FIGURES["confusion_matrix"], FIGURES["feature_maps"])
 REPORT_CAPTIONS = {
     "curves.png": "Loss and accuracy per epoch, train and validation; the dashed line marks the best epoch "
                   "(its checkpoint is the one tested).",
@@ -302,7 +303,9 @@ def write_run_report(run: RunDir, cfg: CifarTrainConfig, summary: dict, figures:
     ]
     sections = [
         Section("Results", "", [Table(["figure", "value"], rows)]),
-        Section("Figures", "", [Figure(p, REPORT_CAPTIONS.get(p.name, "")) for p in figures]),
+        # The two grids of small cells are unreadable at half the page's width.
+        Section("Figures", "", [Figure(p, REPORT_CAPTIONS.get(p.name, ""),
+                                       wide=True if p.name in WIDE_FIGURES else None) for p in figures]),
     ]
     sections.append(provenance(summary, "cifar", command_line(), "cnnlab.cifar.evaluate.evaluate_run"))
     sections.append(Section("Configuration", "`config.yaml`; `cnnlab cifar train --config config.yaml` repeats it.",
