@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 import cnnlab
 from cnnlab.errors import CnnlabError, TrainingDiverged
 from cnnlab.files import atomic_torch_save, load_checkpoint, load_model_state
-from cnnlab.run import RunDir, log_to_file
+from cnnlab.run import RunDir, command_line, log_to_file
 from cnnlab.runtime import (DistInfo, PrecisionChoice, all_reduce_sum, autocast, barrier, broadcast_object,
                             cleanup_distributed, device_name, enable_fast_kernels, grad_scaler, init_distributed,
                             resolve_device, rng_state, select_precision, set_rng_state)
@@ -114,6 +114,7 @@ class Session:
             "world_size": self.dist.world_size,
             "torch": torch.__version__,
             "cnnlab": cnnlab.__version__,
+            "command": command_line(),
         }
 
 

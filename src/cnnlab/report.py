@@ -64,6 +64,42 @@ def fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def seconds(v: Any) -> str:
+    """A duration for a reader: whole seconds, and minutes or hours beside them when long."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
+        return "–"
+    text = f"{round(v):,} s"
+    if v >= 2 * 3600:
+        return f"{text} ({v / 3600:.1f} h)"
+    if v >= 90:
+        return f"{text} ({v / 60:.1f} min)"
+    return text
+
+
+def provenance(summary: dict, study: str, report_command: str | None, writer: str) -> Section:
+    """Where and how a run was trained, and the commands that trained it and wrote this report.
+
+    ``study`` is ``cifar`` or ``faces``; ``writer`` names the function that wrote the report,
+    said instead of a command when it was called from Python.
+    """
+    where = summary.get("device", "an unrecorded device")
+    precision = summary.get("precision")
+    how = f"in {precision}" + (" with channels-last memory" if summary.get("channels_last") else "") \
+        if precision else "in an unrecorded precision"
+    procs = summary.get("world_size") or 1
+    lines = [f"Trained on **{where}** {how}"
+             + (f", {procs} processes" if procs > 1 else "")
+             + (f"; torch {summary['torch']}, cnnlab {summary['cnnlab']}" if summary.get("torch") else "") + "."]
+    trained_by = summary.get("command")
+    if trained_by:
+        lines.append(f"Trained by `{trained_by}`.")
+    else:
+        lines.append(f"The training command was not recorded (a run trained from Python or by an older cnnlab); "
+                     f"`cnnlab {study} train --config config.yaml` repeats the run's options.")
+    lines.append(f"This report: `{report_command}`." if report_command else f"This report: `{writer}` (Python).")
+    return Section("How this was made", "\n\n".join(lines))
+
+
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "| " + " | ".join(columns) + " |"
     sep = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"

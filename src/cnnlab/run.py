@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -360,6 +361,18 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
     for r in rows:
         out.append({k: (float(v) if v not in ("", None) else float("nan")) for k, v in r.items()})
     return out
+
+
+def command_line(argv: list[str] | None = None) -> str | None:
+    """The ``cnnlab`` command this process runs, as a shell line; None when it is not the command line
+    (a notebook or a test calling the functions). ``python -m cnnlab`` and torchrun show as ``cnnlab``."""
+    argv = sys.argv if argv is None else argv
+    if not argv:
+        return None
+    prog = Path(argv[0])
+    if prog.name.startswith("cnnlab") or (prog.name == "__main__.py" and prog.parent.name == "cnnlab"):
+        return shlex.join(["cnnlab", *argv[1:]])
+    return None
 
 
 # --- logging --------------------------------------------------------------------------

@@ -22,6 +22,8 @@ MAP_SIZES = [32, 32, 32, 16, 16, 8, 8, 8, 4]
 
 
 @pytest.fixture(scope="module")
+
+
 def trained(tmp_path_factory):
     """One tiny finished run (and its data), trained once for the whole module."""
     root = tmp_path_factory.mktemp("evaluate")
@@ -37,6 +39,8 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+
+
 def evaluated(trained, tmp_path_factory):
     """A copy of the tiny run after ``cnnlab cifar evaluate`` (the real CLI)."""
     run = tmp_path_factory.mktemp("evaluated") / "run"
@@ -50,6 +54,8 @@ def evaluated(trained, tmp_path_factory):
 
 
 @pytest.fixture
+
+
 def run_copy(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained["run"], run)
@@ -57,6 +63,8 @@ def run_copy(trained, tmp_path):
 
 
 @pytest.fixture
+
+
 def evaluate_log(caplog):
     # The CLI stops "cnnlab" records at its own handler; listen on the module's logger itself.
     lg = logging.getLogger("cnnlab.cifar.evaluate")
@@ -320,3 +328,26 @@ def test_figures_warns_when_the_best_checkpoint_moved_on_after_evaluate(evaluate
     for name in ("test_predictions.npz", "features.npz", "feature_maps.npz"):
         assert (f"{name} was computed from the best checkpoint of epoch {evaluated_epoch}, but the run's best "
                 f"checkpoint is now epoch {evaluated_epoch + 3}") in evaluate_log.text
+
+
+def test_evaluate_writes_a_self_contained_report_of_the_run(evaluated):
+    s = json.loads((evaluated / "summary.json").read_text())
+    md = (evaluated / "report.md").read_text()
+    page = (evaluated / "report.html").read_text()
+    assert md.startswith(f"# CIFAR-10 run {evaluated.name}")
+    assert f"trained 2 epochs on {s['num_train']:,} training images" in md
+    assert f"| test accuracy | {s['test_accuracy']:.2%} |" in md
+    assert f"| training time | {round(s['train_seconds'])} s |" in md
+    assert f"Trained on **{s['device']}** in {s['precision']}" in md
+    for name in FIGURES.values():
+        assert f"](figures/{name})" in md
+    assert page.count('src="data:image/png;base64,') == len(FIGURES) and 'src="figures/' not in page
+
+
+def test_curves_title_names_width_epochs_and_training_images(evaluated, monkeypatch):
+    titles = []
+    real = viz.plot_curves
+    monkeypatch.setattr(viz, "plot_curves", lambda *a, **k: titles.append(k["title"]) or real(*a, **k))
+    redraw_figures(evaluated)
+    s = json.loads((evaluated / "summary.json").read_text())
+    assert titles == [f"Training curves: BaseCNN E (width 0.125), 2 epochs, {s['num_train']:,} training images"]

@@ -93,3 +93,70 @@ def test_figures_warns_when_the_best_checkpoint_moved_on(run_copy, caplog):
     for name in ("test_pairs.csv", "neighbours.pt"):
         assert (f"{name} comes from the best checkpoint of epoch {tested}, but the run's best checkpoint is now "
                 f"epoch {tested + 5}") in caplog.text
+# --- the run's report --------------------------------------------------------------------
+
+
+def _report(run) -> str:
+    md = (run / "report.md").read_text()
+    page = (run / "report.html").read_text()
+    assert 'src="data:image/png;base64,' in page and 'src="figures/' not in page  # self-contained
+    return md
+
+
+def test_report_reads_naturally_and_says_how_the_run_was_made(run_copy):
+    analyze(run_copy, device="cpu")
+    s = json.loads((run_copy / "summary.json").read_text())
+    md = _report(run_copy)
+    assert f"{s['num_test_pairs']} test pairs" in md and f"drawn from {s['num_test_people']} held-out people" in md
+    assert "protocol)" not in md
+    assert f"{s['num_train_images']} images of {s['num_train_people']} people" in md
+    assert f"Trained on **{s['device']}** in {s['precision']}" in md
+    # Training seconds rounded; the report's own command (called from Python here).
+    assert f"| training time | {round(s['train_seconds'])} s |" in md
+    assert "This report: `cnnlab.faces.analyze` (Python)." in md
+
+
+PAIRS = [
+    ([("Person_A", 1, 2), ("Person_B", 3, 4)], [("Person_A", 1, "Person_D", 1), ("Person_E", 2, "Solo_X", 1)]),
+    ([("Person_H", 1, 3), ("Person_I", 2, 4)], [("Person_H", 2, "Person_I", 1), ("Person_J", 3, "Solo_Y", 1)]),
+]
+
+
+@pytest.mark.parametrize("order", ["evaluate, then analyze", "analyze, then evaluate"])
+
+
+def test_report_keeps_the_pairs_evaluation_in_either_order(run_copy, tmp_path, order):
+    from cnnlab.faces.evaluate import evaluate_pairs
+
+    from .conftest import write_pairs
+
+    pairs = write_pairs(tmp_path / "my_pairs.txt", PAIRS)
+    steps = [lambda: evaluate_pairs(run_copy, pairs, device="cpu", progress=False),
+             lambda: analyze(run_copy, device="cpu")]
+    for step in steps if order.startswith("evaluate") else steps[::-1]:
+        step()
+    s = json.loads((run_copy / "summary.json").read_text())
+    md = _report(run_copy)
+    assert "## Pairs evaluation" in md
+    assert f"| accuracy (mean ± std over the folds) | {s['lfw_accuracy_mean']:.4f} ± {s['lfw_accuracy_std']:.4f} |" in md
+    assert "| folds | 2 |" in md and "| pairs | 8 |" in md
+    assert f"`{pairs.resolve()}`" in md
+    seen = s["lfw_pairs_with_training_people"]
+    assert isinstance(seen, int) and f"| pairs holding a person seen in training | {seen} of 8 |" in md
+    # Not LFW's own pairs.txt: never called LFW View 2.
+    assert "LFW View 2" not in md and "the pairs of `my_pairs.txt`" in md
+
+
+def test_figures_keep_the_far_axis_the_run_was_analysed_with(run_copy, monkeypatch):
+    from cnnlab.viz import faces as viz
+
+    analyze(run_copy, device="cpu", log_far=True)
+    assert json.loads((run_copy / "summary.json").read_text())["roc_log_far"] is True
+    chosen = []
+    real = viz.plot_roc
+    monkeypatch.setattr(viz, "plot_roc", lambda curves, path, log_far=False, title="":
+                        chosen.append(log_far) or real(curves, path, log_far=log_far, title=title))
+    assert main(["faces", "figures", str(run_copy)]) == 0
+    assert main(["faces", "figures", str(run_copy), "--no-log-far"]) == 0  # an explicit choice is kept too
+    assert main(["faces", "figures", str(run_copy)]) == 0
+    assert chosen == [True, False, False]

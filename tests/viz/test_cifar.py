@@ -193,3 +193,57 @@ def test_augment_draws_two_labelled_rows_each_starting_with_the_original(tmp_pat
     assert [axes[r, 0].get_ylabel() for r in range(2)] == ["ColorJitter", "RandomAffine"]
     assert [ax.get_title() for ax in axes[0]] == ["original"] + [f"j{i}" for i in range(10)]
     np.testing.assert_allclose(axes[1, 3].images[0].get_array(), affine[2].transpose(1, 2, 0))
+
+
+def _ticks(axis) -> list[float]:
+    lo, hi = axis.get_view_interval()
+    return [float(t) for t in axis.get_majorticklocs() if lo - 1e-9 <= t <= hi + 1e-9]
+
+
+def _round_step(step: float) -> bool:
+    """1, 2 or 5 times a power of ten: a step a reader counts in."""
+    mantissa = step / 10 ** np.floor(np.log10(step))
+    return any(np.isclose(mantissa, m) for m in (1, 2, 5))
+
+
+@pytest.mark.parametrize("epochs", [2, 6, 30])
+def test_curves_tick_whole_epochs(tmp_path, drawn, epochs):
+    rows = [{"epoch": e, "train_loss": 2 / e, "train_accuracy": e / 40, "val_loss": 2.2 / e, "val_accuracy": e / 41,
+             "lr": 0.1} for e in range(1, epochs + 1)]
+    viz.plot_curves(rows, tmp_path / "c.png", title="Training curves: BaseCNN A (width 0.25), 2 epochs")
+    for ax in drawn[0].axes:
+        ticks = _ticks(ax.xaxis)
+        assert ticks and all(t.is_integer() for t in ticks), ticks
+
+
+@pytest.mark.parametrize("per_class", [40, 1000, 4500])
+def test_class_distribution_ticks_at_round_numbers(tmp_path, drawn, per_class):
+    viz.plot_class_distribution(np.full(10, per_class), CLASSES, tmp_path / "d.png")
+    ticks = _ticks(drawn[0].axes[0].yaxis)
+    steps = set(np.round(np.diff(ticks), 6))
+    assert len(steps) == 1, ticks
+    step = steps.pop()
+    # 0, 200, ..., 1000: not 0, 150, ..., 1050.
+    assert _round_step(step) and all(float(t / step).is_integer() for t in ticks), ticks
+
+
+def test_study_curves_keep_coinciding_runs_apart_and_tick_whole_epochs(tmp_path, monkeypatch):
+    from cnnlab.viz import compare
+
+    figs = []
+    real = compare.save
+    monkeypatch.setattr(compare, "save", lambda fig, path: figs.append(fig) or real(fig, path))
+    rows = [{"epoch": e, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 1.0 / e, "val_accuracy": 0.1 * e,
+             "lr": 0.1} for e in (1, 2)]
+    paths = {}
+    for name in ("A", "B", "C"):  # three runs with the very same curves
+        run = RunDir(tmp_path / name)
+        run.write_metrics(rows)
+        paths[name] = run.metrics_path
+    compare.plot_curves_overlay(paths, tmp_path / "curves.png", title="width 0.25, 2 epochs, 5,000 training images")
+    fig = figs[0]
+    assert fig._suptitle.get_text() == "width 0.25, 2 epochs, 5,000 training images"
+    for ax in fig.axes:
+        styles = {(ln.get_linestyle(), ln.get_marker()) for ln in ax.get_lines()}
+        assert len(styles) == 3
+        assert all(t.is_integer() for t in _ticks(ax.xaxis))

@@ -197,14 +197,21 @@ def write_study_report(out: Path, results: list[VariantResult], best: VariantRes
                        seeds: list[int]) -> tuple[Path, Path]:
     from cnnlab.viz.compare import plot_curves_overlay
 
+    from cnnlab.report import provenance
+    from cnnlab.run import command_line
+
     rows = [r.row() for r in results]
     figs = out / "figures"
-    curves = plot_curves_overlay({r.variant: r.runs[0] / "metrics.csv" for r in results}, figs / "curves.png")
+    first = RunDir(results[0].runs[0]).read_summary()
+    num_train = first.get("num_train")
+    size = f", {num_train:,} training images" if isinstance(num_train, int) else ""
+    curves = plot_curves_overlay({r.variant: r.runs[0] / "metrics.csv" for r in results}, figs / "curves.png",
+                                 title=f"Validation curves: width {base.width:g}, {base.epochs} epochs{size}")
     header, body = table_rows(rows, best.variant)
     seeds_txt = f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± std" if len(seeds) > 1 else \
         f"seed {seeds[0]}"
     sections = [
-        Section("Comparison", f"Width {base.width}, {base.epochs} epochs, batch {base.batch_size}, "
+        Section("Comparison", f"Width {base.width}, {base.epochs} epochs{size}, batch {base.batch_size}, "
                 f"{base.optimizer} lr {base.lr} with ExponentialLR gamma {base.gamma}; {seeds_txt}. "
                 f"The best variant is chosen by validation accuracy, never by test accuracy: "
                 f"**{best.variant}**.", [Table(header, body)]),
@@ -231,6 +238,9 @@ def write_study_report(out: Path, results: list[VariantResult], best: VariantRes
         sections.append(Section("Data", "", data))
     configs = "\n\n".join(f"# {r.variant}: {r.runs[0].name}\n" + (r.runs[0] / "config.yaml").read_text()
                           for r in results)
+    how = provenance(first, "cifar", command_line(), "cnnlab.cifar.compare.compare")
+    how.text = f"The runs of `{out / 'runs'}`; the first: " + how.text[0].lower() + how.text[1:]
+    sections.append(how)
     sections.append(Section("Run configurations", "", [configs]))
     return write_report(out, "CIFAR-10 block study", sections,
                         intro="BaseCNN with its eight middle blocks swapped between designs, trained on "

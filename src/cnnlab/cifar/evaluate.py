@@ -142,6 +142,7 @@ def _evaluate_run(run: RunDir, tsne_samples: int, feature_image: int, device: st
             evaluated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             figures=[p.name for p in written],
         )
+        write_run_report(run, cfg, summary, written)
         logger.info("test accuracy %.4f; figures in %s", test_acc, run.figures)
     return summary
 
@@ -218,7 +219,8 @@ def _redraw_figures(run: RunDir) -> list[Path]:
     name = _run_name(run, summary)
     fig_dir = run.figures
     written = [viz.plot_curves(run.metrics_path, fig_dir / FIGURES["curves"],
-                               best_epoch=summary.get("best_epoch"), title=f"Training curves: {name}")]
+                               best_epoch=summary.get("best_epoch"),
+                               title=f"Training curves: {name}{_training_facts(run, summary)}")]
 
     best = _best_epoch(run)
     pred = _load_npz(run.path / PREDICTIONS_FILE, ("predictions", "labels", "classes"), run, best)
@@ -268,6 +270,64 @@ def _run_name(run: RunDir, summary: dict) -> str:
         except CnnlabError:
             return run.path.name
     return f"BaseCNN {blocks}" + (f" (width {width:g})" if isinstance(width, (int, float)) else "")
+
+
+def _training_facts(run: RunDir, summary: dict) -> str:
+    """", 30 epochs, 49,000 training images": what a curve's title needs beside the network."""
+    epochs, num_train = summary.get("epochs"), summary.get("num_train")
+    if epochs is None:
+        try:
+            epochs = run.read_config().get("epochs")
+        except CnnlabError:
+            pass
+    parts = [f"{epochs} epoch{'s' if epochs != 1 else ''}" if isinstance(epochs, int) else "",
+             f"{num_train:,} training images" if isinstance(num_train, int) else ""]
+    return "".join(f", {p}" for p in parts if p)
+
+
+WIDE_FIGURES = (FIGURES["confusion_matrix"], FIGURES["feature_maps"])
+REPORT_CAPTIONS = {
+    "curves.png": "Loss and accuracy per epoch, train and validation; the dashed line marks the best epoch "
+                  "(its checkpoint is the one tested).",
+    "confusion_matrix.png": "Test-set confusion matrix: counts, and fractions of each true class.",
+    "per_class_accuracy.png": "Test accuracy of each class, with the overall accuracy.",
+    "tsne.png": "t-SNE of the features before the classifier, test images coloured by their true class.",
+    "feature_maps.png": "Feature maps of one test image: the most active channels of the stem and of each block.",
+}
+
+
+def write_run_report(run: RunDir, cfg: CifarTrainConfig, summary: dict, figures: list[Path]) -> tuple[Path, Path]:
+    """``report.md`` and a self-contained ``report.html`` of one evaluated run."""
+    from cnnlab.config import to_dict
+    from cnnlab.report import Figure, Section, Table, provenance, seconds, write_report
+    from cnnlab.run import command_line
+
+    name = _run_name(run, summary)
+    pct = lambda v: f"{v:.2%}" if isinstance(v, (int, float)) else "–"  # noqa: E731
+    sizes = [summary.get(k) for k in ("num_train", "num_val", "num_test")]
+    intro = (f"{name}, {summary.get('params', 0):,} trainable parameters, trained "
+             f"{summary.get('epochs', cfg.epochs)} epochs on "
+             + (f"{sizes[0]:,} training images ({sizes[1]:,} validation, {sizes[2]:,} test)."
+                if all(isinstance(n, int) for n in sizes) else "CIFAR-10 (sizes not recorded).")
+             + f" The test images were scored once, with the best checkpoint (epoch {summary.get('best_epoch', '?')}, "
+               "the best validation accuracy).")
+    rows = [
+        ["best validation accuracy", f"{pct(summary.get('best_val_accuracy'))} (epoch {summary.get('best_epoch', '?')})"],
+        ["test accuracy", pct(summary.get("test_accuracy"))],
+        ["test loss", summary.get("test_loss", math.nan)],
+        ["training images", summary.get("num_train", "–")],
+        ["training time", seconds(summary.get("train_seconds"))],
+    ]
+    sections = [
+        Section("Results", "", [Table(["figure", "value"], rows)]),
+        # The two grids of small cells are unreadable at half the page's width.
+        Section("Figures", "", [Figure(p, REPORT_CAPTIONS.get(p.name, ""),
+                                       wide=True if p.name in WIDE_FIGURES else None) for p in figures]),
+    ]
+    sections.append(provenance(summary, "cifar", command_line(), "cnnlab.cifar.evaluate.evaluate_run"))
+    sections.append(Section("Configuration", "`config.yaml`; `cnnlab cifar train --config config.yaml` repeats it.",
+                            [Table(["option", "value"], [[k, str(v)] for k, v in to_dict(cfg).items()])]))
+    return write_report(run.path, f"CIFAR-10 run {run.path.name}", sections, intro=intro)
 
 
 def _save_npz(path: Path, **arrays) -> None:

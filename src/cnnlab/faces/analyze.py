@@ -40,6 +40,7 @@ from cnnlab.run import RunDir
 logger = logging.getLogger(__name__)
 
 NEIGHBOURS = "neighbours.pt"
+LOG_FAR_KEY = "roc_log_far"  # summary.json: the ROC's FAR axis as last chosen, kept by `faces figures`
 FIGURES = ("loss_curves.png", "distance_boxplot.png", "distance_histogram.png", "roc.png", "neighbours.png")
 
 
@@ -73,7 +74,8 @@ def roc_of(pairs: dict[str, np.ndarray], label: str, far_target: float = 1e-3):
     d, y = pairs["distance"], pairs["same"]
     far, tar, _ = roc_curve(d, y)
     point = operating_point_at_far(d, y, far_target)
-    return RocCurve(label, far, tar, roc_auc(d, y), equal_error_rate(d, y)[0], point.tar, far_target, point.resolved)
+    return RocCurve(label, far, tar, roc_auc(d, y), equal_error_rate(d, y)[0], point.tar, far_target, point.resolved,
+                    negatives=int((~np.asarray(y, dtype=bool)).sum()))
 
 
 def _retest(run: RunDir, device: str, data_dir: str | None) -> None:
@@ -142,11 +144,14 @@ def nearest_neighbours(saved: dict, queries: int = 5, k: int = 10, seed: int = 0
 # --------------------------------------------------------------------------- figures
 
 
-def redraw_figures(run_dir: str | Path, log_far: bool = False) -> list[Path]:
+def redraw_figures(run_dir: str | Path, log_far: bool | None = None) -> list[Path]:
     """Draw every figure of a run from its saved files into ``RUN_DIR/figures``; return the paths written.
 
-    Figures whose data is missing are skipped with a message (the neighbour
-    grid needs ``neighbours.pt``, which ``analyze`` writes).
+    ``log_far`` None keeps the ROC's FAR axis the run was last drawn with
+    (``roc_log_far`` in ``summary.json``, linear if never chosen); True or
+    False draws it so and saves that choice. Figures whose data is missing are
+    skipped with a message (the neighbour grid needs ``neighbours.pt``, which
+    ``analyze`` writes).
     """
     run = RunDir(run_dir)
     with run.lock("faces figures"):
@@ -171,15 +176,20 @@ def _warn_if_older(what: str, epoch: object, best: int | None, run: RunDir, rene
                        "%d: its figures are out of date; %s", what, epoch, best, renew)
 
 
-def _redraw_figures(run: RunDir, log_far: bool) -> list[Path]:
+def _redraw_figures(run: RunDir, log_far: bool | None) -> list[Path]:
     from cnnlab.viz import faces as viz
 
-    run_config(run)  # a face run, or a clear error
+    cfg = run_config(run)  # a face run, or a clear error
     summary = run.read_summary()  # read before any figure is drawn: a bad one changes nothing
     out: list[Path] = []
     name = run.path.name
+    if log_far is None:
+        log_far = bool(summary.get(LOG_FAR_KEY, False))
+    elif summary and summary.get(LOG_FAR_KEY) != log_far:
+        summary = run.update_summary(**{LOG_FAR_KEY: bool(log_far)})
     if run.metrics_path.is_file():
-        out.append(viz.plot_loss_curves(run.read_metrics(), run.figures / "loss_curves.png", title=name))
+        out.append(viz.plot_loss_curves(run.read_metrics(), run.figures / "loss_curves.png",
+                                        title=curve_title(name, cfg, summary)))
     best = _best_epoch(run)
     if (run.path / "test_pairs.csv").is_file():
         _warn_if_older("test_pairs.csv", summary.get("best_epoch"), best, run,
@@ -203,6 +213,15 @@ def _redraw_figures(run: RunDir, log_far: bool) -> list[Path]:
     else:
         logger.info("%s has no %s yet (cnnlab faces analyze writes it); neighbour grid skipped", run.path, NEIGHBOURS)
     return out
+
+
+def curve_title(name: str, cfg, summary: dict) -> str:
+    """"run: efficientnet_lite0, 512-d, 20 epochs, 9,525 training images of 4,038 people"."""
+    n, people = summary.get("num_train_images"), summary.get("num_train_people")
+    size = f", {n:,} training images" + (f" of {people:,} people" if isinstance(people, int) else "") \
+        if isinstance(n, int) else ""
+    epochs = summary.get("epochs", cfg.epochs)
+    return f"{name}: {cfg.backbone}, {cfg.embedding_dim}-d, {epochs} epoch{'s' if epochs != 1 else ''}{size}"
 
 
 # --------------------------------------------------------------------------- analyze
@@ -252,18 +271,82 @@ def _analyze(run: RunDir, device: str, seed: int, log_far: bool, data_dir: str |
     return summary
 
 
-def write_run_report(run: RunDir, cfg, summary: dict, figures: list[Path]) -> None:
-    from cnnlab.report import Figure, Section, Table, write_report
+def _test_text(summary: dict) -> str:
+    """What the test pairs are, in words: where they come from and how the threshold was set."""
+    n, same = summary.get("num_test_pairs"), summary.get("num_test_pairs_same")
+    split = f" ({same:,} same person, {n - same:,} different people)" if isinstance(n, int) and isinstance(same, int) \
+        else ""
+    n_text = f"{n:,}" if isinstance(n, int) else "The"
+    if summary.get("protocol") == "lfw-view1":
+        where = "of LFW View 1 (`pairsDevTest.txt`), whose people never appear in training"
+    else:
+        people, images = summary.get("num_test_people"), summary.get("num_test_images")
+        held = f"{people:,} held-out people" if isinstance(people, int) else "held-out people"
+        where = f"drawn from {held}" + (f" ({images:,} images)" if isinstance(images, int) else "") + \
+            ", none of whom appear in training or validation"
+    val = summary.get("num_val_pairs")
+    text = (f"{n_text} test pairs{split} {where}; the decision threshold is chosen on the "
+            f"{f'{val:,} ' if isinstance(val, int) else ''}validation pairs.")
+    if summary.get("tar_at_far_1e-3_resolved") is False:
+        text += (" With fewer than 1,000 different-people pairs FAR = 1e-3 cannot be resolved, so TAR @ FAR = 1e-3 "
+                 "is left out.")
+    return text
 
+
+def pairs_file_name(path: str | None, folds: int | None) -> str:
+    """"LFW View 2" for LFW's own ``pairs.txt`` (ten folds), else what the file is."""
+    name = Path(path).name if path else "a pairs file"
+    if name == "pairs.txt" and folds == 10:
+        return "LFW View 2 (`pairs.txt`)"
+    return f"the pairs of `{name}`"
+
+
+def _pairs_section(summary: dict):
+    """What ``cnnlab faces evaluate`` measured, as it measured it; None when it has not run."""
+    from cnnlab.report import Section, Table
+
+    if summary.get("lfw_accuracy_mean") is None:
+        return None
+    folds, n = summary.get("lfw_folds"), summary.get("lfw_num_pairs")
+    what = pairs_file_name(summary.get("lfw_pairs_file"), folds)
+    acc = f"{summary['lfw_accuracy_mean']:.4f} ± {summary.get('lfw_accuracy_std', math.nan):.4f}"
+    rows = [["accuracy (mean ± std over the folds)", acc],
+            ["folds", folds if folds is not None else "–"],
+            ["pairs", n if n is not None else "–"],
+            ["ROC AUC (all pairs at once)", summary.get("lfw_roc_auc", math.nan)],
+            ["EER (all pairs at once)", summary.get("lfw_eer", math.nan)]]
+    seen = summary.get("lfw_pairs_with_training_people")
+    rows.append(["pairs holding a person seen in training",
+                 f"{seen:,} of {n:,}" if isinstance(seen, int) and isinstance(n, int) else "not known"])
+    text = (f"`cnnlab faces evaluate` on {what}: {n:,} pairs in {folds} folds, from "
+            f"`{summary.get('lfw_pairs_file', '?')}`. Each fold is scored at the threshold chosen on the other folds.")
+    if isinstance(seen, int) and seen:
+        text += (f" {seen:,} pairs hold a person the run trained on, so this accuracy is optimistic beside a "
+                 "result on strangers.")
+    return Section("Pairs evaluation", text, [Table(["figure", "value"], rows)])
+
+
+def write_run_report(run: RunDir, cfg=None, summary: dict | None = None,
+                     figures: list[Path] | None = None) -> None:
+    """``report.md`` and ``report.html`` of a face run, from its folder (the figures drawn so far)."""
+    from cnnlab.config import to_dict
+    from cnnlab.report import Figure, Section, Table, provenance, seconds, write_report
+    from cnnlab.run import command_line
+
+    cfg = cfg if cfg is not None else run_config(run)
+    summary = summary if summary is not None else run.read_summary()
+    if figures is None:
+        figures = [run.figures / n for n in FIGURES if (run.figures / n).is_file()]
     keys = [("ROC AUC", "roc_auc"), ("EER", "eer"), ("accuracy (validation threshold)", "accuracy"),
             ("threshold", "threshold"), ("TAR @ FAR = 1e-3", "tar_at_far_1e-3"), ("precision@1", "precision_at_1"),
-            ("MAP@R", "map_at_r"), ("LFW View 2 accuracy", "lfw_accuracy_mean"),
-            ("best validation ROC AUC", "best_val_roc_auc"), ("best epoch", "best_epoch"),
-            ("training seconds", "train_seconds")]
-    rows = [[label, summary.get(k, math.nan) if summary.get(k) is not None else math.nan]
-            for label, k in keys if k in summary]
+            ("MAP@R", "map_at_r"), ("best validation ROC AUC", "best_val_roc_auc"), ("best epoch", "best_epoch")]
+    hide = {"tar_at_far_1e-3"} if summary.get("tar_at_far_1e-3_resolved") is False else set()
+    rows = [[label, summary[k] if summary.get(k) is not None else math.nan]
+            for label, k in keys if k in summary and k not in hide]
+    rows.append(["training time", seconds(summary.get("train_seconds"))])
+    hide_b = {"tar_at_far_1e-3"} if summary.get("backbone_tar_at_far_1e-3_resolved") is False else set()
     backbone = [[label, summary.get(f"backbone_{k}")] for label, k in keys[:7]
-                if summary.get(f"backbone_{k}") is not None]
+                if summary.get(f"backbone_{k}") is not None and k not in hide_b]
     captions = {
         "loss_curves.png": "Loss and validation ROC AUC per epoch (epoch 0: the untrained network).",
         "distance_boxplot.png": "Test-pair distances by label, with the threshold chosen on validation.",
@@ -271,18 +354,21 @@ def write_run_report(run: RunDir, cfg, summary: dict, figures: list[Path]) -> No
         "roc.png": "ROC of the test pairs.",
         "neighbours.png": "Nearest test images of five random test images (green: same person).",
     }
-    sections = [
-        Section("Test", f"{summary.get('num_test_pairs', '?')} test pairs ({summary.get('protocol', '')} "
-                        f"protocol); the threshold is chosen on the validation pairs."
-                        + (" With fewer than 1,000 different-people pairs FAR = 1e-3 cannot be resolved: "
-                           "TAR @ FAR = 1e-3 is the TAR at FAR = 0." if summary.get("tar_at_far_1e-3_resolved") is False
-                           else ""),
-                [Table(["figure", "value"], rows)]),
-    ]
+    n, people = summary.get("num_train_images"), summary.get("num_train_people")
+    intro = (f"{cfg.backbone} with a {cfg.embedding_dim}-d embedding head, {cfg.loss} loss (margin {cfg.margin:g}), "
+             f"trained {summary.get('epochs', cfg.epochs)} epochs on "
+             + (f"{n:,} images of {people:,} people" if isinstance(n, int) and isinstance(people, int)
+                else "an unrecorded number of images")
+             + f". The best checkpoint (epoch {summary.get('best_epoch', '?')}, by validation ROC AUC) is tested.")
+    sections = [Section("Test", _test_text(summary), [Table(["figure", "value"], rows)])]
+    pairs = _pairs_section(summary)
+    if pairs is not None:
+        sections.append(pairs)
     if backbone:
         sections.append(Section("Backbone features alone", "The same figures for the backbone's pooled features, "
                                 "without the embedding head.", [Table(["figure", "value"], backbone)]))
     sections.append(Section("Figures", "", [Figure(p, captions.get(p.name, "")) for p in figures]))
-    sections.append(Section("Configuration", "", [
-        Table(["option", "value"], [[k, str(v)] for k, v in vars(cfg).items()])]))
-    write_report(run.path, f"Face verification run {run.path.name}", sections)
+    sections.append(provenance(summary, "faces", command_line(), "cnnlab.faces.analyze"))
+    sections.append(Section("Configuration", "`config.yaml`; `cnnlab faces train --config config.yaml` repeats it.",
+                            [Table(["option", "value"], [[k, str(v)] for k, v in to_dict(cfg).items()])]))
+    write_report(run.path, f"Face verification run {run.path.name}", sections, intro=intro)

@@ -119,6 +119,9 @@ def _download(args: argparse.Namespace) -> int:
 
 _FINISHED_RUN = run_dir("a finished run of cnnlab faces train")
 _LOG_FAR = arg("--log-far", action="store_true", help="logarithmic FAR axis on the ROC")
+_REDRAW_LOG_FAR = arg("--log-far", action=argparse.BooleanOptionalAction, default=None,
+                      help="logarithmic FAR axis on the ROC, or linear with --no-log-far (default: the axis the run "
+                           "was analysed with, saved in summary.json)")
 
 _SEARCH_SPACE_EXAMPLE = """\
 space.yaml:
@@ -179,7 +182,7 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
         fsub, _figures,
         description="Redraw every figure of RUN_DIR from metrics.csv, test_pairs.csv and neighbours.pt, without "
                     "the model or the data.",
-        args=[run_dir("a run of cnnlab faces train"), _LOG_FAR])
+        args=[run_dir("a run of cnnlab faces train"), _REDRAW_LOG_FAR])
 
     add_command(
         fsub, "compare", _compare, help="compare finished runs: table, ROC curves, report",

@@ -35,7 +35,7 @@ COLUMNS = [
     ("run", "run"), ("loss", "loss"), ("margin", "margin"), ("epochs", "epochs"),
     ("ROC AUC", "roc_auc"), ("EER", "eer"), ("accuracy", "accuracy"), ("TAR@FAR=1e-3", "tar_at_far_1e-3"),
     ("P@1", "precision_at_1"), ("MAP@R", "map_at_r"), ("val ROC AUC", "best_val_roc_auc"),
-    ("train s", "train_seconds"), ("LFW View 2", "lfw_accuracy_mean"),
+    ("train s", "train_seconds"), ("pairs file accuracy", "lfw_accuracy_mean"),
 ]
 
 
@@ -103,11 +103,24 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
         Section("Table", "", [table]),
         Section("ROC curves", "", [Figure(figures[0], "ROC, linear FAR"), Figure(figures[1], "ROC, log FAR")]),
         Section("Training", "", [Figure(figures[2], "Validation ROC AUC per epoch (epoch 0: untrained)")]),
-        Section("Runs", "", [Table(["run", "folder"], [[r["run"], r["path"]] for r in rows])]),
+        Section("Runs", "", [Table(["run", "training images", "device", "precision", "trained by", "folder"],
+                                   [[r["run"], *_made(RunDir(r["path"]).read_summary()), r["path"]] for r in rows])]),
     ]
+    from cnnlab.run import command_line
+
+    made = command_line()
+    sections.append(Section("How this was made", f"This report: `{made}`." if made else
+                            "This report: `cnnlab.faces.compare.compare_runs` (Python)."))
     write_report(out, "Face verification: comparison", sections, intro=intro)
     logger.info("comparison of %d runs written to %s", len(rows), out)
     return rows
+
+
+def _made(summary: dict) -> list:
+    """A run's training-set size, device, precision and training command, for the Runs table."""
+    n = summary.get("num_train_images")
+    return [n if isinstance(n, int) else "–", summary.get("device", "–"), summary.get("precision", "–"),
+            summary.get("command") or "not recorded"]
 
 
 def _cell(v):

@@ -28,6 +28,7 @@ import torch
 from cnnlab.data.faces import load_faces
 from cnnlab.data.lfw import read_pairs, resolve_pairs
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.faces.analyze import pairs_file_name, write_run_report
 from cnnlab.faces.train import embed
 from cnnlab.metrics import pair_distances
 from cnnlab.faces.train import load_run_model
@@ -117,6 +118,10 @@ def _evaluate_pairs(run: RunDir, pairs: str | os.PathLike, data_dir: str | None,
         "lfw_pairs_file": str(Path(pairs).resolve()),
         "lfw_pairs_with_training_people": overlap,
     }
-    logger.info("LFW View 2 accuracy %.4f ± %.4f (std over %d folds), ROC AUC %.4f", kf.mean, kf.std,
-                pair_list.num_folds, values["lfw_roc_auc"])
-    return run.update_summary(**values)
+    what = pairs_file_name(str(pairs), pair_list.num_folds).replace("`", "")
+    logger.info("%s: accuracy %.4f ± %.4f (std over %d folds), ROC AUC %.4f", what[0].upper() + what[1:], kf.mean,
+                kf.std, pair_list.num_folds, values["lfw_roc_auc"])
+    summary = run.update_summary(**values)
+    if (run.path / "report.md").is_file():  # analyze came first: its report gains this evaluation
+        write_run_report(run)
+    return summary

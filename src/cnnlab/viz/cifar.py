@@ -17,7 +17,7 @@ from matplotlib import colormaps
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from cnnlab.run import read_metrics
-from cnnlab.viz.common import STYLE, figure, plt, save
+from cnnlab.viz.common import STYLE, epoch_ticks, figure, plt, round_ticks, save
 
 __all__ = [
     "plot_curves",
@@ -85,7 +85,8 @@ def plot_curves(metrics: str | Path | Sequence[dict], path: str | Path, best_epo
             ax.axvline(best_epoch, color="0.4", ls="--", lw=1, label=f"best epoch ({best_epoch})")
             ax.set_xlabel("epoch")
             ax.set_ylabel(label)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            epoch_ticks(ax)
+            round_ticks(ax.yaxis)
             if len(rows) == 1:
                 ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
         # decimals=None: as many as the axis range needs (a run between 12% and 15% needs one).
@@ -125,7 +126,7 @@ def _confusion_panel(ax, values: np.ndarray, classes: Sequence[str], fmt, title:
             ax.text(j, i, fmt(v), ha="center", va="center", color=color, fontsize=fontsize)
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
     if np.issubdtype(values.dtype, np.integer):
-        cb.locator = MaxNLocator(integer=True)
+        cb.locator = MaxNLocator(integer=True, steps=[1, 2, 5, 10])
         cb.update_ticks()
     cb.set_label(cbar_label)
     cb.outline.set_visible(False)
@@ -325,7 +326,7 @@ def plot_class_distribution(counts: np.ndarray, classes: Sequence[str], path: st
                     ha="center", va="bottom", fontsize=9)
         ax.set_xticks(x, classes, rotation=30, ha="right", rotation_mode="anchor")
         ax.set_ylim(0, top * 1.12)
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        round_ticks(ax.yaxis, integer=True)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("class")
         ax.grid(axis="x", visible=False)

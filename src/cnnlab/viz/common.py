@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # figures are files; no display is needed or wanted
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cnnlab.files import atomic_write_bytes  # noqa: E402
 
@@ -40,3 +42,47 @@ def save(fig, path: str | Path) -> Path:
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+# Ticks at 1, 2, 5 times a power of ten: 0, 200, 400 rather than 0, 150, 300 or 0.075, 0.15.
+ROUND_STEPS = [1, 2, 5, 10]
+
+
+def round_ticks(axis, integer: bool = False) -> None:
+    """Major ticks of ``axis`` (``ax.xaxis`` or ``ax.yaxis``) at round numbers; whole numbers with ``integer``."""
+    axis.set_major_locator(MaxNLocator(nbins="auto", steps=ROUND_STEPS, integer=integer))
+
+
+def epoch_ticks(ax) -> None:
+    """Whole, round epoch numbers on the x axis, however few epochs there are."""
+    round_ticks(ax.xaxis, integer=True)
+
+
+# Runs drawn on one axes: colour, line style and marker all differ, so that a curve drawn
+# exactly over another still shows (the dashes of the later one let the earlier one through).
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def series_style(i: int) -> dict:
+    """Plot keywords of the ``i``-th of several overlaid runs: colour, line style, marker, and a line
+    width that shrinks with ``i`` so that a later curve over an earlier one leaves it visible."""
+    return {"color": f"C{i % 10}", "ls": LINE_STYLES[i % len(LINE_STYLES)], "marker": MARKERS[i % len(MARKERS)],
+            "lw": max(1.2, 2.6 - 0.4 * i)}
+
+
+def histogram_bins(values: np.ndarray, max_bins: int = 60) -> np.ndarray:
+    """Bin edges suited to the number of values: numpy's "auto" rule, the larger of the
+    Freedman–Diaconis and Sturges counts (16 + 16 pairs get about 6 bins, thousands get dozens)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return np.linspace(0.0, 1.0, 2)
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        pad = 0.01 * abs(lo) or 0.5  # all values equal: one bin around them
+        return np.array([lo - pad, hi + pad])
+    edges = np.histogram_bin_edges(v, bins="auto")
+    if len(edges) - 1 > max_bins:
+        edges = np.linspace(lo, hi, max_bins + 1)
+    return edges

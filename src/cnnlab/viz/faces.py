@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import PercentFormatter
 
-from cnnlab.viz.common import figure, save
+from cnnlab.viz.common import epoch_ticks, figure, histogram_bins, round_ticks, save, series_style
 
 SAME_COLOUR = "#2a7ab9"
 DIFF_COLOUR = "#d9661f"
@@ -33,6 +34,15 @@ class RocCurve:
     far_target: float = 1e-3
     far_resolved: bool = True
     """False with fewer than 1 / far_target different-people pairs: ``tar_at_far`` is then the TAR at FAR 0."""
+    negatives: int = 0
+    """Different-people pairs behind the curve (0: unknown); the smallest FAR they resolve is 1 / negatives."""
+
+    def smallest_far(self) -> float:
+        """The smallest non-zero FAR these pairs can show: 1 / (different-people pairs)."""
+        if self.negatives > 0:
+            return 1.0 / self.negatives
+        far = np.asarray(self.far, dtype=float)
+        return float(far[far > 0].min()) if (far > 0).any() else 1.0
 
 
 def _column(rows: Sequence[dict], key: str) -> np.ndarray:
@@ -50,20 +60,22 @@ def plot_loss_curves(rows: Sequence[dict], path: str | Path, title: str = "") ->
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.set_title("loss (epoch 0: untrained network)")
-    ax1.legend()
+    ax1.legend(loc="best")
     auc = _column(rows, "val_roc_auc")
     ax2.plot(epoch, auc, "o-", color=SAME_COLOUR, ms=3)
     if np.isfinite(auc).any():
         b = int(np.nanargmax(auc))
         ax2.plot([epoch[b]], [auc[b]], "*", color=GOOD, ms=14, label=f"best: epoch {int(epoch[b])}, {auc[b]:.4f}")
-        ax2.legend(loc="lower right")
+        ax2.legend(loc="best")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("ROC AUC")
     ax2.set_title("validation ROC AUC (the best checkpoint)")
     for ax in (ax1, ax2):
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        epoch_ticks(ax)
+        round_ticks(ax.yaxis)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()  # room for the title above the panels' own titles
     return save(fig, path)
 
 
@@ -79,72 +91,114 @@ def plot_distance_boxplot(distances: np.ndarray, same: np.ndarray, threshold: fl
     pos, neg = _split(distances, same)
     fig, ax = figure(figsize=(5, 4.2))
     bp = ax.boxplot([pos, neg], patch_artist=True, widths=0.5, showfliers=True,
-                    flierprops={"markersize": 2, "alpha": 0.4})
+                    flierprops={"markersize": 2, "alpha": 0.4}, medianprops={"color": "black", "lw": 1.5})
     ax.set_xticks([1, 2], [f"same person\n({len(pos)} pairs)", f"different people\n({len(neg)} pairs)"])
     for patch, colour in zip(bp["boxes"], (SAME_COLOUR, DIFF_COLOUR)):
         patch.set_facecolor(colour)
         patch.set_alpha(0.6)
     if threshold is not None and math.isfinite(threshold):
-        ax.axhline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3f}")
-        ax.legend(loc="upper left")
+        ax.axhline(threshold, color="black", ls="--", lw=1)
+        # Named between the two boxes, where no box or whisker can be (a legend would sit on one).
+        ax.text(1.5, threshold, f"threshold {threshold:.3f}", ha="center", va="bottom", fontsize=8)
+    round_ticks(ax.yaxis)
     ax.set_ylabel("embedding distance")
     ax.set_title(title or "test-pair distances")
     return save(fig, path)
 
 
 def plot_distance_histogram(distances: np.ndarray, same: np.ndarray, threshold: float | None, path: str | Path,
-                            bins: int = 50, title: str = "") -> Path:
-    """Overlaid histograms (densities) of same-person and different-people pair distances."""
+                            bins: int | None = None, title: str = "") -> Path:
+    """Overlaid histograms of same-person and different-people pair distances, with the threshold.
+
+    Each group's bars are its share of its own pairs (the groups may differ in
+    size). The bins suit the number of pairs (:func:`~cnnlab.viz.common.histogram_bins`)
+    unless ``bins`` is given; the legend sits beside the axes, over no bar.
+    """
     pos, neg = _split(distances, same)
-    fig, ax = figure(figsize=(6, 4))
+    fig, ax = figure(figsize=(7.5, 4))
     both = np.concatenate([pos, neg])
-    edges = np.linspace(float(both.min()), float(both.max()) + 1e-12, bins + 1) if both.size else bins
-    ax.hist(pos, bins=edges, density=True, alpha=0.55, color=SAME_COLOUR, label=f"same person ({len(pos)})")
-    ax.hist(neg, bins=edges, density=True, alpha=0.55, color=DIFF_COLOUR, label=f"different people ({len(neg)})")
+    if bins is None:
+        edges = histogram_bins(both)
+    else:
+        edges = np.linspace(float(both.min()), float(both.max()) + 1e-12, bins + 1) if both.size else bins
+    for values, colour, label in ((pos, SAME_COLOUR, "same person"), (neg, DIFF_COLOUR, "different people")):
+        weights = np.full(len(values), 1.0 / max(len(values), 1))
+        ax.hist(values, bins=edges, weights=weights, alpha=0.55, color=colour, edgecolor=colour,
+                label=f"{label} ({len(values)} pairs)")
     if threshold is not None and math.isfinite(threshold):
         ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3f}")
     ax.set_xlabel("embedding distance")
-    ax.set_ylabel("density")
+    ax.set_ylabel("share of the group's pairs")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    round_ticks(ax.xaxis)
     ax.set_title(title or "test-pair distances")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, path)
 
 
 def plot_roc(curves: Sequence[RocCurve], path: str | Path, log_far: bool = False, title: str = "") -> Path:
     """ROC curves (TAR against FAR), each labelled with its AUC, EER and TAR at the target FAR.
 
-    The EER point is marked on each curve; a dotted line marks the target
-    FAR. With ``log_far`` the FAR axis is logarithmic (points at FAR = 0 are
-    left out; the axis starts one decade below the smallest non-zero FAR).
+    The EER point is marked on each curve. A dotted line marks the target FAR
+    where the pairs resolve it (at least 1 / target different-people pairs);
+    the TAR at that FAR is in a curve's label only then. With ``log_far`` the
+    FAR axis is logarithmic and starts at the smallest FAR the pairs can
+    resolve, 1 / (different-people pairs): points at FAR = 0 cannot be drawn there.
+    Several curves differ in colour, line style and marker, so one drawn over
+    another still shows.
     """
-    fig, ax = figure(figsize=(6, 5))
-    smallest = 1.0
-    for c in curves:
-        far, tar = np.asarray(c.far, dtype=float), np.asarray(c.tar, dtype=float)
-        tar_far = f"{c.far_target:g}" if c.far_resolved else "0"
-        label = f"{c.label}: AUC {c.auc:.4f}, EER {c.eer:.4f}, TAR@FAR={tar_far} {c.tar_at_far:.3f}"
-        if log_far:
-            keep = far > 0
-            if keep.any():
-                smallest = min(smallest, float(far[keep].min()))
-            line, = ax.plot(far[keep], tar[keep], lw=1.6, label=label)
-        else:
-            line, = ax.plot(far, tar, lw=1.6, label=label)
-        ax.plot([c.eer], [1 - c.eer], "o", color=line.get_color(), ms=5)
+    fig, ax = figure(figsize=(6, 5.6))
     target = curves[0].far_target if curves else 1e-3
-    ax.axvline(target, color="grey", ls=":", lw=1)
+    for i, c in enumerate(curves):
+        far, tar = np.asarray(c.far, dtype=float), np.asarray(c.tar, dtype=float)
+        label = f"{c.label}: AUC {c.auc:.4f}, EER {c.eer:.4f}"
+        if c.far_resolved:
+            label += f", TAR@FAR={far_text(c.far_target)} {c.tar_at_far:.3f}"
+        keep = far > 0 if log_far else np.ones(len(far), bool)
+        if len(curves) > 1:
+            style = series_style(i)
+            ax.plot(far[keep], tar[keep], label=label, ms=4, markevery=_markevery(int(keep.sum())), **style)
+        else:
+            style = {"color": "C0"}
+            ax.plot(far[keep], tar[keep], label=label, lw=1.8, color="C0")
+        ax.plot([c.eer], [1 - c.eer], "o", color=style["color"], ms=6, mec="black", mew=0.6)
+    lowest = min((c.smallest_far() for c in curves), default=target)
+    resolvable = [c for c in curves if c.far_resolved]
+    if resolvable:
+        ax.axvline(target, color="grey", ls=":", lw=1)
+        ax.text(target, 0.02, f" FAR {far_text(target)}", color="grey", fontsize=8, rotation=90, va="bottom", ha="right")
     if log_far:
         ax.set_xscale("log")
-        ax.set_xlim(min(smallest, target) / 10, 1.0)
+        ax.set_xlim(lowest, 1.0)
     else:
         ax.plot([0, 1], [0, 1], color="lightgrey", lw=1, ls="--")
         ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false accept rate (FAR)" + (", log scale" if log_far else ""))
+    ax.set_xlabel("false accept rate (FAR)" + (f", log scale from 1/{round(1 / lowest):,}" if log_far else ""))
     ax.set_ylabel("true accept rate (TAR)")
     ax.set_title(title or "ROC of the test pairs (dots: EER)")
-    ax.legend(loc="lower right", fontsize=8)
+    note = None
+    if len(resolvable) < len(curves):
+        note = (f"TAR@FAR={far_text(target)} needs at least {math.ceil(1 / target):,} different-people pairs; "
+                + ", ".join(f"{c.label}: {c.negatives:,}" for c in curves if not c.far_resolved and c.negatives))
+    # Below the axes: a legend inside would hide the part of the curve it sits on.
+    leg = ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.13), fontsize=8, title=note,
+                    title_fontsize=7.5, alignment="left")
+    leg.get_title().set_color("0.35")
     return save(fig, path)
+
+
+def far_text(far: float) -> str:
+    """1e-3 rather than 0.001 or 1e-03: how the field writes a FAR."""
+    if far >= 0.01:
+        return f"{far:g}"
+    mantissa, exponent = f"{far:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _markevery(n: int) -> int:
+    """A marker on about every tenth point: enough to tell styles apart, few enough not to hide the line."""
+    return max(1, n // 10)
 
 
 def plot_neighbours(thumbs: np.ndarray, query_names: Sequence[str], neighbour_names: Sequence[Sequence[str]],
@@ -188,10 +242,11 @@ def _short(name: str, width: int = 16) -> str:
 def plot_val_auc_curves(histories: Sequence[tuple[str, Sequence[dict]]], path: str | Path) -> Path:
     """Validation ROC AUC per epoch of several runs, ``histories`` as (name, metrics rows)."""
     fig, ax = figure(figsize=(6, 4))
-    for name, rows in histories:
-        ax.plot(_column(rows, "epoch"), _column(rows, "val_roc_auc"), "o-", ms=3, label=name)
+    for i, (name, rows) in enumerate(histories):
+        ax.plot(_column(rows, "epoch"), _column(rows, "val_roc_auc"), ms=4, label=name, **series_style(i))
     ax.set_xlabel("epoch (0: untrained)")
     ax.set_ylabel("validation ROC AUC")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=8)
+    epoch_ticks(ax)
+    round_ticks(ax.yaxis)
+    ax.legend(fontsize=8, loc="best")
     return save(fig, path)
