@@ -136,12 +136,13 @@ def probe_hardware(device: torch.device) -> Hardware:
 
 
 # fp32 on a CPU trains faster channels-last: oneDNN's NHWC convolutions skip the reorders
-# an NCHW tensor costs at every layer. Measured with benchmarks/train_throughput.py on a
-# 2-core AMD EPYC (Zen 4, AVX512-BF16), torch 2.14.1, one thread, CPU time, batch 32:
-# channels-last over NCHW, fp32, block A 1.12x (width 1) and 1.26x (width 0.25),
-# block E 1.52x and 1.63x; with oneDNN limited to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2) block E
-# 1.41x and 1.93x, block A 1.22x at width 0.25. bf16 and fp16 always go channels-last
-# on a CPU: NCHW was 1.1-1.5x slower for bf16 and 1.2-1.9x for fp16 in the same runs.
+# an NCHW tensor costs at every layer. Measured with benchmarks/train_throughput.py
+# (--threads 1 --clock cpu --batch-size 32, README "Benchmarks") on a 2-core AMD EPYC
+# (Zen 4, AVX512-BF16), torch 2.14.1: channels-last over NCHW in fp32, block A 1.07x
+# (width 1) and 1.28x (width 0.25), block E 1.44x and 1.63x; never slower in three runs.
+# With oneDNN limited to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2): block E 1.41x and 1.93x, block A
+# 1.22x at width 0.25. bf16 and fp16 always go channels-last on a CPU: NCHW was 1.1-1.5x
+# slower for bf16 and 1.2-1.9x for fp16 on the same CPU.
 _CPU_FP32_CHANNELS_LAST = True
 
 
@@ -158,7 +159,8 @@ def _auto_precision(hw: Hardware) -> tuple[str, str]:
     if hw.device_type == "cpu":
         # AVX512-BF16 / AMX do bf16 dot products natively. On the AMD EPYC of
         # _CPU_FP32_CHANNELS_LAST, bf16 + channels-last over fp32 + channels-last: block A
-        # 2.1x (width 1) and 1.6x (width 0.25), block E 1.8x and 1.2x.
+        # 2.1x (width 1) and 1.6x (width 0.25), block E 2.0x and 1.5x (1.06x to 1.5x
+        # across runs: the closest case).
         if hw.cpu_bf16:
             native = " and ".join(f for f in hw.cpu_features if f in _NATIVE_BF16) or "native bf16"
             return "bf16", f"CPU with {native}"
