@@ -35,7 +35,8 @@ def test_rows_are_blocks_by_widths_and_auto_is_the_policys_choice(throughput, tm
     assert json.loads((tmp_path / "t.json").read_text())["rows"][0]["blocks"] == "A"
     printed = capsys.readouterr().out
     name, features = cpu_features()
-    assert printed.startswith(f"CPU: {name}; vector extensions: ")  # the machine comes before its numbers
+    extensions = ", ".join(features) or "none of AVX2/AVX512/AVX512-BF16/AMX"
+    assert printed.startswith(f"CPU: {name}; vector extensions: {extensions}\n")  # the machine before its numbers
     assert "torch " in printed and "thread" in printed
 
 
