@@ -113,7 +113,7 @@ def cpu_features() -> tuple[str, tuple[str, ...]]:
     """This machine's CPU model and the vector extensions of :data:`_CPU_FEATURES` it has.
 
     torch reports what its kernels will use (``torch.cpu.get_capabilities()``,
-    torch >= 2.8); /proc/cpuinfo is the fallback on older torch.
+    present in torch 2.14); /proc/cpuinfo is the fallback where torch lacks it.
     """
     name, flags = _cpuinfo()
     caps = dict(torch.cpu.get_capabilities()) if hasattr(torch.cpu, "get_capabilities") else {}
