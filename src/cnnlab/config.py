@@ -22,7 +22,7 @@ from cnnlab.errors import ConfigError
 C = TypeVar("C")
 
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw", "adam")
 
 
@@ -85,8 +85,13 @@ class CifarTrainConfig:
     # runtime
     seed: int = opt(0, "seed for the split, initialisation, shuffling and augmentation")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N")
-    precision: str = opt("auto", "fp32 or bf16 autocast; auto = bf16 on CUDA, fp32 on CPU", choices=PRECISIONS)
-    channels_last: bool | None = opt(None, "channels-last memory format (default: on with bf16)")
+    precision: str = opt("auto", "fp32, or bf16 or fp16 autocast (fp16 with gradient scaling); auto picks what "
+                                 "the hardware runs fast: bf16 on CUDA GPUs of compute capability 8.0+ and on CPUs "
+                                 "with AVX512-BF16 or AMX, fp16 on older CUDA GPUs (T4, V100), fp32 elsewhere "
+                                 "(other CPUs, Apple MPS); the run's log and summary say why", choices=PRECISIONS)
+    channels_last: bool | None = opt(None, "channels-last memory format; auto: whichever is faster for the "
+                                           "precision (on for bf16 and fp16, on for fp32 on a CPU, off for fp32 on "
+                                           "a GPU and on Apple MPS)")
     compile: bool = opt(False, "torch.compile the model")
     eval_batch_size: int = opt(1000, "batch size for validation and test")
 
@@ -292,8 +297,13 @@ class FaceTrainConfig:
     # runtime
     seed: int = opt(0, "seed for the split, pairs, initialisation and augmentation")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N")
-    precision: str = opt("auto", "fp32 or bf16 autocast; auto = bf16 on CUDA, fp32 on CPU", choices=PRECISIONS)
-    channels_last: bool | None = opt(None, "channels-last memory format (default: on with bf16)")
+    precision: str = opt("auto", "fp32, or bf16 or fp16 autocast (fp16 with gradient scaling); auto picks what "
+                                 "the hardware runs fast: bf16 on CUDA GPUs of compute capability 8.0+ and on CPUs "
+                                 "with AVX512-BF16 or AMX, fp16 on older CUDA GPUs (T4, V100), fp32 elsewhere "
+                                 "(other CPUs, Apple MPS); the run's log and summary say why", choices=PRECISIONS)
+    channels_last: bool | None = opt(None, "channels-last memory format; auto: whichever is faster for the "
+                                           "precision (on for bf16 and fp16, on for fp32 on a CPU, off for fp32 on "
+                                           "a GPU and on Apple MPS)")
     compile: bool = opt(False, "torch.compile the model")
     eval_batch_size: int = opt(256, "batch size for embedding validation and test images")
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from cnnlab.config import PRECISIONS
 from cnnlab.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -38,7 +43,9 @@ def device_name(device: torch.device) -> str:
     """What a summary records: the device type and the processor or GPU model."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()})"
+    if device.type == "cpu":
+        return f"cpu ({cpu_features()[0]})"
+    return device.type
 
 
 def enable_fast_kernels(device: torch.device) -> None:
@@ -57,6 +64,7 @@ class Hardware:
     name: str = ""
     cuda_capability: tuple[int, int] | None = None
     cpu_bf16: bool = False  # native bf16 instructions (AVX512-BF16 or AMX)
+    cpu_features: tuple[str, ...] = ()  # vector extensions, e.g. ("AVX2", "AVX512", "AVX512-BF16")
 
 
 @dataclass(frozen=True)
@@ -74,28 +82,166 @@ class PrecisionChoice:
         return self.precision == "fp16"
 
 
+# x86 extensions as torch.cpu.get_capabilities() and /proc/cpuinfo name them, and as people say them.
+_CPU_FEATURES = (
+    ("AVX2", "avx2", "avx2"),
+    ("AVX512", "avx512_f", "avx512f"),
+    ("AVX512-BF16", "avx512_bf16", "avx512_bf16"),
+    ("AVX512-FP16", "avx512_fp16", "avx512_fp16"),
+    ("AMX-BF16", "amx_bf16", "amx_bf16"),
+    ("AMX-FP16", "amx_fp16", "amx_fp16"),
+)
+_NATIVE_BF16 = ("AVX512-BF16", "AMX-BF16")
+_CPUINFO = Path("/proc/cpuinfo")
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    """The model name and flags of the first processor in /proc/cpuinfo ("", {} where there is none)."""
+    name, flags = "", set()
+    with contextlib.suppress(OSError):
+        for line in _CPUINFO.read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and not name:
+                name = value.strip()
+            elif key == "flags" and not flags:
+                flags = set(value.split())
+    return name, flags
+
+
+def cpu_features() -> tuple[str, tuple[str, ...]]:
+    """This machine's CPU model and the vector extensions of :data:`_CPU_FEATURES` it has.
+
+    torch reports what its kernels will use (``torch.cpu.get_capabilities()``,
+    present in torch 2.14); /proc/cpuinfo is the fallback where torch lacks it.
+    """
+    name, flags = _cpuinfo()
+    caps = dict(torch.cpu.get_capabilities()) if hasattr(torch.cpu, "get_capabilities") else {}
+    if caps:
+        have = tuple(label for label, key, _ in _CPU_FEATURES if caps.get(key, False))
+    else:
+        have = tuple(label for label, _, flag in _CPU_FEATURES if flag in flags)
+    name = name or caps.get("cpu_name") or platform.processor() or platform.machine()
+    return name, have
+
+
 def probe_hardware(device: torch.device) -> Hardware:
+    """The facts :func:`choose_precision` needs, read from ``device``."""
     if device.type == "cuda":
         return Hardware("cuda", torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device))
-    return Hardware(device.type, platform.processor() or platform.machine())
+    if device.type == "cpu":
+        name, features = cpu_features()
+        return Hardware("cpu", name, cpu_bf16=any(f in features for f in _NATIVE_BF16), cpu_features=features)
+    return Hardware(device.type, "Apple GPU" if device.type == "mps" else device.type)
+
+
+# fp32 on a CPU trains faster channels-last: oneDNN's NHWC convolutions skip the reorders
+# an NCHW tensor costs at every layer. Measured with benchmarks/train_throughput.py
+# (--threads 1 --clock cpu --batch-size 32, README "Benchmarks") on a 2-core AMD EPYC
+# (Zen 4, AVX512-BF16), torch 2.14.1: channels-last over NCHW in fp32, block A 1.07x
+# (width 1) and 1.28x (width 0.25), block E 1.44x and 1.63x; never slower in three runs.
+# With oneDNN limited to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2): block E 1.41x and 1.93x, block A
+# 1.22x at width 0.25. bf16 and fp16 always go channels-last on a CPU: NCHW was 1.1-1.5x
+# slower for bf16 and 1.2-1.9x for fp16 on the same CPU.
+_CPU_FP32_CHANNELS_LAST = True
+
+
+def _auto_precision(hw: Hardware) -> tuple[str, str]:
+    """What ``auto`` picks on ``hw``, and the fact that decides it."""
+    if hw.device_type == "cuda":
+        major, minor = hw.cuda_capability or (0, 0)
+        gpu = f"{hw.name or 'CUDA GPU'} (compute capability {major}.{minor}"
+        if (major, minor) >= (8, 0):
+            return "bf16", gpu + ", native bf16)"
+        if (major, minor) >= (7, 0):
+            return "fp16", gpu + ", fp16 tensor cores, no native bf16)"
+        return "fp32", gpu + ", no tensor cores)"
+    if hw.device_type == "cpu":
+        # AVX512-BF16 / AMX do bf16 dot products natively. On the AMD EPYC of
+        # _CPU_FP32_CHANNELS_LAST, bf16 + channels-last over fp32 + channels-last: block A
+        # 2.1x (width 1) and 1.6x (width 0.25), block E 2.0x and 1.5x (1.06x to 1.5x
+        # across runs: the closest case).
+        if hw.cpu_bf16:
+            native = " and ".join(f for f in hw.cpu_features if f in _NATIVE_BF16) or "native bf16"
+            return "bf16", f"CPU with {native}"
+        return "fp32", "CPU without AVX512-BF16 or AMX"
+    if hw.device_type == "mps":
+        # fp16 autocast runs on MPS (torch >= 2.0) but needs gradient scaling, bf16 needs
+        # macOS 14, and neither speed-up has been measured for these networks: fp32 is the
+        # choice that is known to train correctly everywhere.
+        return "fp32", "Apple MPS (half precision unmeasured there)"
+    return "fp32", f"{hw.device_type} device"
+
+
+def _slow_warning(precision: str, auto: str, hw: Hardware) -> str | None:
+    """Why an explicitly requested ``precision`` runs slowly on ``hw`` (None if it does not)."""
+    slow = None
+    if hw.device_type == "cpu":
+        if precision == "bf16" and not hw.cpu_bf16:
+            # Measured by limiting oneDNN on an AMD EPYC (see _CPU_FP32_CHANNELS_LAST): bf16 was
+            # 1.6-2.1x slower than fp32 with AVX512 and 7-11x slower with AVX2 only.
+            times = "about 2x" if "AVX512" in hw.cpu_features else "up to 10x"
+            slow = f"bf16 on this CPU (no AVX512-BF16 or AMX) is emulated and typically {times} slower than fp32"
+        elif precision == "fp16" and "AMX-FP16" not in hw.cpu_features:
+            # On the same EPYC (no AVX512-FP16 or AMX-FP16) fp16 + channels-last trained 6-11x
+            # slower than fp32 + channels-last (blocks E and A, width 0.25).
+            slow = "fp16 on a CPU without AMX-FP16 is emulated and typically 5-10x slower than fp32"
+    elif hw.device_type == "cuda":
+        major, minor = hw.cuda_capability or (0, 0)
+        if precision == "bf16" and (major, minor) < (8, 0):
+            slow = (f"bf16 on this GPU (compute capability {major}.{minor}, no bf16 tensor cores) is emulated "
+                    "and much slower than fp16")
+        elif precision == "fp16" and (major, minor) < (7, 0):
+            slow = (f"fp16 on this GPU (compute capability {major}.{minor}, no tensor cores) "
+                    "is rarely faster than fp32")
+    elif hw.device_type == "mps" and precision == "bf16":
+        slow = "bf16 on Apple MPS needs macOS 14 or later and is not known to be faster than fp32 there"
+    return f"{slow}; --precision auto would pick {auto}" if slow else None
+
+
+def _channels_last(precision: str, hw: Hardware) -> bool:
+    """The memory format ``precision`` runs fastest in on ``hw``."""
+    if hw.device_type == "cuda":
+        return precision != "fp32"  # tensor-core convolutions take NHWC; cuDNN transposes NCHW first
+    if hw.device_type == "cpu":
+        return precision != "fp32" or _CPU_FP32_CHANNELS_LAST
+    return False  # MPS: unmeasured
 
 
 def choose_precision(requested: str, channels_last: bool | None, hw: Hardware) -> PrecisionChoice:
-    """The precision policy: a pure function of the request and the hardware."""
-    precision = requested
-    if requested == "auto":
-        precision = "bf16" if hw.device_type == "cuda" else "fp32"
-    cl = channels_last if channels_last is not None else precision == "bf16"
-    return PrecisionChoice(precision, cl, "requested" if requested != "auto" else "auto")
+    """The precision policy: a pure function of the request and the hardware.
+
+    ``auto`` picks what ``hw`` runs fast: bf16 on CUDA GPUs of compute capability
+    8.0 and later and on CPUs with AVX512-BF16 or AMX, fp16 (with gradient
+    scaling) on CUDA 7.x, fp32 elsewhere. ``channels_last=None`` picks the memory
+    format that is faster for the chosen precision. An explicit precision is
+    kept; if ``hw`` runs it slowly, ``warning`` says so and what ``auto`` picks.
+    """
+    if requested not in PRECISIONS:
+        raise ConfigError(f"precision must be {', '.join(PRECISIONS)}; got {requested!r}")
+    auto, why = _auto_precision(hw)
+    precision = auto if requested == "auto" else requested
+    warning = None if requested == "auto" else _slow_warning(precision, auto, hw)
+    cl = _channels_last(precision, hw) if channels_last is None else bool(channels_last)
+    chosen = precision + (" + gradient scaling" if precision == "fp16" else "") + (" + channels-last" if cl else "")
+    reason = f"auto: {why} -> {chosen}" if requested == "auto" else f"requested {precision} on {why} -> {chosen}"
+    return PrecisionChoice(precision, cl, reason, warning)
 
 
 def select_precision(device: torch.device, requested: str, channels_last: bool | None) -> PrecisionChoice:
-    """:func:`choose_precision` for ``device``; a warning, if any, is logged once."""
-    return choose_precision(requested, channels_last, probe_hardware(device))
+    """:func:`choose_precision` for ``device``; its warning, if any, is logged once.
+
+    Once per call, that is per run: each run's log says why it is slow.
+    """
+    choice = choose_precision(requested, channels_last, probe_hardware(device))
+    if choice.warning:
+        logger.warning(choice.warning)
+    return choice
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    return select_precision(device, precision, None).precision
+    """The precision ``precision`` (possibly ``auto``) means on ``device``; nothing is logged."""
+    return choose_precision(precision, None, probe_hardware(device)).precision
 
 
 def autocast(device: torch.device, precision: str):

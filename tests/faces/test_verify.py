@@ -100,3 +100,23 @@ def test_a_gallery_cache_naming_other_people_is_rebuilt(finished_run, tmp_path, 
         again = identify(finished_run, probe, _faces(finished_run), k=3, device="cpu")
     assert "gallery cache" in caplog.text and "not those of the gallery" in caplog.text
     assert [r["name"] for r in again] == [r["name"] for r in first] and again[0]["name"] == "Person_C"
+
+
+@pytest.mark.parametrize("cpu_bf16, expected", [(True, ("bf16", True)), (False, ("fp32", True))])
+
+
+def test_verify_embeds_in_the_runs_precision_unless_this_device_emulates_it(run_copy, monkeypatch, cpu_bf16,
+                                                                            expected):
+    from cnnlab import runtime
+    from cnnlab.faces import verify as verify_module
+    from cnnlab.faces.train import load_run_model
+    from cnnlab.run import RunDir
+
+    cpu = runtime.Hardware("cpu", "test CPU", cpu_bf16=cpu_bf16,
+                           cpu_features=("AVX2", "AVX512") + (("AVX512-BF16",) if cpu_bf16 else ()))
+    monkeypatch.setattr(verify_module, "probe_hardware", lambda device: cpu)
+    monkeypatch.setattr(runtime, "probe_hardware", lambda device: cpu)
+    run = RunDir(run_copy)
+    run.update_summary(precision="bf16", channels_last=True)
+    _, cfg = load_run_model(run, "best", torch.device("cpu"))
+    assert verify_module._precision(run, cfg, torch.device("cpu")) == expected

@@ -31,7 +31,7 @@ from cnnlab.errors import CnnlabError, ConfigError, DataError
 from cnnlab.files import atomic_open, load_checkpoint
 from cnnlab.metrics import accuracy, confusion_matrix, per_class_accuracy
 from cnnlab.run import RunDir, log_to_file
-from cnnlab.runtime import resolve_device, resolve_precision
+from cnnlab.runtime import resolve_device, select_precision
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +85,12 @@ def _evaluate_run(run: RunDir, tsne_samples: int, feature_image: int, device: st
     with log_to_file(run.log_path):
         dev = resolve_device(device)
         # The precision and memory format training tested with, so the test accuracy is the same number.
-        precision = summary.get("precision") or resolve_precision(cfg.precision, dev)
+        # Runs from before summaries recorded them get what the precision policy picks now.
+        precision = summary.get("precision") or cfg.precision
         channels_last = summary.get("channels_last")
-        if channels_last is None:
-            channels_last = cfg.channels_last if cfg.channels_last is not None else precision == "bf16"
+        if channels_last is None or precision == "auto":
+            choice = select_precision(dev, precision, channels_last if channels_last is not None else cfg.channels_last)
+            precision, channels_last = choice.precision, choice.channels_last
         model, ckpt = load_run_model(run, "best", dev)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -82,18 +82,17 @@ def _retest(run: RunDir, device: str, data_dir: str | None) -> None:
     """Write test_pairs.csv and test_embeddings.pt from the best checkpoint (runs from before they existed)."""
     from cnnlab.faces.protocol import load_study_data
     from cnnlab.faces.train import test_run
-    from cnnlab.runtime import resolve_device, resolve_precision
+    from cnnlab.runtime import resolve_device, select_precision
 
     cfg = run_config(run)
     if data_dir:
         cfg = replace(cfg, data_dir=str(data_dir))
     dev = resolve_device(device)
-    precision = resolve_precision(cfg.precision, dev)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else precision == "bf16"
+    choice = select_precision(dev, cfg.precision, cfg.channels_last)
     model, _ = load_run_model(run, "best", dev)
     logger.info("scoring the best checkpoint of %s on its test pairs again", run.path)
-    scores = test_run(model, load_study_data(cfg), cfg, run, device=dev, precision=precision,
-                      channels_last=channels_last)
+    scores = test_run(model, load_study_data(cfg), cfg, run, device=dev, precision=choice.precision,
+                      channels_last=choice.channels_last)
     run.update_summary(**scores)
 
 

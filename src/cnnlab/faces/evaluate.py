@@ -35,7 +35,7 @@ from cnnlab.faces.train import load_run_model
 from cnnlab.files import atomic_write_text
 from cnnlab.metrics import equal_error_rate, kfold_accuracy, roc_auc
 from cnnlab.run import RunDir
-from cnnlab.runtime import resolve_device, resolve_precision
+from cnnlab.runtime import resolve_device, select_precision
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +82,9 @@ def _evaluate_pairs(run: RunDir, pairs: str | os.PathLike, data_dir: str | None,
     faces = load_faces(cfg.data_dir, image_size=cfg.image_size, crop=cfg.crop, skip_bad=cfg.skip_bad_images)
     i, j = resolve_pairs(pair_list, faces)
     used = torch.unique(torch.cat([i, j]))
-    precision = resolve_precision(cfg.precision, dev)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else precision == "bf16"
-    emb = embed(model, faces.images[used], device=dev, batch_size=cfg.eval_batch_size, precision=precision,
-                channels_last=channels_last, desc="embedding the pairs' images" if progress else None)
+    choice = select_precision(dev, cfg.precision, cfg.channels_last)
+    emb = embed(model, faces.images[used], device=dev, batch_size=cfg.eval_batch_size, precision=choice.precision,
+                channels_last=choice.channels_last, desc="embedding the pairs' images" if progress else None)
     dist = pair_distances(emb, torch.searchsorted(used, i), torch.searchsorted(used, j))
     same = pair_list.same
     kf = kfold_accuracy(dist, same, pair_list.fold)

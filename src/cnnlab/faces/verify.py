@@ -22,7 +22,7 @@ from cnnlab.faces.train import load_run_model, run_config
 from cnnlab.files import not_a_regular_file
 from cnnlab.losses import LpDistance
 from cnnlab.run import RunDir
-from cnnlab.runtime import resolve_device
+from cnnlab.runtime import choose_precision, probe_hardware, resolve_device, select_precision
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,22 @@ def _threshold(run: RunDir) -> float:
     return float(summary["threshold"])
 
 
+def _precision(run: RunDir, cfg, dev: torch.device) -> tuple[str, bool]:
+    """The precision and memory format to embed in: those of the run's test embeddings, so a
+    distance is on the scale the threshold was chosen on, unless ``dev`` would only emulate
+    that precision (a bf16 run used on a CPU without bf16 instructions): then the policy's."""
+    summary = run.read_summary()
+    recorded, channels_last = summary.get("precision"), summary.get("channels_last")
+    if recorded in ("fp32", "bf16", "fp16"):
+        choice = choose_precision(recorded, channels_last, probe_hardware(dev))
+        if choice.warning is None:
+            return choice.precision, choice.channels_last
+        logger.info("the run embedded in %s, which %s emulates; distances may differ in the third decimal",
+                    recorded, dev)
+    choice = select_precision(dev, "auto", cfg.channels_last)
+    return choice.precision, choice.channels_last
+
+
 def verify(run_dir: str | os.PathLike, image_a: str | os.PathLike, image_b: str | os.PathLike,
            device: str = "auto") -> dict:
     """``{"distance", "threshold", "same_person"}`` for two image files, with the run's best checkpoint.
@@ -60,12 +76,14 @@ def verify(run_dir: str | os.PathLike, image_a: str | os.PathLike, image_b: str 
     dev = resolve_device(device)
     model, cfg = load_run_model(run, "best", dev)
     x = torch.stack([load_image(p, cfg.image_size, cfg.crop) for p in (image_a, image_b)])  # (2, 3, S, S)
-    e = embed(model, x, device=dev)
+    precision, channels_last = _precision(run, cfg, dev)
+    e = embed(model, x, device=dev, precision=precision, channels_last=channels_last)
     distance = float(LpDistance().paired(e[:1], e[1:])[0])
     return {"distance": distance, "threshold": threshold, "same_person": distance <= threshold}
 
 
-def _gallery(run: RunDir, model, cfg, gallery: str | os.PathLike, dev: torch.device) -> dict:
+def _gallery(run: RunDir, model, cfg, gallery: str | os.PathLike, dev: torch.device, precision: str,
+             channels_last: bool) -> dict:
     """Embeddings of every image under ``gallery`` (one folder per person), cached per run and gallery.
 
     The cache key covers the gallery's files (names, sizes, modification
@@ -76,7 +94,7 @@ def _gallery(run: RunDir, model, cfg, gallery: str | os.PathLike, dev: torch.dev
     ckpt = run.best_checkpoint.resolve()
     st = ckpt.stat()
     key = fingerprint([faces.root / f for f in faces.files], faces.root, _GALLERY_CACHE_VERSION, cfg.image_size,
-                      cfg.crop, str(ckpt), st.st_size, st.st_mtime_ns)
+                      cfg.crop, str(ckpt), st.st_size, st.st_mtime_ns, precision, channels_last)
     path = cache_dir() / "faces-gallery" / f"{key}.pt"
     meta = {"version": _GALLERY_CACHE_VERSION, "image_size": cfg.image_size, "crop": cfg.crop,
             "embedding_dim": cfg.embedding_dim, "files": len(faces.files), "root": str(faces.root)}
@@ -85,7 +103,8 @@ def _gallery(run: RunDir, model, cfg, gallery: str | os.PathLike, dev: torch.dev
     if cached is not None:
         logger.info("gallery embeddings from the cache %s", path)
         return cached
-    emb = embed(model, faces.images, device=dev, batch_size=cfg.eval_batch_size, desc="embedding the gallery")
+    emb = embed(model, faces.images, device=dev, batch_size=cfg.eval_batch_size, precision=precision,
+                channels_last=channels_last, desc="embedding the gallery")
     out = {"embeddings": emb, "labels": faces.labels, "names": list(faces.names), "files": list(faces.files),
            "root": str(faces.root)}
     save_checked(path, out, key=key, meta=meta, what="gallery cache")
@@ -120,8 +139,10 @@ def identify(run_dir: str | os.PathLike, probe: str | os.PathLike, gallery: str 
     threshold = _threshold(run)
     dev = resolve_device(device)
     model, cfg = load_run_model(run, "best", dev)
-    g = _gallery(run, model, cfg, gallery, dev)
-    q = embed(model, load_image(probe, cfg.image_size, cfg.crop)[None], device=dev)  # (1, D)
+    precision, channels_last = _precision(run, cfg, dev)
+    g = _gallery(run, model, cfg, gallery, dev, precision, channels_last)
+    q = embed(model, load_image(probe, cfg.image_size, cfg.crop)[None], device=dev, precision=precision,
+              channels_last=channels_last)  # (1, D)
     dist = LpDistance().pairwise(q, g["embeddings"])[0]  # (N,)
     labels = g["labels"]
     people = len(g["names"])
