@@ -96,7 +96,7 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
                     "summary.json, checkpoints/{best,last}.pt and train.log; --resume continues it.",
         notes=RESUME_NOTES,
         examples=["cnnlab cifar train --blocks B --data-dir data/cifar10 --download --out runs/B",
-                  "cnnlab cifar train --blocks E --width 0.25 --epochs 5 --precision bf16 --data-dir data/cifar10 "
+                  "cnnlab cifar train --blocks E --width 0.25 --epochs 5 --data-dir data/cifar10 "
                   "--out runs/E-quick",
                   "cnnlab cifar train --resume runs/B",
                   "cnnlab cifar train --resume runs/B --epochs 40"],

@@ -146,7 +146,7 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
                     "test_embeddings.pt and train.log; --resume continues it. --epochs 0 scores the untrained "
                     "(ImageNet) network.",
         notes=RESUME_NOTES,
-        examples=["cnnlab faces train --data-dir data/lfw --protocol lfw-view1 --epochs 3 --precision bf16 "
+        examples=["cnnlab faces train --data-dir data/lfw --protocol lfw-view1 --epochs 3 "
                   "--out runs/view1",
                   "cnnlab faces train --data-dir data/my-faces --loss triplet --miner semi-hard --out runs/triplet",
                   "cnnlab faces train --data-dir data/lfw --protocol lfw-view1 --epochs 0 --out runs/imagenet",
