@@ -22,6 +22,7 @@ C = TypeVar("C")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("sgd", "adamw", "adam")
+CHANNELS_LAST_HELP = "channels-last memory format (default: on with bf16)"  # both studies' option
 
 
 def opt(default: Any, help: str, **extra: Any) -> Any:
@@ -58,8 +59,9 @@ def check_common(cfg: Any) -> None:
 @dataclass
 class CifarTrainConfig:
     # model
-    blocks: str = opt("A", "block design(s): one of A, B, C, D, D-sep, E for all eight blocks, "
-                           "or eight names, e.g. AABBCCDE")
+    blocks: str = opt("A", "one variant: one of A, B, C, D, D-sep, E for all eight blocks, or eight names "
+                           "written together or joined by '+', e.g. AABBCCDE (a comma separates variants, "
+                           "as in cifar compare --blocks A,E)")
     width: float = opt(1.0, "multiplies every channel count (0.25 for quick CPU runs)")
     # data
     data_dir: str = opt("data/cifar10", "CIFAR-10 folder: cifar-10-batches-py/ or train/<class>/, test/<class>/")
@@ -84,7 +86,7 @@ class CifarTrainConfig:
     seed: int = opt(0, "seed for the split, initialisation, shuffling and augmentation")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N")
     precision: str = opt("auto", "fp32 or bf16 autocast; auto = bf16 on CUDA, fp32 on CPU", choices=PRECISIONS)
-    channels_last: bool | None = opt(None, "channels-last memory format (default: on with bf16)")
+    channels_last: bool | None = opt(None, CHANNELS_LAST_HELP)
     compile: bool = opt(False, "torch.compile the model")
     eval_batch_size: int = opt(1000, "batch size for validation and test")
 
@@ -214,7 +216,7 @@ class FaceTrainConfig:
     seed: int = opt(0, "seed for the split, pairs, initialisation and augmentation")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N")
     precision: str = opt("auto", "fp32 or bf16 autocast; auto = bf16 on CUDA, fp32 on CPU", choices=PRECISIONS)
-    channels_last: bool | None = opt(None, "channels-last memory format (default: on with bf16)")
+    channels_last: bool | None = opt(None, CHANNELS_LAST_HELP)
     compile: bool = opt(False, "torch.compile the model")
     eval_batch_size: int = opt(256, "batch size for embedding validation and test images")
 

@@ -95,9 +95,12 @@ DEVICE = arg("--device", default="auto", help="auto, cpu, cuda, cuda:N (default:
 TRAINING_OPTIONS_FILE = arg("--config", metavar="FILE", help="YAML file of training options")
 
 
-def config_options(cls: type, exclude: tuple[str, ...] = ()) -> Spec:
-    """One ``--option`` per field of the dataclass ``cls`` (see :func:`add_config_args`)."""
-    return lambda parser: add_config_args(parser, cls, exclude)
+RUN_OPTIONS = "run options (saved in the run's config.yaml)"
+
+
+def config_options(cls: type, exclude: tuple[str, ...] = (), title: str = RUN_OPTIONS) -> Spec:
+    """One ``--option`` per field of the dataclass ``cls``, under the heading ``title`` (see :func:`add_config_args`)."""
+    return lambda parser: add_config_args(parser, cls, exclude, title)
 
 
 def train_args(cls: type) -> list[Spec]:
@@ -120,10 +123,14 @@ def _base_type(hint: Any) -> Any:
     return hint
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
-    """One ``--option`` per dataclass field; only options actually given end up in the namespace."""
+def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = (),
+                    title: str = RUN_OPTIONS) -> None:
+    """One ``--option`` per dataclass field, in a group named ``title``; only options given reach the namespace.
+
+    The default is appended to each help text unless the text already says what it is.
+    """
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group("run options (saved in the run's config.yaml)")
+    group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
         if f.name in exclude:
             continue
@@ -131,11 +138,12 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[s
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
         help_text = f.metadata.get("help", "")
         shown = "auto" if default is None else default
+        if "default:" not in help_text:
+            help_text = f"{help_text} (default: {shown})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         t = _base_type(hints[f.name])
         if t is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction,
-                               help=f"{help_text} (default: {shown})", **kw)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text, **kw)
             continue
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
@@ -144,7 +152,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[s
         else:
             kw["type"] = t if t in (int, float, str) else str
         kw["metavar"] = f.name.upper() if "choices" not in kw else None
-        group.add_argument(flag, help=f"{help_text} (default: {shown})", **kw)
+        group.add_argument(flag, help=help_text, **kw)
 
 
 def config_overrides(args: argparse.Namespace, cls: type) -> dict:

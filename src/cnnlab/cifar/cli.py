@@ -17,10 +17,14 @@ _RUN_DIR = run_dir("a run folder of cnnlab cifar train")
 
 
 def _summary(args: argparse.Namespace) -> int:
+    from cnnlab.cifar.compare import parse_variants
     from cnnlab.cifar.summary import format_summary, model_summary
 
-    s = model_summary(args.blocks, args.width)
-    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    summaries = [model_summary(v, args.width) for v in parse_variants(args.blocks)]
+    if args.json:  # one variant: its object; several: a list of them
+        print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+    else:
+        print("\n\n".join(format_summary(s) for s in summaries))
     return 0
 
 
@@ -86,7 +90,9 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
     add_command(
         csub, "summary", _summary, help="layer table and trainable parameters of a variant",
         description="Print the layer table, trainable parameters and MACs of a BaseCNN variant.",
-        args=[arg("--blocks", default="A", help="block design(s), e.g. A, D-sep or AABBCCDE (default: A)"),
+        args=[arg("--blocks", default="A", metavar="LIST",
+                  help="comma-separated variants, each one block name or eight, e.g. A, D-sep, AABBCCDE or "
+                       "A,E (default: A)"),
               arg("--width", type=float, default=1.0, help="channel multiplier (default: 1.0)"),
               arg("--json", action="store_true", help="print a JSON object instead of the table")])
 
@@ -142,11 +148,13 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
         examples=["cnnlab cifar compare --blocks A,B,C,D,D-sep,E --width 0.25 --epochs 5 "
                   "--data-dir data/cifar10 --out studies/quick"],
         args=[arg("--blocks", default="A,B,C,D,D-sep,E", metavar="LIST",
-                  help="comma-separated variants (default: A,B,C,D,D-sep,E)"),
+                  help="comma-separated variants, each one block name or eight, e.g. A,E or AABBCCDE,E "
+                       "(default: A,B,C,D,D-sep,E)"),
               arg("--out", required=True, metavar="STUDY_DIR", help="study folder (created; reused when rerun)"),
               arg("--seeds", metavar="LIST", help="comma-separated seeds, e.g. 0,1,2 (default: --seed)"),
               arg("--tsne-samples", type=int, default=2000, metavar="N",
                   help="test images in each t-SNE (default: 2000; 0 = all)"),
               arg("--no-evaluate", action="store_true", help="only train and tabulate; no figures"),
               TRAINING_OPTIONS_FILE,
-              config_options(CifarTrainConfig, exclude=("blocks",))])
+              config_options(CifarTrainConfig, exclude=("blocks",),
+                             title="training options of every variant (saved in each run's config.yaml)")])

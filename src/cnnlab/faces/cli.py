@@ -202,8 +202,9 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
         notes=_SEARCH_SPACE_EXAMPLE,
         args=[arg("--out", required=True, metavar="DIR", help="search folder (created; reused when rerun)"),
               TRAINING_OPTIONS_FILE,
-              config_options(FaceSearchConfig),
-              config_options(FaceTrainConfig)])
+              config_options(FaceSearchConfig, title="search options (the study: trials, space, storage)"),
+              config_options(FaceTrainConfig, title="training options of every trial (saved in its config.yaml; "
+                                                   "the space draws its own)")])
 
     add_command(
         fsub, "download", _download, help="download LFW (deep-funneled) and its protocol files",
