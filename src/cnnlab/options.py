@@ -182,13 +182,22 @@ def train_command(args: argparse.Namespace, cls: type, resume_config: Callable, 
     return train(build_config(cls, args), args.out)
 
 
-def print_result(summary: dict, keys: tuple[str, ...]) -> None:
-    """The headline numbers of a finished command, on one line."""
+def print_result(summary: dict, keys: tuple[str, ...], where: dict[str, Any] | None = None) -> None:
+    """How a command ends, once: its headline numbers on one line, then where its results went.
+
+    Counts print as integers with thousands separators, seconds rounded, other
+    numbers to four decimals without padding zeros; ``where`` maps a name
+    (``run``, ``figures``, ``report``) to a path, one line each.
+    """
+    from cnnlab.report import fmt
+
     parts = []
     for k in keys:
         v = summary.get(k)
         if isinstance(v, bool) or v is None:
             continue
-        parts.append(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}")
+        parts.append(f"{k} {round(v):,}" if k.endswith("_seconds") and isinstance(v, (int, float)) else f"{k} {fmt(v)}")
     if parts:
         print("  ".join(parts))
+    for name, path in (where or {}).items():
+        print(f"{name}: {path}")

@@ -32,7 +32,8 @@ def _train(args: argparse.Namespace) -> int:
     from cnnlab.cifar.train import resume_config, train
 
     summary = train_command(args, CifarTrainConfig, resume_config, train, "cifar train")
-    print_result(summary, ("best_val_accuracy", "test_accuracy", "train_seconds"))
+    print_result(summary, ("best_val_accuracy", "best_epoch", "test_accuracy", "train_seconds"),
+                 where={"run": args.resume or args.out})
     return 0
 
 
@@ -41,8 +42,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     summary = evaluate_run(args.run_dir, tsne_samples=args.tsne_samples, feature_image=args.feature_image,
                            device=args.device, data_dir=args.data_dir)
-    print_result(summary, ("best_val_accuracy", "test_accuracy"))
-    print(f"figures: {Path(args.run_dir) / 'figures'}")
+    print_result(summary, ("test_accuracy", "best_val_accuracy", "best_epoch"),
+                 where={"figures": Path(args.run_dir) / "figures"})
     return 0
 
 
@@ -74,7 +75,10 @@ def _compare(args: argparse.Namespace) -> int:
                    evaluate=not args.no_evaluate, tsne_samples=args.tsne_samples)
     best = max(rows, key=lambda r: r["best_val_accuracy"])["variant"]
     print(markdown_table(*table_rows(read_comparison(args.out), best)))
-    print(f"report: {Path(args.out) / 'report.html'}")
+    out = Path(args.out)
+    print(f"best variant by validation accuracy: {best}")
+    print_result({}, (), where={"runs": out / "runs", "tables": f"{out / 'comparison.csv'}, {out / 'comparison.md'}",
+                                "figures": out / "figures", "report": out / "report.html"})
     return 0
 
 

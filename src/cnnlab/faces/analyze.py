@@ -24,7 +24,7 @@ import torch
 
 from cnnlab.data.images import BadImage, center_crop_resize, decode_rgb
 from cnnlab.errors import CnnlabError, DataError
-from cnnlab.faces.train import load_run_model, run_config
+from cnnlab.faces.train import UNTRAINED_BEST, load_run_model, run_config
 from cnnlab.files import atomic_torch_save, load_checkpoint
 from cnnlab.metrics import (
     equal_error_rate,
@@ -251,4 +251,7 @@ def write_run_report(run: RunDir, cfg, summary: dict, figures: list[Path]) -> No
     sections.append(Section("Figures", "", [Figure(p, captions.get(p.name, "")) for p in figures]))
     sections.append(Section("Configuration", "", [
         Table(["option", "value"], [[k, str(v)] for k, v in vars(cfg).items()])]))
-    write_report(run.path, f"Face verification run {run.path.name}", sections)
+    untrained = summary.get("best_epoch") == 0 and (summary.get("epochs") or 0) > 0
+    write_report(run.path, f"Face verification run {run.path.name}", sections,
+                 intro=f"**{UNTRAINED_BEST[0].upper()}{UNTRAINED_BEST[1:]}**: best.pt is the network before "
+                       "training, and the test figures below are its figures." if untrained else "")

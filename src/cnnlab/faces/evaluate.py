@@ -33,7 +33,7 @@ from cnnlab.metrics import pair_distances
 from cnnlab.faces.train import load_run_model
 from cnnlab.files import atomic_write_text
 from cnnlab.metrics import equal_error_rate, kfold_accuracy, roc_auc
-from cnnlab.run import RunDir
+from cnnlab.run import FILE_ONLY, RunDir
 from cnnlab.runtime import resolve_device, resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -112,5 +112,5 @@ def evaluate_pairs(run_dir: str | os.PathLike, pairs: str | os.PathLike, data_di
         "lfw_pairs_with_training_people": overlap,
     }
     logger.info("LFW View 2 accuracy %.4f ± %.4f (std over %d folds), ROC AUC %.4f", kf.mean, kf.std,
-                pair_list.num_folds, values["lfw_roc_auc"])
+                pair_list.num_folds, values["lfw_roc_auc"], extra=FILE_ONLY)
     return run.update_summary(**values)
