@@ -46,7 +46,7 @@ def _training_people(cfg, faces) -> set[str] | None:
     from cnnlab.faces.protocol import load_study_data
 
     try:
-        d = load_study_data(cfg)
+        d = load_study_data(cfg, faces)
     except DataError as e:
         logger.info("cannot tell which pairs hold training people (%s)", e)
         return None
