@@ -99,7 +99,7 @@ RUN_OPTIONS = "run options (saved in the run's config.yaml)"
 
 
 def config_options(cls: type, exclude: tuple[str, ...] = (), title: str = RUN_OPTIONS) -> Spec:
-    """One ``--option`` per field of the dataclass ``cls``, under the heading ``title`` (see :func:`add_config_args`)."""
+    """One ``--option`` per field of the dataclass ``cls``, headed ``title`` (see :func:`add_config_args`)."""
     return lambda parser: add_config_args(parser, cls, exclude, title)
 
 

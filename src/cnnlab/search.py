@@ -307,6 +307,8 @@ def search(base: FaceTrainConfig, cfg: FaceSearchConfig, out: str | os.PathLike,
         summary = train(trial_cfg, run_dir, resume=False, progress=progress, on_epoch=report if cfg.prune else None)
         for k in ("best_epoch", "best_val_loss", "train_seconds"):
             trial.set_user_attr(k, summary.get(k))
+        logger.info("trial %d: validation ROC AUC %.4f (best epoch %s)", trial.number, summary["best_val_roc_auc"],
+                    summary.get("best_epoch"))
         return float(summary["best_val_roc_auc"])
 
     def after_trial(study, trial) -> None:

@@ -98,7 +98,7 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
                   help="comma-separated variants, each one block name or eight, e.g. A, D-sep, AABBCCDE or "
                        "A,E (default: A)"),
               arg("--width", type=float, default=1.0, help="channel multiplier (default: 1.0)"),
-              arg("--json", action="store_true", help="print a JSON object instead of the table")])
+              arg("--json", action="store_true", help="print JSON instead of the table (a list for several variants)")])
 
     add_command(
         csub, "train", _train, help="train one variant into a run folder",
