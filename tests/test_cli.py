@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import io
+import json
 import tokenize
 from collections import defaultdict
 from pathlib import Path
@@ -141,3 +142,46 @@ def test_study_command_lines_share_no_code():
     cifar, faces = ((SRC / study / "cli.py").read_text() for study in STUDIES)
     assert len(code_lines(cifar)) > 30 and len(code_lines(faces)) > 30
     assert shared_windows(cifar, faces) == [], "cifar/cli.py and faces/cli.py repeat six lines of code"
+
+
+def test_version_prints_the_package_version(capsys):
+    import tomllib
+
+    from cnnlab import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"cnnlab {__version__}\n"
+    pyproject = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == __version__
+
+
+def test_blocks_lists_variants_with_commas_in_every_command(capsys, tmp_path):
+    assert main(["cifar", "summary", "--blocks", "A,E", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["blocks"], r["trainable_parameters"]) for r in rows] == [("A", 7_771_658), ("E", 752_266)]
+    assert main(["cifar", "summary", "--blocks", "AABBCCDE"]) == 0
+    assert "BaseCNN AABBCCDE" in capsys.readouterr().out
+    # train takes one variant: a list is refused, pointing to compare, and nothing is written
+    out = tmp_path / "run"
+    assert main(["cifar", "train", "--blocks", "A,E", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--blocks 'A,E': a comma separates variants (2 here)" in err and "cifar compare --blocks A,E" in err
+    assert not out.exists()
+
+
+def test_search_help_groups_are_named_for_what_they_hold():
+    parser = _commands()["faces search"][0]
+    groups = {g.title: {a.dest for a in g._group_actions} for g in parser._action_groups}
+    search = next(v for k, v in groups.items() if k.startswith("search options"))
+    training = next(v for k, v in groups.items() if k.startswith("training options of every trial"))
+    assert {"trials", "study", "storage", "space", "search_seed"} <= search
+    assert {"lr", "margin", "epochs", "data_dir"} <= training and not search & training
+    assert not any(k.startswith("run options") for k in groups)
+
+
+def test_a_default_the_help_text_states_is_not_repeated():
+    text = _commands()["cifar train"][0].format_help()
+    assert "20% of each class on smaller sets) (default" not in text.replace("\n", " ").replace("  ", "")
+    assert text.count("(default: 0.05)") == 1  # --lr: the default appended once

@@ -105,3 +105,9 @@ def test_print_result_prints_the_numbers_it_has(capsys):
     assert capsys.readouterr().out == "acc 0.1235  n 3\n"
     print_result({}, ("acc",))
     assert capsys.readouterr().out == ""
+
+
+def test_print_result_ends_with_where_the_results_went(capsys):
+    print_result({"n": 488594.0, "margin": 1.0, "train_seconds": 1823.4}, ("n", "margin", "train_seconds"),
+                 where={"run": "runs/a", "report": "runs/a/report.html"})
+    assert capsys.readouterr().out == "n 488,594  margin 1  train_seconds 1,823\nrun: runs/a\nreport: runs/a/report.html\n"

@@ -208,3 +208,35 @@ def test_an_interrupted_search_names_the_command_that_continues_it(face_dir, tmp
 def test_search_options_are_checked(face_dir, tmp_path, capsys):
     assert main(["faces", "search", *tiny_options(face_dir), "--trials", "0", "--out", str(tmp_path / "s")]) == 2
     assert "--trials" in capsys.readouterr().err
+
+
+def _finished(number: int, auc: float, best_epoch: int, val_loss: float):
+    return optuna.trial.create_trial(
+        value=auc, params={"lr": 1e-3}, distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)},
+        user_attrs={"best_epoch": best_epoch, "best_val_loss": val_loss, "run_dir": f"trial-{number:04d}"})
+
+
+@pytest.mark.parametrize("trials, winner", [
+    # tied AUC (0.7206: what the untrained network scores): the later best epoch, then the lower loss
+    ([(0.7206, 0, 0.30), (0.7206, 2, 0.50), (0.7206, 2, 0.40), (0.7206, 1, 0.10)], 2),
+    ([(0.7206, 0, 0.30), (0.7206, 0, 0.20)], 1),
+    # the AUC comes first, whatever the epoch or loss
+    ([(0.7206, 3, 0.10), (0.7300, 0, 0.90)], 1),
+])
+def test_ties_in_validation_auc_go_to_the_later_best_epoch_then_the_lower_loss(tmp_path, trials, winner):
+    study = optuna.create_study(direction="maximize")
+    for n, (auc, epoch, loss) in enumerate(trials):
+        study.add_trial(_finished(n, auc, epoch, loss))
+    from cnnlab.search import write_outputs
+
+    best = write_outputs(study, tmp_path)
+    assert best["trial"] == winner and best["best_epoch"] == trials[winner][1]
+    assert (tmp_path / "best_run.txt").read_text() == f"trial-{winner:04d}\n"
+    assert yaml.safe_load((tmp_path / "best_params.yaml").read_text())["trial"] == winner
+
+
+def test_search_help_states_the_ranking_rule(capsys):
+    with pytest.raises(SystemExit):
+        main(["faces", "search", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "ties go to the later best epoch, then to the lower validation loss" in text

@@ -24,6 +24,9 @@ C = TypeVar("C")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw", "adam")
+# Both studies' option.
+CHANNELS_LAST_HELP = ("channels-last memory format; auto: whichever is faster for the precision (on for bf16 and "
+                      "fp16, on for fp32 on a CPU, off for fp32 on a GPU and on Apple MPS)")
 
 
 def opt(default: Any, help: str, **extra: Any) -> Any:
@@ -60,8 +63,9 @@ def check_common(cfg: Any) -> None:
 @dataclass
 class CifarTrainConfig:
     # model
-    blocks: str = opt("A", "block design(s): one of A, B, C, D, D-sep, E for all eight blocks, "
-                           "or eight names, e.g. AABBCCDE")
+    blocks: str = opt("A", "one variant: one of A, B, C, D, D-sep, E for all eight blocks, or eight names "
+                           "written together or joined by '+', e.g. AABBCCDE (a comma separates variants, "
+                           "as in cifar compare --blocks A,E)")
     width: float = opt(1.0, "multiplies every channel count (0.25 for quick CPU runs)")
     # data
     data_dir: str = opt("data/cifar10", "CIFAR-10 folder: cifar-10-batches-py/ or train/<class>/, test/<class>/")
@@ -89,9 +93,7 @@ class CifarTrainConfig:
                                  "the hardware runs fast: bf16 on CUDA GPUs of compute capability 8.0+ and on CPUs "
                                  "with AVX512-BF16 or AMX, fp16 on older CUDA GPUs (T4, V100), fp32 elsewhere "
                                  "(other CPUs, Apple MPS); the run's log and summary say why", choices=PRECISIONS)
-    channels_last: bool | None = opt(None, "channels-last memory format; auto: whichever is faster for the "
-                                           "precision (on for bf16 and fp16, on for fp32 on a CPU, off for fp32 on "
-                                           "a GPU and on Apple MPS)")
+    channels_last: bool | None = opt(None, CHANNELS_LAST_HELP)
     compile: bool = opt(False, "torch.compile the model")
     eval_batch_size: int = opt(1000, "batch size for validation and test")
 
@@ -301,9 +303,7 @@ class FaceTrainConfig:
                                  "the hardware runs fast: bf16 on CUDA GPUs of compute capability 8.0+ and on CPUs "
                                  "with AVX512-BF16 or AMX, fp16 on older CUDA GPUs (T4, V100), fp32 elsewhere "
                                  "(other CPUs, Apple MPS); the run's log and summary say why", choices=PRECISIONS)
-    channels_last: bool | None = opt(None, "channels-last memory format; auto: whichever is faster for the "
-                                           "precision (on for bf16 and fp16, on for fp32 on a CPU, off for fp32 on "
-                                           "a GPU and on Apple MPS)")
+    channels_last: bool | None = opt(None, CHANNELS_LAST_HELP)
     compile: bool = opt(False, "torch.compile the model")
     eval_batch_size: int = opt(256, "batch size for embedding validation and test images")
 

@@ -104,9 +104,12 @@ resuming and extending:
 TRAINING_OPTIONS_FILE = arg("--config", metavar="FILE", help="YAML file of training options")
 
 
-def config_options(cls: type, exclude: tuple[str, ...] = ()) -> Spec:
-    """One ``--option`` per field of the dataclass ``cls`` (see :func:`add_config_args`)."""
-    return lambda parser: add_config_args(parser, cls, exclude)
+RUN_OPTIONS = "run options (saved in the run's config.yaml)"
+
+
+def config_options(cls: type, exclude: tuple[str, ...] = (), title: str = RUN_OPTIONS) -> Spec:
+    """One ``--option`` per field of the dataclass ``cls``, headed ``title`` (see :func:`add_config_args`)."""
+    return lambda parser: add_config_args(parser, cls, exclude, title)
 
 
 def train_args(cls: type) -> list[Spec]:
@@ -129,10 +132,14 @@ def _base_type(hint: Any) -> Any:
     return hint
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
-    """One ``--option`` per dataclass field; only options actually given end up in the namespace."""
+def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = (),
+                    title: str = RUN_OPTIONS) -> None:
+    """One ``--option`` per dataclass field, in a group named ``title``; only options given reach the namespace.
+
+    The default is appended to each help text unless the text already says what it is.
+    """
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group("run options (saved in the run's config.yaml)")
+    group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
         if f.name in exclude:
             continue
@@ -140,11 +147,12 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[s
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
         help_text = f.metadata.get("help", "")
         shown = "auto" if default is None else default
+        if "default:" not in help_text:
+            help_text = f"{help_text} (default: {shown})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         t = _base_type(hints[f.name])
         if t is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction,
-                               help=f"{help_text} (default: {shown})", **kw)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text, **kw)
             continue
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
@@ -153,7 +161,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[s
         else:
             kw["type"] = t if t in (int, float, str) else str
         kw["metavar"] = f.name.upper() if "choices" not in kw else None
-        group.add_argument(flag, help=f"{help_text} (default: {shown})", **kw)
+        group.add_argument(flag, help=help_text, **kw)
 
 
 def config_overrides(args: argparse.Namespace, cls: type) -> dict:
@@ -185,13 +193,22 @@ def train_command(args: argparse.Namespace, cls: type, resume_config: Callable, 
     return train(build_config(cls, args), args.out)
 
 
-def print_result(summary: dict, keys: tuple[str, ...]) -> None:
-    """The headline numbers of a finished command, on one line."""
+def print_result(summary: dict, keys: tuple[str, ...], where: dict[str, Any] | None = None) -> None:
+    """How a command ends, once: its headline numbers on one line, then where its results went.
+
+    Counts print as integers with thousands separators, seconds rounded, other
+    numbers to four decimals without padding zeros; ``where`` maps a name
+    (``run``, ``figures``, ``report``) to a path, one line each.
+    """
+    from cnnlab.report import fmt
+
     parts = []
     for k in keys:
         v = summary.get(k)
         if isinstance(v, bool) or v is None:
             continue
-        parts.append(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}")
+        parts.append(f"{k} {round(v):,}" if k.endswith("_seconds") and isinstance(v, (int, float)) else f"{k} {fmt(v)}")
     if parts:
         print("  ".join(parts))
+    for name, path in (where or {}).items():
+        print(f"{name}: {path}")

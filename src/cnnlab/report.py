@@ -53,14 +53,19 @@ class Section:
 
 
 def fmt(v: Any, digits: int = 4) -> str:
+    """A table cell: counts (and whole floats, as CSV files give them back) as integers with thousands
+    separators, other numbers to ``digits`` decimals without padding zeros (a margin of 1.0 is ``1``)."""
     if isinstance(v, bool) or v is None:
         return "" if v is None else str(v)
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+        v = int(v)
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, float):
         if math.isnan(v):
             return "–"
-        return f"{v:.{digits}f}"
+        text = f"{v:,.{digits}f}".rstrip("0").rstrip(".")
+        return text if text not in ("0", "-0") else f"{v:.{digits}g}"
     return str(v)
 
 

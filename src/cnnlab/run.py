@@ -379,6 +379,10 @@ def command_line(argv: list[str] | None = None) -> str | None:
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+# ``logger.info(..., extra=FILE_ONLY)``: a result line for the run's train.log that the console leaves out,
+# because the command prints it once at its end with where the results went.
+FILE_ONLY = {"console": False}
+
 
 class _TqdmHandler(logging.StreamHandler):
     """Console handler that writes above any progress bar instead of through it."""
@@ -399,6 +403,7 @@ def setup_logging(verbose: bool = False) -> None:
     if not any(isinstance(h, _TqdmHandler) for h in root.handlers):
         h = _TqdmHandler()
         h.setFormatter(logging.Formatter("%(message)s"))
+        h.addFilter(lambda record: getattr(record, "console", True))
         root.addHandler(h)
     root.propagate = False
 

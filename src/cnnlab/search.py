@@ -5,8 +5,10 @@ Each trial is one ordinary run folder, ``OUT/trial-0003/``, trained by
 **validation ROC AUC**: the validation loss depends on the margin (a margin
 of 2 makes every different-people term four times larger), so it cannot
 compare trials with different margins, while the AUC only asks whether
-same-person pairs are closer than different-people pairs. The loss is still
-recorded with each trial; the test pairs never choose anything.
+same-person pairs are closer than different-people pairs. Ties in that AUC
+(short trials whose best checkpoint is the untrained network score alike) go
+to the later best epoch, then to the lower validation loss; see
+:func:`rank_key`. The test pairs never choose anything.
 
 The study lives in an Optuna storage: by default ``sqlite:///OUT/search.db``.
 Running the command again continues the study: finished trials are kept, a
@@ -46,6 +48,7 @@ import yaml
 from cnnlab.config import FaceSearchConfig, FaceTrainConfig, check_type, load_yaml, type_name
 from cnnlab.errors import CnnlabError, ConfigError, TrainingDiverged
 from cnnlab.files import atomic_write_text
+from cnnlab.run import FILE_ONLY
 
 logger = logging.getLogger(__name__)
 
@@ -269,6 +272,18 @@ def trial_rows(study) -> list[dict]:
     return rows
 
 
+RANKING = ("trials are ranked by validation ROC AUC (the validation loss depends on the margin); ties go to "
+           "the later best epoch, then to the lower validation loss")
+
+
+def rank_key(trial) -> tuple[float, int, float]:
+    """Larger is better: validation ROC AUC, then the later best epoch (epoch 0 is the untrained
+    network, so an earlier best trained less), then the lower validation loss."""
+    epoch, loss = trial.user_attrs.get("best_epoch"), trial.user_attrs.get("best_val_loss")
+    return (trial.value, epoch if isinstance(epoch, int) else -1,
+            -loss if isinstance(loss, (int, float)) and math.isfinite(loss) else -math.inf)
+
+
 def write_outputs(study, out: Path) -> dict | None:
     """``trials.csv``, ``best_params.yaml`` and ``best_run.txt`` (the best trial's run folder), atomically."""
     from optuna.trial import TrialState
@@ -283,9 +298,9 @@ def write_outputs(study, out: Path) -> dict | None:
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if not complete:
         return None
-    best = max(complete, key=lambda t: t.value)
-    info = {"trial": best.number, "val_roc_auc": best.value, "run_dir": best.user_attrs.get("run_dir"),
-            "params": dict(best.params)}
+    best = max(complete, key=rank_key)
+    info = {"trial": best.number, "val_roc_auc": best.value, "best_epoch": best.user_attrs.get("best_epoch"),
+            "run_dir": best.user_attrs.get("run_dir"), "params": dict(best.params)}
     atomic_write_text(out / BEST_PARAMS, yaml.safe_dump(info, sort_keys=False))
     atomic_write_text(out / BEST_RUN, f"{best.user_attrs.get('run_dir', '')}\n")
     return info
@@ -346,6 +361,8 @@ def search(base: FaceTrainConfig, cfg: FaceSearchConfig, out: str | os.PathLike,
         summary = train(trial_cfg, run_dir, resume=False, progress=progress, on_epoch=report if cfg.prune else None)
         for k in ("best_epoch", "best_val_loss", "train_seconds"):
             trial.set_user_attr(k, summary.get(k))
+        logger.info("trial %d: validation ROC AUC %.4f (best epoch %s)", trial.number, summary["best_val_roc_auc"],
+                    summary.get("best_epoch"))
         return float(summary["best_val_roc_auc"])
 
     def after_trial(study, trial) -> None:
@@ -370,7 +387,7 @@ def search(base: FaceTrainConfig, cfg: FaceSearchConfig, out: str | os.PathLike,
               "pruned": states.count("PRUNED"), "best": best}
     if best:
         logger.info("best trial %d: validation ROC AUC %.4f, %s (%s)", best["trial"], best["val_roc_auc"],
-                    best["params"], out / best["run_dir"])
+                    best["params"], out / best["run_dir"], extra=FILE_ONLY)
     return result
 
 

@@ -94,3 +94,18 @@ def test_seed_lists():
     assert parse_seeds("0,1,2", 5) == [0, 1, 2] and parse_seeds(None, 5) == [5]
     with pytest.raises(ConfigError, match="--seeds"):
         parse_seeds("a,b", 0)
+
+
+def test_compare_prints_its_table_with_integer_counts_and_where_it_wrote(study, capsys):
+    data, out = study
+    assert main(["cifar", "compare", "--blocks", "A,E", "--width", "0.125", "--epochs", "1", "--batch-size", "32",
+                 "--no-evaluate", "--data-dir", str(data), "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {r[0].split()[0]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:4])}
+    params = rows["A"][header.index("trainable params")]
+    assert re.fullmatch(r"\d{1,3}(,\d{3})+", params), params  # not 125834.0000
+    assert rows["E"][header.index("best epoch")] == "1"
+    assert re.fullmatch(r"\d+", rows["A"][header.index("train time (s)")])
+    assert lines[-1] == f"report: {out / 'report.html'}"
+    assert sum("report.html" in line for line in lines) == 1

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -43,8 +44,15 @@ def test_cli_run_writes_every_file(cifar_batches, tmp_path, capsys):
     assert s["num_train"] == 160 and s["num_val"] == 40 and s["num_test"] == 40
     last = load_checkpoint(out / "checkpoints" / "last.pt")
     assert {"model", "optimizer", "scheduler", "epoch", "rng", "history"} <= set(last) and last["epoch"] == 2
-    assert "test_accuracy" in capsys.readouterr().out
-    assert "epoch 2/2" in (out / "train.log").read_text()
+    # The command ends once: the headline numbers, then the run folder; the log does not repeat them.
+    printed, logged = capsys.readouterr()
+    lines = printed.splitlines()
+    assert lines[-1] == f"run: {out}" and sum(str(out) in line for line in lines) == 1
+    assert re.fullmatch(r"best_val_accuracy [\d.]+  best_epoch [12]  test_accuracy [\d.]+  train_seconds [\d,]+",
+                        lines[-2])
+    assert sum("best_val_accuracy" in line for line in lines) == 1 and "best val accuracy" not in logged
+    log = (out / "train.log").read_text()
+    assert "epoch 2/2" in log and "best val accuracy" in log  # the run's log keeps the result line
 
 
 def test_best_checkpoint_is_the_best_validation_epoch(cifar_batches, tmp_path):

@@ -67,6 +67,24 @@ def test_load_faces_labels_names_files_and_pixels(people_dir, tmp_path):
     assert int(full.images[0, :, 0, 0].min()) > 240
 
 
+def test_decoding_writes_no_progress_bar_into_redirected_output(people_dir, tmp_path, capfd):
+    """Off a terminal (a log file, a pipe) the bar is not drawn: no \\r-joined lines in the output."""
+    load_faces(people_dir, image_size=16, cache_dir=tmp_path / "cache")
+    out, err = capfd.readouterr()
+    assert "\r" not in out + err and "decoding faces" not in out + err
+
+
+def test_every_progress_bar_is_drawn_on_a_terminal_only():
+    """Each tqdm(...) in the package says when it is disabled; tqdm's default draws into any stream."""
+    import ast
+
+    src = Path(faces.__file__).resolve().parents[1]
+    calls = [(p.name, node.lineno) for p in src.rglob("*.py") for node in ast.walk(ast.parse(p.read_text()))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "tqdm"
+             and not any(k.arg == "disable" for k in node.keywords)]
+    assert not calls, f"tqdm bars without disable= (None: terminal only): {calls}"
+
+
 def test_default_crop_keeps_the_face_centre_of_a_250px_image(tmp_path):
     folder = tmp_path / "p" / "Face_A"
     folder.mkdir(parents=True)

@@ -27,7 +27,11 @@ def test_view2_accuracy_is_the_10_fold_protocol_on_the_run_distances(finished_ru
 
     run = shutil.copytree(finished_run, tmp_path / "run")
     assert main(["faces", "evaluate", str(run), "--pairs", str(pairs), "--device", "cpu"]) == 0
-    assert "LFW accuracy" in capsys.readouterr().out
+    printed, logged = capsys.readouterr()
+    assert logged.count(" faces of ") == 1  # the face set is loaded (and announced) once
+    lines = printed.splitlines()
+    assert lines[0].startswith("LFW accuracy") and lines[-1] == f"summary: {run / 'summary.json'}"
+    assert "LFW View 2 accuracy" not in logged  # the numbers print once, on stdout
     s = json.loads((run / "summary.json").read_text())
 
     dist, same, fold = [], [], []

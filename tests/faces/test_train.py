@@ -365,3 +365,29 @@ def test_a_finished_run_extended_from_2_to_4_epochs_equals_a_4_epoch_run(face_di
     assert sb["status"] == "finished" and sb["epochs"] == 4 and "lfw_accuracy_mean" not in sb
     for k in ("roc_auc", "accuracy", "threshold", "best_epoch"):
         assert sa[k] == pytest.approx(sb[k], abs=1e-6), k
+
+
+def test_a_run_whose_best_is_the_untrained_network_says_so(face_dir, tmp_path, capsys):
+    """Epoch 0 competes for best.pt; when it wins, the console, train.log and comparison table say so."""
+    from cnnlab.faces.train import UNTRAINED_BEST
+
+    out = tmp_path / "run"
+    # a rate too small to change a distance: every epoch ties with epoch 0, and the first of ties is kept
+    assert main(["faces", "train", *tiny_options(face_dir, lr=1e-12), "--out", str(out)]) == 0
+    printed, logged = capsys.readouterr()
+    lines = printed.splitlines()
+    assert json.loads((out / "summary.json").read_text())["best_epoch"] == 0
+    assert UNTRAINED_BEST in logged and UNTRAINED_BEST in (out / "train.log").read_text()
+    assert "best_epoch 0" in lines[-2] and lines[-1] == f"run: {out}"
+    assert sum(str(out) in line for line in lines) == 1
+    assert main(["faces", "compare", str(out), "--out", str(tmp_path / "cmp")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    row = [c.strip() for c in table[2].strip("|").split("|")]
+    assert row[header.index("best epoch")] == "0" and row[header.index("margin")] == "1"
+    assert "training did not improve on the untrained network" in (tmp_path / "cmp" / "report.md").read_text()
+    assert main(["faces", "analyze", str(out), "--device", "cpu"]) == 0
+    assert UNTRAINED_BEST in (out / "report.md").read_text().lower()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == [f"figures: {out / 'figures'}", f"report: {out / 'report.html'}"]
+    assert sum(str(out) in line for line in lines) == 2

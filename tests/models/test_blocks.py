@@ -40,7 +40,7 @@ def test_residual_uses_identity_or_projection():
     ("B", ("B",) * 8),
     ("d-sep", ("D-sep",) * 8),
     ("AABBCCDE", ("A", "A", "B", "B", "C", "C", "D", "E")),
-    ("A+A+D-sep+D-sep+C,C E E", ("A", "A", "D-sep", "D-sep", "C", "C", "E", "E")),
+    ("A+A+D-sep+D-sep+C C E E", ("A", "A", "D-sep", "D-sep", "C", "C", "E", "E")),
 ])
 def test_parse_blocks(spec, expected):
     assert parse_blocks(spec) == expected
@@ -52,6 +52,8 @@ def test_parse_blocks(spec, expected):
     ("AAAAAAAAA", "names 9 blocks"),
     ("AAXAAAAA", "'XAAAAA' is not a block name"),
     ("", "expected one block name or eight"),
+    ("A,E", "a comma separates variants \\(2 here\\).*compare --blocks A,E"),
+    ("A,A,B,B,C,C,D,E", "a comma separates variants \\(8 here\\)"),
 ])
 def test_bad_block_strings_name_the_option(spec, message):
     with pytest.raises(ConfigError, match=f"--blocks.*{message}"):

@@ -16,11 +16,15 @@ _RUN_DIR = run_dir("a run folder of cnnlab cifar train")
 
 
 def _summary(args: argparse.Namespace) -> int:
+    from cnnlab.cifar.compare import parse_variants
     from cnnlab.cifar.summary import format_summary, model_summary
     from cnnlab.files import dumps_json
 
-    s = model_summary(args.blocks, args.width)
-    print(dumps_json(s, indent=2) if args.json else format_summary(s))
+    summaries = [model_summary(v, args.width) for v in parse_variants(args.blocks)]
+    if args.json:  # one variant: its object; several: a list of them
+        print(dumps_json(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+    else:
+        print("\n\n".join(format_summary(s) for s in summaries))
     return 0
 
 
@@ -28,7 +32,8 @@ def _train(args: argparse.Namespace) -> int:
     from cnnlab.cifar.train import resume_config, train
 
     summary = train_command(args, CifarTrainConfig, resume_config, train, "cifar train")
-    print_result(summary, ("best_val_accuracy", "test_accuracy", "train_seconds"))
+    print_result(summary, ("best_val_accuracy", "best_epoch", "test_accuracy", "train_seconds"),
+                 where={"run": args.resume or args.out})
     return 0
 
 
@@ -37,8 +42,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     summary = evaluate_run(args.run_dir, tsne_samples=args.tsne_samples, feature_image=args.feature_image,
                            device=args.device, data_dir=args.data_dir)
-    print_result(summary, ("best_val_accuracy", "test_accuracy"))
-    print(f"figures: {Path(args.run_dir) / 'figures'}")
+    print_result(summary, ("test_accuracy", "best_val_accuracy", "best_epoch"),
+                 where={"figures": Path(args.run_dir) / "figures"})
     return 0
 
 
@@ -70,7 +75,10 @@ def _compare(args: argparse.Namespace) -> int:
                    evaluate=not args.no_evaluate, tsne_samples=args.tsne_samples)
     best = max(rows, key=lambda r: r["best_val_accuracy"])["variant"]
     print(markdown_table(*table_rows(read_comparison(args.out), best)))
-    print(f"report: {Path(args.out) / 'report.html'}")
+    out = Path(args.out)
+    print(f"best variant by validation accuracy: {best}")
+    print_result({}, (), where={"runs": out / "runs", "tables": f"{out / 'comparison.csv'}, {out / 'comparison.md'}",
+                                "figures": out / "figures", "report": out / "report.html"})
     return 0
 
 
@@ -86,9 +94,11 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
     add_command(
         csub, "summary", _summary, help="layer table and trainable parameters of a variant",
         description="Print the layer table, trainable parameters and MACs of a BaseCNN variant.",
-        args=[arg("--blocks", default="A", help="block design(s), e.g. A, D-sep or AABBCCDE (default: A)"),
+        args=[arg("--blocks", default="A", metavar="LIST",
+                  help="comma-separated variants, each one block name or eight, e.g. A, D-sep, AABBCCDE or "
+                       "A,E (default: A)"),
               arg("--width", type=float, default=1.0, help="channel multiplier (default: 1.0)"),
-              arg("--json", action="store_true", help="print a JSON object instead of the table")])
+              arg("--json", action="store_true", help="print JSON instead of the table (a list for several variants)")])
 
     add_command(
         csub, "train", _train, help="train one variant into a run folder",
@@ -144,12 +154,14 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
         examples=["cnnlab cifar compare --blocks A,B,C,D,D-sep,E --width 0.25 --epochs 5 "
                   "--data-dir data/cifar10 --out studies/quick"],
         args=[arg("--blocks", default="A,B,C,D,D-sep,E", metavar="LIST",
-                  help="comma-separated variants (default: A,B,C,D,D-sep,E)"),
+                  help="comma-separated variants, each one block name or eight, e.g. A,E or AABBCCDE,E "
+                       "(default: A,B,C,D,D-sep,E)"),
               arg("--out", required=True, metavar="STUDY_DIR", help="study folder (created; reused when rerun)"),
               arg("--seeds", metavar="LIST", help="comma-separated seeds, e.g. 0,1,2 (default: --seed)"),
               arg("--tsne-samples", type=int, default=2000, metavar="N",
                   help="test images in each t-SNE (default: 2000; 0 = all)"),
               arg("--no-evaluate", action="store_true", help="only train and tabulate; no figures"),
               TRAINING_OPTIONS_FILE,
-              config_options(CifarTrainConfig, exclude=("blocks",))])
+              config_options(CifarTrainConfig, exclude=("blocks",),
+                             title="training options of every variant (saved in each run's config.yaml)")])
     compare.set_defaults(rerun_continues=True)  # interrupted, the same command again continues it

@@ -29,7 +29,7 @@ from cnnlab.models.basecnn import BaseCNN
 from cnnlab.models.blocks import format_blocks, parse_blocks
 from cnnlab.models.profile import count_macs
 from cnnlab.report import Figure, Section, Table, markdown_table, write_report
-from cnnlab.run import RunDir, log_to_file
+from cnnlab.run import FILE_ONLY, RunDir, log_to_file
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class VariantResult:
     train_seconds: list[float]
     best_val: list[float]
     test: list[float]
+    best_epochs: list[int]
 
     @property
     def val_mean(self) -> float:
@@ -57,7 +58,8 @@ class VariantResult:
         (vm, vs), (tm, ts), (sm, _) = ms(self.best_val), ms(self.test), ms(self.train_seconds)
         return {"variant": self.variant, "seeds": len(self.runs), "params": self.params, "macs": self.macs,
                 "train_seconds": sm, "best_val_accuracy": vm, "best_val_accuracy_std": vs,
-                "test_accuracy": tm, "test_accuracy_std": ts}
+                "test_accuracy": tm, "test_accuracy_std": ts,
+                "best_epoch": " / ".join(str(e) for e in self.best_epochs)}  # one per seed
 
 
 def parse_variants(text: str | list[str]) -> list[str]:
@@ -130,14 +132,15 @@ def compare(base: CifarTrainConfig, variants: list[str], out: str | Path, seeds:
                 variant=v, runs=runs, params=summaries[0]["params"], macs=count_macs(model),
                 train_seconds=[s["train_seconds"] for s in summaries],
                 best_val=[s["best_val_accuracy"] for s in summaries],
-                test=[s["test_accuracy"] for s in summaries]))
+                test=[s["test_accuracy"] for s in summaries],
+                best_epochs=[s.get("best_epoch", 0) for s in summaries]))
         rows = [r.row() for r in results]
         best = max(results, key=lambda r: r.val_mean)
         write_comparison(out, rows, best.variant)
         if evaluate:
             _data_figures(base, out)
         write_study_report(out, results, best, base, seeds)
-        logger.info("best variant by validation accuracy: %s (%.4f)", best.variant, best.val_mean)
+        logger.info("best variant by validation accuracy: %s (%.4f)", best.variant, best.val_mean, extra=FILE_ONLY)
     return rows
 
 
@@ -157,7 +160,7 @@ def _data_figures(base: CifarTrainConfig, out: Path) -> None:
 
 
 COLUMNS = ("variant", "seeds", "params", "macs", "train_seconds", "best_val_accuracy", "best_val_accuracy_std",
-           "test_accuracy", "test_accuracy_std")
+           "test_accuracy", "test_accuracy_std", "best_epoch")
 
 
 def _pm(mean: float, std: float, pct: bool = True) -> str:
@@ -167,12 +170,13 @@ def _pm(mean: float, std: float, pct: bool = True) -> str:
 
 
 def table_rows(rows: list[dict], best: str) -> tuple[list[str], list[list]]:
-    header = ["variant", "trainable params", "MACs / image", "train time (s)", "best val acc (%)", "test acc (%)"]
+    header = ["variant", "trainable params", "MACs / image", "train time (s)", "best val acc (%)", "best epoch",
+              "test acc (%)"]
     body = []
     for r in rows:
         name = r["variant"] + (" (best)" if r["variant"] == best else "")
-        body.append([name, r["params"], r["macs"], f"{r['train_seconds']:.0f}",
-                     _pm(r["best_val_accuracy"], r["best_val_accuracy_std"]),
+        body.append([name, int(r["params"]), int(r["macs"]), round(r["train_seconds"]),
+                     _pm(r["best_val_accuracy"], r["best_val_accuracy_std"]), r.get("best_epoch", "–"),
                      _pm(r["test_accuracy"], r["test_accuracy_std"])])
     return header, body
 
@@ -190,7 +194,8 @@ def write_comparison(out: Path, rows: list[dict], best: str) -> None:
 
 def read_comparison(out: str | Path) -> list[dict]:
     with open(Path(out) / "comparison.csv", newline="") as f:
-        return [{k: (v if k == "variant" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+        return [{k: (v if k in ("variant", "best_epoch") else float(v)) for k, v in r.items()}
+                for r in csv.DictReader(f)]
 
 
 def write_study_report(out: Path, results: list[VariantResult], best: VariantResult, base: CifarTrainConfig,

@@ -30,7 +30,7 @@ from cnnlab.engine import infer
 from cnnlab.errors import CnnlabError, ConfigError, DataError
 from cnnlab.files import atomic_open, load_checkpoint
 from cnnlab.metrics import accuracy, confusion_matrix, per_class_accuracy
-from cnnlab.run import RunDir, log_to_file
+from cnnlab.run import FILE_ONLY, RunDir, log_to_file
 from cnnlab.runtime import resolve_device, select_precision
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def _evaluate_run(run: RunDir, tsne_samples: int, feature_image: int, device: st
             figures=[p.name for p in written],
         )
         write_run_report(run, cfg, summary, written)
-        logger.info("test accuracy %.4f; figures in %s", test_acc, run.figures)
+        logger.info("test accuracy %.4f; figures in %s", test_acc, run.figures, extra=FILE_ONLY)
     return summary
 
 
@@ -259,7 +259,7 @@ def _redraw_figures(run: RunDir) -> list[Path]:
             caption=f"test image {int(fm['test_index'])}\ntrue class: {true}\npredicted: {pred_c}\n\n"
                     f"each row: the {fm['map_0'].shape[0]} channels of a layer with the strongest mean activation,\n"
                     "each on its own colour scale (bright = strong)"))
-    logger.info("wrote %d figure(s) to %s", len(written), fig_dir)
+    logger.debug("wrote %d figure(s) to %s", len(written), fig_dir)
     return written
 
 
@@ -428,5 +428,5 @@ def data_figures(data_dir: str | Path, out: str | Path, seed: int = 0, val_per_c
         title=f"One training image ({classes[int(data.train_labels[pick[0]])]}): {draws} draws of ColorJitter "
               f"(brightness, contrast, saturation {aug.brightness}) and of RandomAffine "
               f"(±{aug.degrees:g}°, translate {aug.translate}, scale {aug.scale[0]}–{aug.scale[1]})"))
-    logger.info("wrote %s to %s", ", ".join(p.name for p in written), out)
+    logger.debug("wrote %s to %s", ", ".join(p.name for p in written), out)
     return written

@@ -24,7 +24,7 @@ from cnnlab.files import load_checkpoint, load_model_state
 from cnnlab.metrics import accuracy
 from cnnlab.models.basecnn import BaseCNN
 from cnnlab.models.profile import count_parameters
-from cnnlab.run import RunDir
+from cnnlab.run import FILE_ONLY, RunDir
 from cnnlab.run import resume_config as run_resume_config
 from cnnlab.runtime import all_reduce_sum, barrier, device_name, seed_everything
 
@@ -189,7 +189,7 @@ def _finish(cfg: CifarTrainConfig, s: Session, model: BaseCNN, d: _Data, layout:
     if s.is_main:
         summary = s.run.update_summary(**summary)
         logger.info("best val accuracy %.4f (epoch %d); test accuracy %.4f; %.1fs of training",
-                    best["val_accuracy"], best["epoch"], test_acc, summary["train_seconds"])
+                    best["val_accuracy"], best["epoch"], test_acc, summary["train_seconds"], extra=FILE_ONLY)
     barrier(s.dist)
     return summary
 

@@ -255,7 +255,8 @@ def load_faces(
         return center_crop_resize(img, image_size, crop)
 
     def progress(it, total):
-        return tqdm(it, total=total, desc=f"decoding faces in {people_root.name}", unit="img")
+        return tqdm(it, total=total, desc=f"decoding faces in {people_root.name}", unit="img", leave=False,
+                    disable=None)  # None: drawn on a terminal only, never into a log or a pipe
 
     arr, kept, bad = load_many(flat, transform, skip_bad=skip_bad, progress=progress)
     if not kept:

@@ -24,7 +24,7 @@ import torch
 
 from cnnlab.data.images import BadImage, center_crop_resize, decode_rgb
 from cnnlab.errors import CnnlabError, DataError
-from cnnlab.faces.train import load_run_model, run_config
+from cnnlab.faces.train import UNTRAINED_BEST, load_run_model, run_config
 from cnnlab.files import atomic_torch_save, load_checkpoint
 from cnnlab.metrics import (
     equal_error_rate,
@@ -370,4 +370,7 @@ def write_run_report(run: RunDir, cfg=None, summary: dict | None = None,
     sections.append(provenance(summary, "faces", command_line(), "cnnlab.faces.analyze"))
     sections.append(Section("Configuration", "`config.yaml`; `cnnlab faces train --config config.yaml` repeats it.",
                             [Table(["option", "value"], [[k, str(v)] for k, v in to_dict(cfg).items()])]))
+    if summary.get("best_epoch") == 0 and (summary.get("epochs") or 0) > 0:
+        intro = (f"**{UNTRAINED_BEST[0].upper()}{UNTRAINED_BEST[1:]}**: best.pt is the network before training, "
+                 "and the test figures below are its figures.\n\n" + intro)
     write_report(run.path, f"Face verification run {run.path.name}", sections, intro=intro)

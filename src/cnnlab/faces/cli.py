@@ -9,10 +9,11 @@ from cnnlab.config import FaceSearchConfig, FaceTrainConfig, from_dict
 from cnnlab.options import (DEVICE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command, add_figures_command, arg,
                             build_config, config_options, config_overrides, data_dir, print_result, run_dir,
                             train_args, train_command)
+from cnnlab.search import RANKING
 
 
 _RESULT_KEYS = ("roc_auc", "eer", "accuracy", "threshold", "tar_at_far_1e-3", "precision_at_1", "map_at_r",
-                "best_val_roc_auc", "train_seconds")
+                "best_val_roc_auc", "best_epoch", "train_seconds")
 
 
 # --------------------------------------------------------------------------- handlers
@@ -21,7 +22,8 @@ _RESULT_KEYS = ("roc_auc", "eer", "accuracy", "threshold", "tar_at_far_1e-3", "p
 def _train(args: argparse.Namespace) -> int:
     from cnnlab.faces.train import resume_config, train
 
-    print_result(train_command(args, FaceTrainConfig, resume_config, train, "faces train"), _RESULT_KEYS)
+    summary = train_command(args, FaceTrainConfig, resume_config, train, "faces train")
+    print_result(summary, _RESULT_KEYS, where={"run": args.resume or args.out})
     return 0
 
 
@@ -31,6 +33,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     s = evaluate_pairs(args.run_dir, args.pairs, data_dir=args.data_dir, device=args.device)
     print(f"LFW accuracy {s['lfw_accuracy_mean']:.4f} ± {s['lfw_accuracy_std']:.4f} (std over {s['lfw_folds']} "
           f"folds; standard error {s['lfw_accuracy_std_error']:.4f})  ROC AUC {s['lfw_roc_auc']:.4f}")
+    print_result({}, (), where={"summary": Path(args.run_dir) / "summary.json"})
     return 0
 
 
@@ -39,9 +42,8 @@ def _analyze(args: argparse.Namespace) -> int:
 
     s = analyze(args.run_dir, device=args.device, seed=args.seed, log_far=args.log_far, data_dir=args.data_dir,
                 queries=args.queries, k=args.k)
-    print_result(s, _RESULT_KEYS)
-    print(f"figures: {Path(args.run_dir) / 'figures'}")
-    print(f"report: {Path(args.run_dir) / 'report.html'}")
+    print_result(s, _RESULT_KEYS, where={"figures": Path(args.run_dir) / "figures",
+                                         "report": Path(args.run_dir) / "report.html"})
     return 0
 
 
@@ -58,7 +60,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     rows = compare_runs(args.runs, args.out)
     print(comparison_markdown(rows))
-    print(f"report: {Path(args.out) / 'report.html'}")
+    print_result({}, (), where={"comparison": Path(args.out), "report": Path(args.out) / "report.html"})
     return 0
 
 
@@ -100,7 +102,7 @@ def _search(args: argparse.Namespace) -> int:
     print(f"study {r['study']}: {r['complete']} finished, {r['failed']} failed, {r['pruned']} pruned trial(s)")
     if r["best"]:
         b = r["best"]
-        print(f"best trial {b['trial']}: validation ROC AUC {b['val_roc_auc']:.4f}  "
+        print(f"best trial {b['trial']}: validation ROC AUC {b['val_roc_auc']:.4f} (best epoch {b['best_epoch']})  "
               + "  ".join(f"{k} {v}" for k, v in b["params"].items()))
         print(f"best run: {Path(args.out) / b['run_dir']}")
     print(f"trials: {Path(args.out) / 'trials.csv'}")
@@ -197,8 +199,8 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
     search = add_command(
         fsub, "search", _search, help="random search over training options (Optuna)",
         description="Random search (Optuna RandomSampler) over lr, margin, step size, gamma and epochs, or the "
-                    "options of --space. Each trial is a run folder OUT/trial-NNNN; trials are ranked by validation "
-                    "ROC AUC (the validation loss depends on the margin). Writes trials.csv, best_params.yaml and "
+                    "options of --space. Each trial is a run folder OUT/trial-NNNN; " + RANKING + ". Writes "
+                    "trials.csv, best_params.yaml and "
                     "best_run.txt. Running it again continues the study. Workers on several machines share a study "
                     "through --storage postgresql://... or mysql://... (with the SQLAlchemy driver installed).",
         examples=["cnnlab faces search --data-dir data/lfw --protocol lfw-view1 --trials 10 --out searches/v1",
@@ -207,8 +209,9 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
         notes=_SEARCH_SPACE_EXAMPLE,
         args=[arg("--out", required=True, metavar="DIR", help="search folder (created; reused when rerun)"),
               TRAINING_OPTIONS_FILE,
-              config_options(FaceSearchConfig),
-              config_options(FaceTrainConfig)])
+              config_options(FaceSearchConfig, title="search options (the study: trials, space, storage)"),
+              config_options(FaceTrainConfig, title="training options of every trial (saved in its config.yaml; "
+                                                   "the space draws its own)")])
     search.set_defaults(rerun_continues=True)  # interrupted, the same command again continues it
 
     _add_download_command(fsub)

@@ -35,6 +35,7 @@ COLUMNS = [
     ("run", "run"), ("loss", "loss"), ("margin", "margin"), ("epochs", "epochs"),
     ("ROC AUC", "roc_auc"), ("EER", "eer"), ("accuracy", "accuracy"), ("TAR@FAR=1e-3", "tar_at_far_1e-3"),
     ("P@1", "precision_at_1"), ("MAP@R", "map_at_r"), ("val ROC AUC", "best_val_roc_auc"),
+    ("best epoch", "best_epoch"),
     ("train s", "train_seconds"), ("pairs file accuracy", "lfw_accuracy_mean"),
 ]
 
@@ -95,7 +96,9 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
                   caption="Test figures of each run's best checkpoint (by validation ROC AUC); accuracy at the "
                           "threshold each run chose on its validation pairs."
                           + (" With fewer than 1,000 different-people test pairs, FAR = 1e-3 cannot be resolved "
-                             "and TAR@FAR=1e-3 is the TAR at FAR = 0." if unresolved else ""))
+                             "and TAR@FAR=1e-3 is the TAR at FAR = 0." if unresolved else "")
+                          + (" Best epoch 0: training did not improve on the untrained network, whose figures "
+                             "these are." if any(r.get("best_epoch") == 0 and r.get("epochs") for r in rows) else ""))
     best = max(rows, key=lambda r: r["best_val_roc_auc"] if r.get("best_val_roc_auc") is not None else -1)
     intro = (f"{len(rows)} runs. The best by validation ROC AUC (runs are chosen on validation pairs, never on "
              f"the test) is **{best['run']}**.")
@@ -112,7 +115,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
     sections.append(Section("How this was made", f"This report: `{made}`." if made else
                             "This report: `cnnlab.faces.compare.compare_runs` (Python)."))
     write_report(out, "Face verification: comparison", sections, intro=intro)
-    logger.info("comparison of %d runs written to %s", len(rows), out)
+    logger.debug("comparison of %d runs written to %s", len(rows), out)
     return rows
 
 

@@ -34,7 +34,7 @@ from cnnlab.metrics import pair_distances
 from cnnlab.faces.train import load_run_model
 from cnnlab.files import atomic_write_text
 from cnnlab.metrics import equal_error_rate, kfold_accuracy, roc_auc
-from cnnlab.run import RunDir
+from cnnlab.run import FILE_ONLY, RunDir
 from cnnlab.runtime import resolve_device, select_precision
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def _training_people(cfg, faces) -> set[str] | None:
     from cnnlab.faces.protocol import load_study_data
 
     try:
-        d = load_study_data(cfg)
+        d = load_study_data(cfg, faces)
     except DataError as e:
         logger.info("cannot tell which pairs hold training people (%s)", e)
         return None
@@ -119,7 +119,7 @@ def _evaluate_pairs(run: RunDir, pairs: str | os.PathLike, data_dir: str | None,
     }
     what = pairs_file_name(str(pairs), pair_list.num_folds).replace("`", "")
     logger.info("%s: accuracy %.4f ± %.4f (std over %d folds), ROC AUC %.4f", what[0].upper() + what[1:], kf.mean,
-                kf.std, pair_list.num_folds, values["lfw_roc_auc"])
+                kf.std, pair_list.num_folds, values["lfw_roc_auc"], extra=FILE_ONLY)
     summary = run.update_summary(**values)
     if (run.path / "report.md").is_file():  # analyze came first: its report gains this evaluation
         write_run_report(run)

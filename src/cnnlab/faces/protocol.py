@@ -143,13 +143,18 @@ def _split_lfw_view1(cfg: FaceTrainConfig, faces: FaceSet) -> StudyData:
                      test_pairs, test_images, "lfw-view1")
 
 
-def load_study_data(cfg: FaceTrainConfig) -> StudyData:
-    """Decode (or read from the cache) ``cfg.data_dir`` and split it as ``cfg.protocol`` says."""
-    if cfg.download:
-        from cnnlab.data.lfw import download_lfw_if_missing
+def load_study_data(cfg: FaceTrainConfig, faces: FaceSet | None = None) -> StudyData:
+    """Decode (or read from the cache) ``cfg.data_dir`` and split it as ``cfg.protocol`` says.
 
-        download_lfw_if_missing(cfg.data_dir)
-    faces = load_faces(cfg.data_dir, image_size=cfg.image_size, crop=cfg.crop, skip_bad=cfg.skip_bad_images)
+    ``faces``: the set already loaded from ``cfg.data_dir`` with ``cfg``'s size and crop, so a
+    command that holds it does not load (and announce) it a second time.
+    """
+    if faces is None:
+        if cfg.download:
+            from cnnlab.data.lfw import download_lfw_if_missing
+
+            download_lfw_if_missing(cfg.data_dir)
+        faces = load_faces(cfg.data_dir, image_size=cfg.image_size, crop=cfg.crop, skip_bad=cfg.skip_bad_images)
     data = _split_lfw_view1(cfg, faces) if cfg.protocol == "lfw-view1" else _split_default(cfg, faces)
     if not bool((torch.unique(faces.labels[data.train], return_counts=True)[1] >= 2).any()):
         raise DataError(f"no training person in {faces.root} has two or more images, so there is nothing to "

@@ -111,7 +111,7 @@ from cnnlab.metrics import (best_threshold, mean_average_precision_at_r, pair_di
                             verification_report)
 from cnnlab.models.profile import count_parameters
 from cnnlab.models.siamese import SiameseNet, backbone_layers, build_siamese, set_train_mode, set_trainable
-from cnnlab.run import RunDir
+from cnnlab.run import FILE_ONLY, RunDir
 from cnnlab.run import resume_config as run_resume_config
 from cnnlab.runtime import barrier, device_name, seed_everything
 
@@ -126,6 +126,8 @@ RUNTIME_FIELDS = ("device", "compile", "eval_batch_size", "data_dir", "download"
 # What ``cnnlab faces evaluate`` adds to summary.json (keys beginning so) about the best checkpoint it
 # tested: dropped when a finished run is extended, since further training may replace that checkpoint.
 EVALUATION_KEYS = ("lfw_",)
+# Said in the console and the report when best.pt is the network before training (the best epoch is 0).
+UNTRAINED_BEST = "training did not improve on the untrained network; best is epoch 0"
 
 TEST_EMBEDDINGS = "test_embeddings.pt"
 TEST_PAIRS = "test_pairs.csv"
@@ -412,9 +414,11 @@ def _finish(cfg: FaceTrainConfig, s: Session, model: SiameseNet, d: StudyData, f
         "people_root": str(d.faces.root), **s.facts(), "ranks_in_sync": in_sync,
     }
     summary = s.run.update_summary(**summary)
+    if cfg.epochs > 0 and best["epoch"] == 0:  # epoch 0, the untrained network, competes for best.pt
+        logger.warning("%s; its test figures are the untrained network's", UNTRAINED_BEST)
     logger.info("best validation ROC AUC %.4f (epoch %d); test ROC AUC %.4f, EER %.4f, accuracy %.4f at "
                 "threshold %.4f; %.1fs of training", best["val_roc_auc"], best["epoch"], scores["roc_auc"],
-                scores["eer"], scores["accuracy"], scores["threshold"], summary["train_seconds"])
+                scores["eer"], scores["accuracy"], scores["threshold"], summary["train_seconds"], extra=FILE_ONLY)
     return summary
 
 

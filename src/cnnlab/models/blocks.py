@@ -151,15 +151,24 @@ def parse_blocks(spec: str) -> tuple[str, ...]:
     """Turn a variant string into eight block names.
 
     One name means all eight blocks (``"B"``, ``"D-sep"``); otherwise eight
-    names written together or separated by spaces, commas or ``+``
+    names written together or separated by spaces or ``+``
     (``"AABBCCDE"``, ``"A+A+D-sep+D-sep+C+C+E+E"``). Case does not matter.
+    A comma separates variants wherever a list is taken (``"A,E"``), so it is
+    refused inside one variant rather than read as a second meaning.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError("--blocks: expected one block name or eight, e.g. 'B' or 'AABBCCDE'")
+    if "," in spec:
+        n = len([v for v in spec.split(",") if v.strip()])
+        raise ConfigError(
+            f"--blocks {spec!r}: a comma separates variants ({n} here), and this takes one variant "
+            "(one block name, or eight written together or joined by '+', e.g. AABBCCDE); "
+            "cnnlab cifar compare --blocks A,E trains and compares several"
+        )
     names = sorted(_BLOCKS, key=len, reverse=True)
     lookup = {n.lower(): n for n in names}
     pattern = re.compile("|".join(re.escape(n) for n in names), re.IGNORECASE)
-    text = re.sub(r"[\s,+]", "", spec)
+    text = re.sub(r"[\s+]", "", spec)
     tokens, pos = [], 0
     for m in pattern.finditer(text):
         if m.start() != pos:
