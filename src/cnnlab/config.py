@@ -24,7 +24,11 @@ C = TypeVar("C")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw", "adam")
-# Both studies' option.
+# Both studies' options.
+PRECISION_HELP = ("fp32, or bf16 or fp16 autocast (fp16 with gradient scaling); auto picks what the hardware runs "
+                  "fast: bf16 on CUDA GPUs of compute capability 8.0+ and on CPUs with AVX512-BF16 or AMX, fp16 on "
+                  "older CUDA GPUs (T4, V100), fp32 elsewhere (other CPUs, Apple MPS); the run's log and summary "
+                  "say why")
 CHANNELS_LAST_HELP = ("channels-last memory format; auto: whichever is faster for the precision (on for bf16 and "
                       "fp16, on for fp32 on a CPU, off for fp32 on a GPU and on Apple MPS)")
 
@@ -89,10 +93,7 @@ class CifarTrainConfig:
     # runtime
     seed: int = opt(0, "seed for the split, initialisation, shuffling and augmentation")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N")
-    precision: str = opt("auto", "fp32, or bf16 or fp16 autocast (fp16 with gradient scaling); auto picks what "
-                                 "the hardware runs fast: bf16 on CUDA GPUs of compute capability 8.0+ and on CPUs "
-                                 "with AVX512-BF16 or AMX, fp16 on older CUDA GPUs (T4, V100), fp32 elsewhere "
-                                 "(other CPUs, Apple MPS); the run's log and summary say why", choices=PRECISIONS)
+    precision: str = opt("auto", PRECISION_HELP, choices=PRECISIONS)
     channels_last: bool | None = opt(None, CHANNELS_LAST_HELP)
     compile: bool = opt(False, "torch.compile the model")
     eval_batch_size: int = opt(1000, "batch size for validation and test")
@@ -299,10 +300,7 @@ class FaceTrainConfig:
     # runtime
     seed: int = opt(0, "seed for the split, pairs, initialisation and augmentation")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N")
-    precision: str = opt("auto", "fp32, or bf16 or fp16 autocast (fp16 with gradient scaling); auto picks what "
-                                 "the hardware runs fast: bf16 on CUDA GPUs of compute capability 8.0+ and on CPUs "
-                                 "with AVX512-BF16 or AMX, fp16 on older CUDA GPUs (T4, V100), fp32 elsewhere "
-                                 "(other CPUs, Apple MPS); the run's log and summary say why", choices=PRECISIONS)
+    precision: str = opt("auto", PRECISION_HELP, choices=PRECISIONS)
     channels_last: bool | None = opt(None, CHANNELS_LAST_HELP)
     compile: bool = opt(False, "torch.compile the model")
     eval_batch_size: int = opt(256, "batch size for embedding validation and test images")

@@ -109,6 +109,16 @@ class RunDir:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         return changes
 
+    def best_epoch(self) -> int | None:
+        """The epoch of the run's best checkpoint now (None without a readable one)."""
+        if not self.best_checkpoint.is_file():
+            return None
+        try:
+            epoch = load_checkpoint(self.best_checkpoint).get("epoch")
+        except CnnlabError:
+            return None
+        return epoch if isinstance(epoch, int) else None
+
     def _truth(self) -> dict | None:
         """The configuration saved in ``checkpoints/last.pt`` (None before the first epoch ends)."""
         if not self.last_checkpoint.is_file():

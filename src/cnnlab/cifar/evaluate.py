@@ -28,7 +28,7 @@ from cnnlab.data.augment import (AugmentConfig, affine_matrices, augment, color_
 from cnnlab.data.cifar10 import load_cifar10, stratified_split
 from cnnlab.engine import infer
 from cnnlab.errors import CnnlabError, ConfigError, DataError
-from cnnlab.files import atomic_open, load_checkpoint
+from cnnlab.files import atomic_open
 from cnnlab.metrics import accuracy, confusion_matrix, per_class_accuracy
 from cnnlab.run import FILE_ONLY, RunDir, log_to_file
 from cnnlab.runtime import resolve_device, select_precision
@@ -224,7 +224,7 @@ def _redraw_figures(run: RunDir) -> list[Path]:
                                best_epoch=summary.get("best_epoch"),
                                title=f"Training curves: {name}{_training_facts(run, summary)}")]
 
-    best = _best_epoch(run)
+    best = run.best_epoch()
     pred = _load_npz(run.path / PREDICTIONS_FILE, ("predictions", "labels", "classes"), run, best)
     if pred is not None:
         classes = [str(c) for c in pred["classes"]]
@@ -335,17 +335,6 @@ def write_run_report(run: RunDir, cfg: CifarTrainConfig, summary: dict, figures:
 def _save_npz(path: Path, **arrays) -> None:
     with atomic_open(path, "wb") as f:
         np.savez_compressed(f, **arrays)
-
-
-def _best_epoch(run: RunDir) -> int | None:
-    """The epoch of the run's best checkpoint now (None without a readable one)."""
-    if not run.best_checkpoint.is_file():
-        return None
-    try:
-        epoch = load_checkpoint(run.best_checkpoint).get("epoch")
-    except CnnlabError:
-        return None
-    return epoch if isinstance(epoch, int) else None
 
 
 def _load_npz(path: Path, keys: tuple[str, ...], run: RunDir, best_epoch: int | None) -> dict[str, np.ndarray] | None:

@@ -157,17 +157,6 @@ def redraw_figures(run_dir: str | Path, log_far: bool | None = None) -> list[Pat
         return _redraw_figures(run, log_far)
 
 
-def _best_epoch(run: RunDir) -> int | None:
-    """The epoch of the run's best checkpoint now (None without a readable one)."""
-    if not run.best_checkpoint.is_file():
-        return None
-    try:
-        epoch = load_checkpoint(run.best_checkpoint).get("epoch")
-    except CnnlabError:
-        return None
-    return epoch if isinstance(epoch, int) else None
-
-
 def _warn_if_older(what: str, epoch: object, best: int | None, run: RunDir, renew: str) -> None:
     """``what`` was drawn from the best checkpoint of ``epoch``; say so if the run's is another one now."""
     if isinstance(epoch, int) and best is not None and epoch != best:
@@ -189,7 +178,7 @@ def _redraw_figures(run: RunDir, log_far: bool | None) -> list[Path]:
     if run.metrics_path.is_file():
         out.append(viz.plot_loss_curves(run.read_metrics(), run.figures / "loss_curves.png",
                                         title=curve_title(name, cfg, summary)))
-    best = _best_epoch(run)
+    best = run.best_epoch()
     if (run.path / "test_pairs.csv").is_file():
         _warn_if_older("test_pairs.csv", summary.get("best_epoch"), best, run,
                        f"finish the run with cnnlab faces train --resume {run.path}")
