@@ -1,6 +1,7 @@
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -204,6 +205,32 @@ def test_cache_follows_size_crop_and_file_changes(people_dir, tmp_path, monkeypa
     _draw(people_dir / "Person_A" / "Person_A_0001", 21, 1)  # same name, same .jpg
     load_faces(people_dir, image_size=16, cache_dir=tmp_path / "c")
     assert calls == [len(fs), len(fs)]
+
+
+def test_a_cache_from_before_upright_decoding_is_decoded_again(tmp_path, monkeypatch):
+    # A face stored sideways (EXIF orientation 8, as phones save portrait photos): a cache written
+    # before decoding applied the orientation holds it sideways, and must not be served.
+    root = make_people(tmp_path / "people", PEOPLE[:3])
+    upright = Image.new("RGB", (SIDE, SIDE), (250, 250, 250))
+    ImageDraw.Draw(upright).rectangle([0, 0, SIDE // 2 - 1, SIDE // 4], fill=(200, 20, 20))  # a top-left bar
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    (root / "Person_A" / "Person_A_0001.png").unlink(missing_ok=True)
+    upright.rotate(-90).save(root / "Person_A" / "Person_A_0001.jpg", quality=95, exif=exif)
+    from cnnlab.data import images
+
+    def error(fs):
+        i = fs.files.index("Person_A/Person_A_0001.jpg")
+        got = fs.images[i].permute(1, 2, 0).to(torch.int16)
+        want = torch.as_tensor(np.asarray(upright), dtype=torch.int16)
+        return float((got - want).abs().float().mean())
+
+    # The cache as the previous version wrote it: sideways pixels, under the previous version number.
+    monkeypatch.setattr(faces, "_CACHE_VERSION", faces._CACHE_VERSION - 1)
+    monkeypatch.setattr(images, "_upright", lambda img, path: img)
+    assert error(load_faces(root, image_size=SIDE, crop=1.0, cache_dir=tmp_path / "c")) > 20
+    monkeypatch.undo()
+    assert error(load_faces(root, image_size=SIDE, crop=1.0, cache_dir=tmp_path / "c")) < 4
 
 
 def test_corrupt_cache_is_ignored_and_rebuilt(people_dir, tmp_path, caplog):

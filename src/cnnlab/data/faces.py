@@ -43,7 +43,7 @@ while at 0.7 and above the shoulders and background take a third of the
 picture and the face gets fewer of the 112 pixels.
 """
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: images are decoded upright (EXIF orientation applied); older caches hold them as stored
 _IGNORED_DIRS = {"__MACOSX"}  # left behind by zip archives made on macOS
 
 
