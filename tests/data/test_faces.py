@@ -222,7 +222,7 @@ def test_a_cache_from_before_upright_decoding_is_decoded_again(tmp_path, monkeyp
     def error(fs):
         i = fs.files.index("Person_A/Person_A_0001.jpg")
         got = fs.images[i].permute(1, 2, 0).to(torch.int16)
-        want = torch.as_tensor(np.asarray(upright), dtype=torch.int16)
+        want = torch.tensor(np.array(upright), dtype=torch.int16)
         return float((got - want).abs().float().mean())
 
     # The cache as the previous version wrote it: sideways pixels, under the previous version number.
@@ -291,6 +291,20 @@ def test_split_with_an_empty_test_and_few_people():
     assert len(split.test) == 0 and len(split.train) > 0 and len(split.val) > 0
     tiny = split_people(_labels([2, 2, 2]), (0.8, 0.1, 0.1), seed=0)
     assert all(len(part) == 2 for part in tiny)  # every split asked for gets one person
+
+
+@pytest.mark.parametrize("counts, fractions, want", [
+    ([2, 3, 4, 5, 6, 2, 3, 4, 5, 6, 2, 3], (0.8, 0.1, 0.1), [8, 2, 2]),  # 12 people: 10/1/1 before
+    ([2] * 6, (0.8, 0.1, 0.1), [2, 2, 2]),  # just enough for two each
+    ([2] * 5, (0.8, 0.1, 0.1), [3, 1, 1]),  # too few for two each: one each, as before
+    ([3] * 12 + [1] * 4, (0.9, 0.1, 0.0), [10, 2, 0]),  # a split of 0 stays empty
+    ([2] * 100, (0.8, 0.1, 0.1), [80, 10, 10]),  # large sets: the fractions alone
+])
+def test_small_sets_give_validation_and_test_two_people_when_they_can(counts, fractions, want):
+    labels = _labels(counts)
+    several = torch.tensor(counts) >= 2
+    got = [int(several[torch.unique(labels[part])].sum()) for part in split_people(labels, fractions, seed=0)]
+    assert got == want
 
 
 @pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.8, 0.3, 0.1), (0.0, 0.5, 0.5), (1.2, -0.1, -0.1)])
