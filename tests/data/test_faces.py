@@ -109,6 +109,33 @@ def test_people_folder_found_below_a_wrapper(tmp_path, wrapping):
     assert fs.root == inner and fs.names == ["Person_A", "Person_B", "Person_C"]
 
 
+@pytest.mark.parametrize("layout", [["lfw", "images_deepfunneled"], ["lfw-dataset", "lfw-deepfunneled", "lfw-deepfunneled"]])
+def test_deep_funneled_copy_is_used_beside_other_folders(tmp_path, layout, caplog):
+    # LFW as Kaggle lays it out: the deep-funneled copy beside the unaligned one and other folders.
+    top = tmp_path / layout[0]
+    inner = top.joinpath(*layout[1:])
+    make_people(inner, PEOPLE[:3])
+    make_people(top / "images", PEOPLE[3:5])  # the unaligned copy: other people here, so a mix-up shows
+    (top / "notes").mkdir()
+    (top / "notes" / "readme.txt").write_text("no pictures here")
+    (top / "pairs.txt").write_text("1\n")
+    caplog.set_level(logging.INFO, logger="cnnlab")
+    assert find_people_root(top) == inner
+    assert f"using the deep-funneled copy {top / layout[1]}" in caplog.text and "images" in caplog.text
+    fs = load_faces(top, image_size=8, cache_dir=tmp_path / "c")
+    assert fs.root == inner and fs.names == ["Person_A", "Person_B", "Person_C"]
+
+
+def test_a_people_folder_with_several_folders_is_not_taken_for_lfw(tmp_path):
+    # Two copies that both say "deepfunneled": nothing to choose between, so the folder is read as it is.
+    make_people(tmp_path / "set" / "a_deepfunneled", PEOPLE[:2])
+    make_people(tmp_path / "set" / "b_deepfunneled", PEOPLE[2:4])
+    assert find_people_root(tmp_path / "set") == tmp_path / "set"
+    # A person's folder holds images, so it is never taken for the copy.
+    make_people(tmp_path / "people", [("Deepfunneled_Fan", 2), ("Person_B", 2)])
+    assert find_people_root(tmp_path / "people") == tmp_path / "people"
+
+
 def test_single_person_set_is_not_taken_for_a_wrapper(tmp_path):
     make_people(tmp_path / "one", PEOPLE[:1])
     assert find_people_root(tmp_path / "one") == tmp_path / "one"

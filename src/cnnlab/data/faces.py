@@ -67,6 +67,12 @@ def _image_files(folder: Path, suffixes: frozenset[str]) -> list[Path]:
     return [p for p in list_files(folder) if p.suffix.lower() in suffixes]
 
 
+def _deep_funneled(subs: list[Path], suffixes: frozenset[str]) -> Path | None:
+    """The one deep-funneled copy of LFW among ``subs`` (a folder of person folders), if there is one."""
+    found = [p for p in subs if "deepfunneled" in p.name.lower() and not _image_files(p, suffixes) and _subdirs(p)]
+    return found[0] if len(found) == 1 else None
+
+
 def find_people_root(root: str | os.PathLike) -> Path:
     """The folder that holds one sub-folder per person, starting from ``root``.
 
@@ -77,6 +83,11 @@ def find_people_root(root: str | os.PathLike) -> Path:
     ``lfw-deepfunneled/lfw-deepfunneled/`` as Kaggle's archive unpacks, and the
     people folder itself all work. A set with a single person is not
     mistaken for a wrapper, because that person's folder holds images.
+
+    A folder that holds LFW's deep-funneled copy (``images_deepfunneled/``,
+    ``lfw-deepfunneled/``) beside other folders, such as the unaligned
+    ``images/`` copy, is a wrapper too: the deep-funneled copy is the one used
+    (the faces are aligned in it), and the log says so.
     """
     root = Path(root)
     if not root.exists():
@@ -87,6 +98,13 @@ def find_people_root(root: str | os.PathLike) -> Path:
     current = root
     for _ in range(3):
         subs = _subdirs(current)
+        funneled = _deep_funneled(subs, suffixes) if len(subs) > 1 else None
+        if funneled is not None:
+            others = ", ".join(p.name for p in subs if p != funneled)
+            logger.info("using the deep-funneled copy %s; the other folder(s) beside it (%s) are not read",
+                        funneled, others)
+            current = funneled
+            continue
         if len(subs) != 1 or _image_files(subs[0], suffixes) or not _subdirs(subs[0]):
             break
         current = subs[0]
