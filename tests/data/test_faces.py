@@ -1,6 +1,7 @@
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -108,6 +109,33 @@ def test_people_folder_found_below_a_wrapper(tmp_path, wrapping):
     assert fs.root == inner and fs.names == ["Person_A", "Person_B", "Person_C"]
 
 
+@pytest.mark.parametrize("layout", [["lfw", "images_deepfunneled"], ["lfw-dataset", "lfw-deepfunneled", "lfw-deepfunneled"]])
+def test_deep_funneled_copy_is_used_beside_other_folders(tmp_path, layout, caplog):
+    # LFW as Kaggle lays it out: the deep-funneled copy beside the unaligned one and other folders.
+    top = tmp_path / layout[0]
+    inner = top.joinpath(*layout[1:])
+    make_people(inner, PEOPLE[:3])
+    make_people(top / "images", PEOPLE[3:5])  # the unaligned copy: other people here, so a mix-up shows
+    (top / "notes").mkdir()
+    (top / "notes" / "readme.txt").write_text("no pictures here")
+    (top / "pairs.txt").write_text("1\n")
+    caplog.set_level(logging.INFO, logger="cnnlab")
+    assert find_people_root(top) == inner
+    assert f"using the deep-funneled copy {top / layout[1]}" in caplog.text and "images" in caplog.text
+    fs = load_faces(top, image_size=8, cache_dir=tmp_path / "c")
+    assert fs.root == inner and fs.names == ["Person_A", "Person_B", "Person_C"]
+
+
+def test_a_people_folder_with_several_folders_is_not_taken_for_lfw(tmp_path):
+    # Two copies that both say "deepfunneled": nothing to choose between, so the folder is read as it is.
+    make_people(tmp_path / "set" / "a_deepfunneled", PEOPLE[:2])
+    make_people(tmp_path / "set" / "b_deepfunneled", PEOPLE[2:4])
+    assert find_people_root(tmp_path / "set") == tmp_path / "set"
+    # A person's folder holds images, so it is never taken for the copy.
+    make_people(tmp_path / "people", [("Deepfunneled_Fan", 2), ("Person_B", 2)])
+    assert find_people_root(tmp_path / "people") == tmp_path / "people"
+
+
 def test_single_person_set_is_not_taken_for_a_wrapper(tmp_path):
     make_people(tmp_path / "one", PEOPLE[:1])
     assert find_people_root(tmp_path / "one") == tmp_path / "one"
@@ -206,6 +234,32 @@ def test_cache_follows_size_crop_and_file_changes(people_dir, tmp_path, monkeypa
     assert calls == [len(fs), len(fs)]
 
 
+def test_a_cache_from_before_upright_decoding_is_decoded_again(tmp_path, monkeypatch):
+    # A face stored sideways (EXIF orientation 8, as phones save portrait photos): a cache written
+    # before decoding applied the orientation holds it sideways, and must not be served.
+    root = make_people(tmp_path / "people", PEOPLE[:3])
+    upright = Image.new("RGB", (SIDE, SIDE), (250, 250, 250))
+    ImageDraw.Draw(upright).rectangle([0, 0, SIDE // 2 - 1, SIDE // 4], fill=(200, 20, 20))  # a top-left bar
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    (root / "Person_A" / "Person_A_0001.png").unlink(missing_ok=True)
+    upright.rotate(-90).save(root / "Person_A" / "Person_A_0001.jpg", quality=95, exif=exif)
+    from cnnlab.data import images
+
+    def error(fs):
+        i = fs.files.index("Person_A/Person_A_0001.jpg")
+        got = fs.images[i].permute(1, 2, 0).to(torch.int16)
+        want = torch.tensor(np.array(upright), dtype=torch.int16)
+        return float((got - want).abs().float().mean())
+
+    # The cache as the previous version wrote it: sideways pixels, under the previous version number.
+    monkeypatch.setattr(faces, "_CACHE_VERSION", faces._CACHE_VERSION - 1)
+    monkeypatch.setattr(images, "_upright", lambda img, path: img)
+    assert error(load_faces(root, image_size=SIDE, crop=1.0, cache_dir=tmp_path / "c")) > 20
+    monkeypatch.undo()
+    assert error(load_faces(root, image_size=SIDE, crop=1.0, cache_dir=tmp_path / "c")) < 4
+
+
 def test_corrupt_cache_is_ignored_and_rebuilt(people_dir, tmp_path, caplog):
     first = load_faces(people_dir, image_size=16, cache_dir=tmp_path / "c")
     (cache,) = (tmp_path / "c" / "faces").iterdir()
@@ -264,6 +318,20 @@ def test_split_with_an_empty_test_and_few_people():
     assert len(split.test) == 0 and len(split.train) > 0 and len(split.val) > 0
     tiny = split_people(_labels([2, 2, 2]), (0.8, 0.1, 0.1), seed=0)
     assert all(len(part) == 2 for part in tiny)  # every split asked for gets one person
+
+
+@pytest.mark.parametrize("counts, fractions, want", [
+    ([2, 3, 4, 5, 6, 2, 3, 4, 5, 6, 2, 3], (0.8, 0.1, 0.1), [8, 2, 2]),  # 12 people: 10/1/1 before
+    ([2] * 6, (0.8, 0.1, 0.1), [2, 2, 2]),  # just enough for two each
+    ([2] * 5, (0.8, 0.1, 0.1), [3, 1, 1]),  # too few for two each: one each, as before
+    ([3] * 12 + [1] * 4, (0.9, 0.1, 0.0), [10, 2, 0]),  # a split of 0 stays empty
+    ([2] * 100, (0.8, 0.1, 0.1), [80, 10, 10]),  # large sets: the fractions alone
+])
+def test_small_sets_give_validation_and_test_two_people_when_they_can(counts, fractions, want):
+    labels = _labels(counts)
+    several = torch.tensor(counts) >= 2
+    got = [int(several[torch.unique(labels[part])].sum()) for part in split_people(labels, fractions, seed=0)]
+    assert got == want
 
 
 @pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.8, 0.3, 0.1), (0.0, 0.5, 0.5), (1.2, -0.1, -0.1)])

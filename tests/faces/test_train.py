@@ -226,8 +226,28 @@ def test_lfw_view1_without_protocol_files_names_them(face_dir, tmp_path):
               progress=False)
 
 
+def test_a_small_set_of_twelve_people_trains_and_reports_its_split(tmp_path, caplog):
+    # A user's own photos: 12 people with 2-6 images each and the default 10% validation and test
+    # shares (one person each by the fractions alone, who could form no different-people pair).
+    people = [(f"P{i:02d}", 2 + i % 5) for i in range(12)]
+    faces = make_people(tmp_path / "faces", people)
+    caplog.set_level("INFO", logger="cnnlab")
+    summary = train(tiny_config(faces, val_fraction=0.1, test_fraction=0.1), tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == saved["status"] == "finished"
+    split = {k: saved[k] for k in ("num_train_people", "num_val_people", "num_test_people")}
+    assert split == {"num_train_people": 8, "num_val_people": 2, "num_test_people": 2}
+    total = sum(n for _, n in people)
+    assert saved["num_train_images"] + saved["num_val_images"] + saved["num_test_images"] == total
+    assert saved["num_val_pairs"] > 0 and saved["num_test_pairs"] > 0
+    assert "validation 2 people" in (tmp_path / "run" / "train.log").read_text()
+    assert (f"train 8 people ({saved['num_train_images']} images); validation 2 people "
+            f"({saved['num_val_images']} images, {saved['num_val_pairs']} pairs); test 2 people") in caplog.text
+
+
 def test_too_few_validation_people_is_a_clear_error(tmp_path):
-    # Three people: each split gets one, and one person cannot make a different-people pair.
+    # Three people: each split gets one (too few for two each), and one person cannot make a
+    # different-people pair.
     faces = make_people(tmp_path / "faces", [("Ann", 4), ("Bob", 4), ("Cid", 4)])
     with pytest.raises(DataError, match="validation people .*--val-fraction"):
         train(tiny_config(faces, val_fraction=0.1, test_fraction=0.1), tmp_path / "run", progress=False)

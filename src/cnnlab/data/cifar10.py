@@ -35,7 +35,7 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SIZE = 32
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: images are decoded upright (EXIF orientation applied); older caches hold them as stored
 
 
 @dataclass

@@ -43,7 +43,7 @@ while at 0.7 and above the shoulders and background take a third of the
 picture and the face gets fewer of the 112 pixels.
 """
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: images are decoded upright (EXIF orientation applied); older caches hold them as stored
 _IGNORED_DIRS = {"__MACOSX"}  # left behind by zip archives made on macOS
 
 
@@ -67,6 +67,12 @@ def _image_files(folder: Path, suffixes: frozenset[str]) -> list[Path]:
     return [p for p in list_files(folder) if p.suffix.lower() in suffixes]
 
 
+def _deep_funneled(subs: list[Path], suffixes: frozenset[str]) -> Path | None:
+    """The one deep-funneled copy of LFW among ``subs`` (a folder of person folders), if there is one."""
+    found = [p for p in subs if "deepfunneled" in p.name.lower() and not _image_files(p, suffixes) and _subdirs(p)]
+    return found[0] if len(found) == 1 else None
+
+
 def find_people_root(root: str | os.PathLike) -> Path:
     """The folder that holds one sub-folder per person, starting from ``root``.
 
@@ -77,6 +83,11 @@ def find_people_root(root: str | os.PathLike) -> Path:
     ``lfw-deepfunneled/lfw-deepfunneled/`` as Kaggle's archive unpacks, and the
     people folder itself all work. A set with a single person is not
     mistaken for a wrapper, because that person's folder holds images.
+
+    A folder that holds LFW's deep-funneled copy (``images_deepfunneled/``,
+    ``lfw-deepfunneled/``) beside other folders, such as the unaligned
+    ``images/`` copy, is a wrapper too: the deep-funneled copy is the one used
+    (the faces are aligned in it), and the log says so.
     """
     root = Path(root)
     if not root.exists():
@@ -87,6 +98,13 @@ def find_people_root(root: str | os.PathLike) -> Path:
     current = root
     for _ in range(3):
         subs = _subdirs(current)
+        funneled = _deep_funneled(subs, suffixes) if len(subs) > 1 else None
+        if funneled is not None:
+            others = ", ".join(p.name for p in subs if p != funneled)
+            logger.info("using the deep-funneled copy %s; the other folder(s) beside it (%s) are not read",
+                        funneled, others)
+            current = funneled
+            continue
         if len(subs) != 1 or _image_files(subs[0], suffixes) or not _subdirs(subs[0]):
             break
         current = subs[0]
@@ -293,22 +311,32 @@ class Split:
         return iter((self.train, self.val, self.test))
 
 
-def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
-    # Largest remainder, then make sure every split asked for gets somebody
-    # when there are enough people to go round.
+def _split_counts(n: int, fractions: Sequence[float], at_least: int = 1) -> list[int]:
+    # Largest remainder, then make sure every split asked for gets ``at_least`` people
+    # when there are enough to go round (else one each, when there are enough for that).
     raw = [f * n for f in fractions]
     counts = [int(r) for r in raw]
     wanted = [i for i, f in enumerate(fractions) if f > 0]
     order = sorted(wanted, key=lambda i: raw[i] - counts[i], reverse=True)
     for t in range(n - sum(counts)):
         counts[order[t % len(order)]] += 1
-    if n >= len(wanted):
-        for i in wanted:
-            if counts[i] == 0:
-                donor = max(range(len(counts)), key=lambda j: counts[j])
-                counts[donor] -= 1
-                counts[i] += 1
+    floor = next((k for k in (at_least, 1) if n >= k * len(wanted)), 0)
+    for i in wanted:
+        while counts[i] < floor:
+            donor = max(range(len(counts)), key=lambda j: counts[j])
+            counts[donor] -= 1
+            counts[i] += 1
     return counts
+
+
+MIN_EVAL_PEOPLE = 2
+"""People with two or more images that every split asked for gets, when the set has enough.
+
+Validation and test pairs need different people; with one person a split can
+only form same-person pairs. So a small set (12 people, a 0.1 validation
+fraction) still gives validation and test two people each, as long as there
+are two for every split.
+"""
 
 
 def split_people(
@@ -316,7 +344,9 @@ def split_people(
 ) -> Split:
     """Identity-disjoint train / validation / test split, the same for the same seed.
 
-    People with two or more images are shuffled and cut by ``fractions``.
+    People with two or more images are shuffled and cut by ``fractions``;
+    every split asked for gets at least :data:`MIN_EVAL_PEOPLE` of them when
+    there are that many for each split (else at least one, when there are enough).
     People with a single image cannot form a positive pair; they are cut by
     the same fractions on their own, so every split keeps its share of them
     as impostors (the samplers below never take them as anchors, only as the
@@ -335,12 +365,14 @@ def split_people(
     people, counts = torch.unique(labels, return_counts=True)
     g = torch.Generator().manual_seed(int(seed))
     part_of = torch.empty(int(people.max()) + 1 if len(people) else 0, dtype=torch.int64)
-    for group in (people[counts >= 2], people[counts == 1]):
+    several = people[counts >= 2]
+    for group in (several, people[counts == 1]):
         shuffled = group[torch.randperm(len(group), generator=g)]
-        parts = torch.split(shuffled, _split_counts(len(group), fractions))
+        at_least = MIN_EVAL_PEOPLE if group is several else 1
+        parts = torch.split(shuffled, _split_counts(len(group), fractions, at_least))
         for s, members in enumerate(parts):
             part_of[members] = s
-    if fractions[0] > 0 and not bool((part_of[people[counts >= 2]] == 0).any()):
+    if fractions[0] > 0 and not bool((part_of[several] == 0).any()):
         raise DataError("the training split has no person with two or more images; a face set needs "
                         "people with several images to form positive pairs")
     where = part_of[labels]

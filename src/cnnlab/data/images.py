@@ -2,7 +2,9 @@
 
 Every mode PIL reads is turned into 8-bit RGB the way a user would expect:
 grayscale is repeated into three channels, alpha is dropped, palettes are
-expanded, 16-bit images are scaled down (not clipped). A file that cannot be
+expanded, 16-bit images are scaled down (not clipped), and a photo stored
+rotated or mirrored with an EXIF orientation tag (as phones store portrait
+shots) is turned upright, as every image viewer shows it. A file that cannot be
 decoded (truncated, corrupted, not an image, too small to be a picture) is a
 :class:`BadImage` naming the file.
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnnlab.errors import DataError
 
@@ -65,11 +67,21 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def _upright(img: Image.Image, path: str | os.PathLike) -> Image.Image:
+    """``img`` turned as its EXIF orientation tag (2-8) says, so the pixels are the ones a viewer shows."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as e:  # noqa: BLE001 -- a damaged EXIF block; the pixels themselves are fine
+        logger.warning("%s: EXIF orientation unreadable (%s); using the pixels as stored", path, e)
+        return img
+
+
 def decode_rgb(path: str | os.PathLike, min_side: int = MIN_SIDE) -> Image.Image:
-    """Open ``path`` and return a fully decoded 8-bit RGB image, or raise :class:`BadImage`."""
+    """Open ``path`` and return a fully decoded, upright 8-bit RGB image, or raise :class:`BadImage`."""
     try:
         with Image.open(path) as img:
             img.load()  # decodes now, so a truncated file fails here and not later
+            img = _upright(img, path)
             w, h = img.size
             if min(w, h) < min_side:
                 raise BadImage(path, f"is {w}x{h} pixels, smaller than {min_side}x{min_side}")

@@ -159,6 +159,11 @@ def load_study_data(cfg: FaceTrainConfig, faces: FaceSet | None = None) -> Study
     if not bool((torch.unique(faces.labels[data.train], return_counts=True)[1] >= 2).any()):
         raise DataError(f"no training person in {faces.root} has two or more images, so there is nothing to "
                         "learn from")
+    n = data.sizes()
+    logger.info("split (%s, seed %d): train %d people (%d images); validation %d people (%d images, %d pairs); "
+                "test %d people (%d images, %d pairs)", data.protocol, cfg.seed, n["num_train_people"],
+                n["num_train_images"], n["num_val_people"], n["num_val_images"], n["num_val_pairs"],
+                n["num_test_people"], n["num_test_images"], n["num_test_pairs"])
     return data
 
 
