@@ -18,11 +18,11 @@ from cnnlab.data.faces import load_faces
 from cnnlab.data.images import center_crop_resize, decode_rgb
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.faces.train import embed
-from cnnlab.faces.train import load_run_model, run_config
+from cnnlab.faces.train import run_config
 from cnnlab.files import not_a_regular_file
 from cnnlab.losses import LpDistance
 from cnnlab.run import RunDir
-from cnnlab.runtime import choose_precision, probe_hardware, resolve_device, select_precision
+from cnnlab.runtime import choose_precision, probe_hardware, select_precision
 
 logger = logging.getLogger(__name__)
 
@@ -64,22 +64,23 @@ def _precision(run: RunDir, cfg, dev: torch.device) -> tuple[str, bool]:
     return choice.precision, choice.channels_last
 
 
+def embed_images(model, images: torch.Tensor, dev: torch.device, precision: str, channels_last: bool,
+                 batch_size: int = 256) -> torch.Tensor:
+    """Embeddings (N, D) of uint8 images (N, 3, S, S) already decoded as in training."""
+    return embed(model, images, device=dev, batch_size=batch_size, precision=precision, channels_last=channels_last)
+
+
 def verify(run_dir: str | os.PathLike, image_a: str | os.PathLike, image_b: str | os.PathLike,
            device: str = "auto") -> dict:
-    """``{"distance", "threshold", "same_person"}`` for two image files, with the run's best checkpoint.
+    """``{"distance", "threshold", "same_person"}`` for two image files, with the run's best checkpoint
+    (:meth:`cnnlab.FaceVerifier.verify`).
 
     The threshold is the one training chose on its validation pairs; the two
     images are called the same person when their distance is at most it.
     """
-    run = RunDir(run_dir)
-    threshold = _threshold(run)
-    dev = resolve_device(device)
-    model, cfg = load_run_model(run, "best", dev)
-    x = torch.stack([load_image(p, cfg.image_size, cfg.crop) for p in (image_a, image_b)])  # (2, 3, S, S)
-    precision, channels_last = _precision(run, cfg, dev)
-    e = embed(model, x, device=dev, precision=precision, channels_last=channels_last)
-    distance = float(LpDistance().paired(e[:1], e[1:])[0])
-    return {"distance": distance, "threshold": threshold, "same_person": distance <= threshold}
+    from cnnlab.api import FaceVerifier
+
+    return FaceVerifier.from_run(run_dir, device=device).verify(image_a, image_b)
 
 
 def _gallery(run: RunDir, model, cfg, gallery: str | os.PathLike, dev: torch.device, precision: str,
@@ -124,25 +125,28 @@ def _gallery_problem(g: dict, faces, dim: int) -> str | None:
     return None
 
 
+def check_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise CnnlabError(f"-k: expected a positive integer, got {k!r}")
+
+
 def identify(run_dir: str | os.PathLike, probe: str | os.PathLike, gallery: str | os.PathLike, k: int = 10,
              device: str = "auto") -> list[dict]:
-    """The ``k`` gallery people nearest to ``probe``, nearest first.
+    """The ``k`` gallery people nearest to ``probe``, nearest first (:meth:`cnnlab.FaceVerifier.identify`)."""
+    from cnnlab.api import FaceVerifier
+
+    check_k(k)
+    return FaceVerifier.from_run(run_dir, device=device).identify(probe, gallery, k=k)
+
+
+def nearest_people(q: torch.Tensor, g: dict, k: int, threshold: float) -> list[dict]:
+    """The ``k`` people of gallery ``g`` (see :func:`_gallery`) nearest to embedding ``q`` (1, D).
 
     A person's distance is that of their nearest gallery image. Each entry:
     ``rank``, ``name``, ``distance``, ``image`` (that nearest image, relative
-    to the gallery's people folder) and ``same_person`` (distance at most the
-    run's threshold).
+    to the gallery's people folder) and ``same_person`` (distance at most
+    ``threshold``).
     """
-    if not isinstance(k, int) or k < 1:
-        raise CnnlabError(f"-k: expected a positive integer, got {k!r}")
-    run = RunDir(run_dir)
-    threshold = _threshold(run)
-    dev = resolve_device(device)
-    model, cfg = load_run_model(run, "best", dev)
-    precision, channels_last = _precision(run, cfg, dev)
-    g = _gallery(run, model, cfg, gallery, dev, precision, channels_last)
-    q = embed(model, load_image(probe, cfg.image_size, cfg.crop)[None], device=dev, precision=precision,
-              channels_last=channels_last)  # (1, D)
     dist = LpDistance().pairwise(q, g["embeddings"])[0]  # (N,)
     labels = g["labels"]
     people = len(g["names"])
