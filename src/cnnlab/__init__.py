@@ -11,7 +11,7 @@ __all__ = ["Classifier", "FaceVerifier", "__version__"]
 
 def __getattr__(name: str):
     if name in ("FaceVerifier", "Classifier"):
-        from cnnlab import api
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module("cnnlab.api"), name)
     raise AttributeError(f"module 'cnnlab' has no attribute {name!r}")

@@ -70,48 +70,37 @@ class FaceVerifier:
     training chose on its validation pairs.
     """
 
-    def __init__(self, run, model, cfg, threshold: float, device: torch.device, precision: str,
-                 channels_last: bool):
-        self.run, self.model, self.cfg, self.threshold = run, model, cfg, threshold
-        self.device, self.precision, self.channels_last = device, precision, channels_last
+    def __init__(self, opened):
+        self._run = opened  # a cnnlab.faces.verify.FaceRun
+        self.threshold: float = opened.threshold
+        self.device: torch.device = opened.device
+        self.model = opened.model
 
     @classmethod
     def from_run(cls, path: str | os.PathLike, device: str = "auto") -> "FaceVerifier":
         """The best checkpoint of the finished face run at ``path``, on ``device`` (auto: a GPU if there is one)."""
-        from cnnlab.faces.train import load_run_model
-        from cnnlab.faces.verify import _precision, _threshold
-        from cnnlab.run import RunDir
+        from cnnlab.faces.verify import open_run
 
-        run = RunDir(path)
-        threshold = _threshold(run)
-        dev = resolve_device(device)
-        model, cfg = load_run_model(run, "best", dev)
-        precision, channels_last = _precision(run, cfg, dev)
-        return cls(run, model, cfg, threshold, dev, precision, channels_last)
+        return cls(open_run(path, device))
 
     def preprocess(self, images) -> torch.Tensor:
         """uint8 (N, 3, S, S): each image decoded, centre-cropped and resized as in training."""
         from cnnlab.faces.verify import load_image
 
-        size, crop = self.cfg.image_size, self.cfg.crop
+        size, crop = self._run.cfg.image_size, self._run.cfg.crop
         return torch.stack([load_image(im, size, crop) if isinstance(im, (str, os.PathLike))
                             else _to_tensor(center_crop_resize(_rgb(im, _name(im, i)), size, crop))
                             for i, im in enumerate(_as_list(images))])
 
     def embed(self, images) -> torch.Tensor:
         """Embeddings (N, D), float32 on the CPU, of one image or a list of them."""
-        from cnnlab.faces.verify import embed_images
-
-        return embed_images(self.model, self.preprocess(images), self.device, self.precision, self.channels_last,
-                            batch_size=self.cfg.eval_batch_size)
+        return self._run.embed(self.preprocess(images))
 
     def verify(self, a, b) -> dict:
         """``{"distance", "threshold", "same_person"}`` for two face images."""
-        from cnnlab.losses import LpDistance
+        from cnnlab.faces.verify import pair_verdict
 
-        e = self.embed([a, b])  # (2, D)
-        distance = float(LpDistance().paired(e[:1], e[1:])[0])
-        return {"distance": distance, "threshold": self.threshold, "same_person": distance <= self.threshold}
+        return pair_verdict(self.embed([a, b]), self.threshold)
 
     def identify(self, probe, gallery_dir: str | os.PathLike, k: int = 10) -> list[dict]:
         """The ``k`` people of ``gallery_dir`` (one sub-folder per person) nearest to ``probe``, nearest first.
@@ -123,7 +112,8 @@ class FaceVerifier:
         from cnnlab.faces.verify import _gallery, check_k, nearest_people
 
         check_k(k)
-        g = _gallery(self.run, self.model, self.cfg, gallery_dir, self.device, self.precision, self.channels_last)
+        r = self._run
+        g = _gallery(r.run, r.model, r.cfg, gallery_dir, r.device, r.precision, r.channels_last)
         return nearest_people(self.embed(probe), g, k, self.threshold)
 
 
