@@ -19,10 +19,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cnnlab.cifar.train import load_run_model as load_cifar_run
+from cnnlab.data.augment import eval_transform
+from cnnlab.data.cifar10 import CLASSES, IMAGE_SIZE
 from cnnlab.data.images import _to_rgb, center_crop_resize, decode_rgb, resize_exact
+from cnnlab.engine import infer
 from cnnlab.errors import CnnlabError, DataError
+from cnnlab.faces.verify import _gallery, check_k, load_image, nearest_people, open_run, pair_verdict
 from cnnlab.files import not_a_regular_file
+from cnnlab.run import RunDir
 from cnnlab.runtime import resolve_device
+
 
 def _rgb(image, what: str) -> Image.Image:
     """One image (path, PIL image or uint8 array (H, W, 3)) as an 8-bit RGB PIL image."""
@@ -79,14 +86,10 @@ class FaceVerifier:
     @classmethod
     def from_run(cls, path: str | os.PathLike, device: str = "auto") -> "FaceVerifier":
         """The best checkpoint of the finished face run at ``path``, on ``device`` (auto: a GPU if there is one)."""
-        from cnnlab.faces.verify import open_run
-
         return cls(open_run(path, device))
 
     def preprocess(self, images) -> torch.Tensor:
         """uint8 (N, 3, S, S): each image decoded, centre-cropped and resized as in training."""
-        from cnnlab.faces.verify import load_image
-
         size, crop = self._run.cfg.image_size, self._run.cfg.crop
         return torch.stack([load_image(im, size, crop) if isinstance(im, (str, os.PathLike))
                             else _to_tensor(center_crop_resize(_rgb(im, _name(im, i)), size, crop))
@@ -98,8 +101,6 @@ class FaceVerifier:
 
     def verify(self, a, b) -> dict:
         """``{"distance", "threshold", "same_person"}`` for two face images."""
-        from cnnlab.faces.verify import pair_verdict
-
         return pair_verdict(self.embed([a, b]), self.threshold)
 
     def identify(self, probe, gallery_dir: str | os.PathLike, k: int = 10) -> list[dict]:
@@ -109,8 +110,6 @@ class FaceVerifier:
         image), ``image`` (that image, relative to the gallery) and
         ``same_person``. The gallery's embeddings are cached per run and gallery.
         """
-        from cnnlab.faces.verify import _gallery, check_k, nearest_people
-
         check_k(k)
         r = self._run
         g = _gallery(r.run, r.model, r.cfg, gallery_dir, r.device, r.precision, r.channels_last)
@@ -126,13 +125,9 @@ class Classifier:
     @classmethod
     def from_run(cls, path: str | os.PathLike, device: str = "auto") -> "Classifier":
         """The best checkpoint of the finished CIFAR run at ``path``."""
-        from cnnlab.cifar.train import load_run_model
-        from cnnlab.data.cifar10 import CLASSES
-        from cnnlab.run import RunDir
-
         run = RunDir(path)
         dev = resolve_device(device)
-        model, _ = load_run_model(run, "best", dev)
+        model, _ = load_cifar_run(run, "best", dev)
         classes = [str(c) for c in run.read_summary().get("classes") or CLASSES]
         if len(classes) != model.fc.out_features:
             raise CnnlabError(f"{run.summary_path} names {len(classes)} classes, the network of "
@@ -141,23 +136,16 @@ class Classifier:
 
     def preprocess(self, images) -> torch.Tensor:
         """uint8 (N, 3, 32, 32): each image decoded to RGB and resized to 32x32 as CIFAR folders are in training."""
-        from cnnlab.data.cifar10 import IMAGE_SIZE
-
         return torch.stack([_to_tensor(resize_exact(_rgb(im, _name(im, i)), IMAGE_SIZE))
                             for i, im in enumerate(_as_list(images))])
 
     def probabilities(self, images) -> torch.Tensor:
         """Class probabilities (N, C), float32 on the CPU."""
-        from cnnlab.data.augment import eval_transform
-        from cnnlab.engine import infer
-
         logits = infer(self.model, self.preprocess(images), eval_transform, device=self.device)
         return torch.softmax(logits, dim=1)
 
     def predict(self, images, k: int = 5) -> list[list[dict]]:
         """For each image its ``k`` most probable classes, most probable first: ``[{"class", "probability"}]``."""
-        from cnnlab.faces.verify import check_k
-
         check_k(k)
         p = self.probabilities(images)
         top = torch.topk(p, min(k, p.shape[1]), dim=1)
@@ -165,4 +153,4 @@ class Classifier:
                 for vals, idx in zip(top.values, top.indices)]
 
 
-__all__ = ["Classifier", "FaceVerifier"]
+__all__ = ["Classifier", "FaceVerifier", "check_k"]

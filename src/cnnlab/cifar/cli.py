@@ -83,8 +83,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from cnnlab.api import Classifier
-    from cnnlab.faces.verify import check_k
+    from cnnlab.api import Classifier, check_k
     from cnnlab.files import dumps_json
 
     check_k(args.k)  # before loading the network
