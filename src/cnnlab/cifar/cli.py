@@ -82,6 +82,29 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from cnnlab.api import Classifier, check_k
+    from cnnlab.files import dumps_json
+
+    check_k(args.k)  # before loading the network
+    tops = Classifier.from_run(args.run_dir, device=args.device).predict(args.images, k=args.k)
+    if args.json:
+        print(dumps_json([{"image": im, "top": top} for im, top in zip(args.images, tops)]))
+        return 0
+    for im, top in zip(args.images, tops):
+        print(f"{im}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from cnnlab.export import export_run
+
+    meta = export_run("cifar", args.run_dir, args.format, args.out)
+    print(f"classifier of {len(meta['classes'])} classes written to {args.out}; input uint8 RGB "
+          f"(batch, 3, 32, 32), output logits")
+    return 0
+
+
 # --------------------------------------------------------------------------- parsers
 
 
@@ -165,3 +188,29 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
               config_options(CifarTrainConfig, exclude=("blocks",),
                              title="training options of every variant (saved in each run's config.yaml)")])
     compare.set_defaults(rerun_continues=True)  # interrupted, the same command again continues it
+
+    _add_use_commands(csub)
+
+
+def _add_use_commands(csub: argparse._SubParsersAction) -> None:
+    """What a trained run is for: classify images, export the network."""
+    add_command(
+        csub, "predict", _predict, help="the most probable classes of image files",
+        description="Classify image files with the run's best checkpoint: each is decoded to RGB and resized to "
+                    "32x32 as CIFAR folders are in training; its k most probable classes are printed.",
+        examples=["cnnlab cifar predict runs/B cat.png ship.jpg -k 3 --json"],
+        args=[_RUN_DIR,
+              arg("images", nargs="+", metavar="IMAGE", help="image files"),
+              arg("-k", type=int, default=5, help="classes per image (default: 5)"),
+              arg("--json", action="store_true", help='print [{"image": .., "top": [{"class", "probability"}]}]'),
+              DEVICE])
+
+    add_command(
+        csub, "export", _export, help="the classifier as an ONNX or TorchScript file",
+        description="Write the best checkpoint's network to one file taking uint8 RGB images (batch, 3, 32, 32) "
+                    "and returning logits (batch, classes); it normalises its input itself. Its metadata "
+                    "(cnnlab.json) records the class names, the input size, mean and std.",
+        examples=["cnnlab cifar export runs/B --format torchscript --out B.pt"],
+        args=[_RUN_DIR,
+              arg("--format", required=True, choices=("onnx", "torchscript"), help="file format of --out"),
+              arg("--out", required=True, metavar="FILE", help="the file (an existing one is replaced whole)")])

@@ -65,10 +65,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from cnnlab.faces.verify import verify
+    from cnnlab.api import FaceVerifier
     from cnnlab.files import dumps_json
 
-    r = verify(args.run_dir, args.image_a, args.image_b, device=args.device)
+    r = FaceVerifier.from_run(args.run_dir, device=args.device).verify(args.image_a, args.image_b)
     if args.json:
         print(dumps_json(r))
     else:
@@ -78,10 +78,12 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _identify(args: argparse.Namespace) -> int:
-    from cnnlab.faces.verify import identify
+    from cnnlab.api import FaceVerifier
+    from cnnlab.faces.verify import check_k
     from cnnlab.files import dumps_json
 
-    rows = identify(args.run_dir, args.probe, args.gallery, k=args.k, device=args.device)
+    check_k(args.k)  # before loading the network
+    rows = FaceVerifier.from_run(args.run_dir, device=args.device).identify(args.probe, args.gallery, k=args.k)
     if args.json:
         print(dumps_json(rows))
         return 0
@@ -90,6 +92,16 @@ def _identify(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['rank']:>4}  {r['name']:<{width}}  {r['distance']:>8.4f}  {'yes' if r['same_person'] else 'no':<5}  "
               f"{r['image']}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from cnnlab.export import export_run
+
+    meta = export_run("faces", args.run_dir, args.format, args.out)
+    print(f"embedding network ({meta['output']['shape'][1]}-d, threshold {meta['threshold']:.4f}) written to "
+          f"{args.out}; input uint8 RGB (batch, 3, {meta['input']['shape'][-1]}, {meta['input']['shape'][-1]}), "
+          f"centre crop {meta['preprocessing']['crop']}")
     return 0
 
 
@@ -218,7 +230,7 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_use_commands(fsub: argparse._SubParsersAction) -> None:
-    """What a trained run is for: verify a pair, identify a face in a gallery."""
+    """What a trained run is for: verify a pair, identify a face in a gallery, export the network."""
     add_command(
         fsub, "verify", _verify, help="are two face images the same person?",
         description="Print the distance of two images' embeddings, the run's threshold (chosen on its validation "
@@ -242,6 +254,17 @@ def _add_use_commands(fsub: argparse._SubParsersAction) -> None:
               arg("-k", type=int, default=10, help="people to list (default: 10)"),
               arg("--json", action="store_true", help="print a JSON list"),
               DEVICE])
+
+    add_command(
+        fsub, "export", _export, help="the embedding network as an ONNX or TorchScript file",
+        description="Write the best checkpoint's embedding network to one file. It takes uint8 RGB images "
+                    "(batch, 3, S, S), normalises them itself and returns the embeddings (batch, D). Its metadata "
+                    "(cnnlab.json: ONNX metadata_props, TorchScript extra file) records the image size, centre "
+                    "crop, mean and std, whether embeddings are L2-normalised and the run's threshold.",
+        examples=["cnnlab faces export runs/view1 --format onnx --out view1.onnx"],
+        args=[_FINISHED_RUN,
+              arg("--format", required=True, choices=("onnx", "torchscript"), help="file format"),
+              arg("--out", required=True, metavar="FILE", help="file to write (replaced whole if it exists)")])
 
 
 def _add_download_command(fsub: argparse._SubParsersAction) -> None:

@@ -9,16 +9,17 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from cnnlab.config import FaceTrainConfig
 from cnnlab.data.cache import cache_dir, fingerprint, load_checked, save_checked
 from cnnlab.data.faces import load_faces
 from cnnlab.data.images import center_crop_resize, decode_rgb
 from cnnlab.errors import CnnlabError, DataError
-from cnnlab.faces.train import embed
-from cnnlab.faces.train import load_run_model, run_config
+from cnnlab.faces.train import embed, load_run_model, run_config
 from cnnlab.files import not_a_regular_file
 from cnnlab.losses import LpDistance
 from cnnlab.run import RunDir
@@ -64,22 +65,49 @@ def _precision(run: RunDir, cfg, dev: torch.device) -> tuple[str, bool]:
     return choice.precision, choice.channels_last
 
 
+class FaceRun(NamedTuple):
+    """A finished face run opened for use: its best network on a device, and how to embed with it."""
+
+    run: RunDir
+    model: torch.nn.Module
+    cfg: FaceTrainConfig
+    threshold: float
+    device: torch.device
+    precision: str
+    channels_last: bool
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Embeddings (N, D), float32 on the CPU, of uint8 images (N, 3, S, S) decoded as in training."""
+        return embed(self.model, images, device=self.device, batch_size=self.cfg.eval_batch_size,
+                     precision=self.precision, channels_last=self.channels_last)
+
+
+def open_run(run_dir: str | os.PathLike, device: str = "auto") -> FaceRun:
+    """The best checkpoint of a finished face run, with its threshold; an error saying what to do otherwise."""
+    run = RunDir(run_dir)
+    threshold = _threshold(run)
+    dev = resolve_device(device)
+    model, cfg = load_run_model(run, "best", dev)
+    return FaceRun(run, model, cfg, threshold, dev, *_precision(run, cfg, dev))
+
+
+def pair_verdict(e: torch.Tensor, threshold: float) -> dict:
+    """``{"distance", "threshold", "same_person"}`` of two embeddings ``e`` (2, D)."""
+    distance = float(LpDistance().paired(e[:1], e[1:])[0])
+    return {"distance": distance, "threshold": threshold, "same_person": distance <= threshold}
+
+
 def verify(run_dir: str | os.PathLike, image_a: str | os.PathLike, image_b: str | os.PathLike,
            device: str = "auto") -> dict:
     """``{"distance", "threshold", "same_person"}`` for two image files, with the run's best checkpoint.
 
     The threshold is the one training chose on its validation pairs; the two
     images are called the same person when their distance is at most it.
+    :class:`cnnlab.FaceVerifier` does the same for PIL images and arrays too.
     """
-    run = RunDir(run_dir)
-    threshold = _threshold(run)
-    dev = resolve_device(device)
-    model, cfg = load_run_model(run, "best", dev)
-    x = torch.stack([load_image(p, cfg.image_size, cfg.crop) for p in (image_a, image_b)])  # (2, 3, S, S)
-    precision, channels_last = _precision(run, cfg, dev)
-    e = embed(model, x, device=dev, precision=precision, channels_last=channels_last)
-    distance = float(LpDistance().paired(e[:1], e[1:])[0])
-    return {"distance": distance, "threshold": threshold, "same_person": distance <= threshold}
+    r = open_run(run_dir, device)
+    x = torch.stack([load_image(p, r.cfg.image_size, r.cfg.crop) for p in (image_a, image_b)])  # (2, 3, S, S)
+    return pair_verdict(r.embed(x), r.threshold)
 
 
 def _gallery(run: RunDir, model, cfg, gallery: str | os.PathLike, dev: torch.device, precision: str,
@@ -124,25 +152,28 @@ def _gallery_problem(g: dict, faces, dim: int) -> str | None:
     return None
 
 
+def check_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise CnnlabError(f"-k: expected a positive integer, got {k!r}")
+
+
 def identify(run_dir: str | os.PathLike, probe: str | os.PathLike, gallery: str | os.PathLike, k: int = 10,
              device: str = "auto") -> list[dict]:
-    """The ``k`` gallery people nearest to ``probe``, nearest first.
+    """The ``k`` gallery people nearest to ``probe``, nearest first (see :func:`nearest_people`)."""
+    check_k(k)
+    r = open_run(run_dir, device)
+    g = _gallery(r.run, r.model, r.cfg, gallery, r.device, r.precision, r.channels_last)
+    return nearest_people(r.embed(load_image(probe, r.cfg.image_size, r.cfg.crop)[None]), g, k, r.threshold)
+
+
+def nearest_people(q: torch.Tensor, g: dict, k: int, threshold: float) -> list[dict]:
+    """The ``k`` people of gallery ``g`` (see :func:`_gallery`) nearest to embedding ``q`` (1, D).
 
     A person's distance is that of their nearest gallery image. Each entry:
     ``rank``, ``name``, ``distance``, ``image`` (that nearest image, relative
-    to the gallery's people folder) and ``same_person`` (distance at most the
-    run's threshold).
+    to the gallery's people folder) and ``same_person`` (distance at most
+    ``threshold``).
     """
-    if not isinstance(k, int) or k < 1:
-        raise CnnlabError(f"-k: expected a positive integer, got {k!r}")
-    run = RunDir(run_dir)
-    threshold = _threshold(run)
-    dev = resolve_device(device)
-    model, cfg = load_run_model(run, "best", dev)
-    precision, channels_last = _precision(run, cfg, dev)
-    g = _gallery(run, model, cfg, gallery, dev, precision, channels_last)
-    q = embed(model, load_image(probe, cfg.image_size, cfg.crop)[None], device=dev, precision=precision,
-              channels_last=channels_last)  # (1, D)
     dist = LpDistance().pairwise(q, g["embeddings"])[0]  # (N,)
     labels = g["labels"]
     people = len(g["names"])

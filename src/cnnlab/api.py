@@ -1,0 +1,156 @@
+"""Using a trained run from Python: :class:`FaceVerifier` for a face run, :class:`Classifier` for a CIFAR run.
+
+    from cnnlab import FaceVerifier
+    fv = FaceVerifier.from_run("runs/view1")
+    fv.verify("a.jpg", "b.jpg")          # {"distance": .., "threshold": .., "same_person": ..}
+
+Images may be given as file paths, PIL images or uint8 numpy arrays (H, W, 3)
+in RGB order; each is decoded exactly as in training (8-bit RGB, the run's
+centre crop and size for faces, 32x32 for CIFAR). The CLI's ``faces verify``,
+``faces identify`` and ``cifar predict`` are built on these classes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cnnlab.cifar.train import load_run_model as load_cifar_run
+from cnnlab.data.augment import eval_transform
+from cnnlab.data.cifar10 import CLASSES, IMAGE_SIZE
+from cnnlab.data.images import _to_rgb, center_crop_resize, decode_rgb, resize_exact
+from cnnlab.engine import infer
+from cnnlab.errors import CnnlabError, DataError
+from cnnlab.faces.verify import _gallery, check_k, load_image, nearest_people, open_run, pair_verdict
+from cnnlab.files import not_a_regular_file
+from cnnlab.run import RunDir
+from cnnlab.runtime import resolve_device
+
+
+def _rgb(image, what: str) -> Image.Image:
+    """One image (path, PIL image or uint8 array (H, W, 3)) as an 8-bit RGB PIL image."""
+    if isinstance(image, (str, os.PathLike)):
+        problem = not_a_regular_file(image)
+        if problem:
+            raise DataError(f"image {image} {problem}")
+        return decode_rgb(image)
+    if isinstance(image, Image.Image):
+        return _to_rgb(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise DataError(f"{what}: expected a uint8 array of shape (H, W, 3) in RGB order, got "
+                            f"{image.dtype} {tuple(image.shape)}")
+        return Image.fromarray(np.ascontiguousarray(image), mode="RGB")
+    raise DataError(f"{what}: expected a file path, a PIL image or a uint8 numpy array (H, W, 3), "
+                    f"got {type(image).__name__}")
+
+
+def _as_list(images) -> list:
+    """A batch of images as a list; a single image (path, PIL image, (H, W, 3) array) is a batch of one."""
+    if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim == 3):
+        return [images]
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    if not isinstance(images, Sequence) or not images:
+        raise DataError("images: expected an image or a non-empty list of them")
+    return list(images)
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    """A PIL RGB image as uint8 (3, H, W)."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+
+
+def _name(image, i: int) -> str:
+    return str(image) if isinstance(image, (str, os.PathLike)) else f"image {i}"
+
+
+class FaceVerifier:
+    """A trained face run: embed faces, verify a pair, identify a face in a gallery.
+
+    Distances are Euclidean between embeddings; two faces are the same
+    person when their distance is at most :attr:`threshold`, the one
+    training chose on its validation pairs.
+    """
+
+    def __init__(self, opened):
+        self._run = opened  # a cnnlab.faces.verify.FaceRun
+        self.threshold: float = opened.threshold
+        self.device: torch.device = opened.device
+        self.model = opened.model
+
+    @classmethod
+    def from_run(cls, path: str | os.PathLike, device: str = "auto") -> "FaceVerifier":
+        """The best checkpoint of the finished face run at ``path``, on ``device`` (auto: a GPU if there is one)."""
+        return cls(open_run(path, device))
+
+    def preprocess(self, images) -> torch.Tensor:
+        """uint8 (N, 3, S, S): each image decoded, centre-cropped and resized as in training."""
+        size, crop = self._run.cfg.image_size, self._run.cfg.crop
+        return torch.stack([load_image(im, size, crop) if isinstance(im, (str, os.PathLike))
+                            else _to_tensor(center_crop_resize(_rgb(im, _name(im, i)), size, crop))
+                            for i, im in enumerate(_as_list(images))])
+
+    def embed(self, images) -> torch.Tensor:
+        """Embeddings (N, D), float32 on the CPU, of one image or a list of them."""
+        return self._run.embed(self.preprocess(images))
+
+    def verify(self, a, b) -> dict:
+        """``{"distance", "threshold", "same_person"}`` for two face images."""
+        return pair_verdict(self.embed([a, b]), self.threshold)
+
+    def identify(self, probe, gallery_dir: str | os.PathLike, k: int = 10) -> list[dict]:
+        """The ``k`` people of ``gallery_dir`` (one sub-folder per person) nearest to ``probe``, nearest first.
+
+        Each entry: ``rank``, ``name``, ``distance`` (to the person's nearest
+        image), ``image`` (that image, relative to the gallery) and
+        ``same_person``. The gallery's embeddings are cached per run and gallery.
+        """
+        check_k(k)
+        r = self._run
+        g = _gallery(r.run, r.model, r.cfg, gallery_dir, r.device, r.precision, r.channels_last)
+        return nearest_people(self.embed(probe), g, k, self.threshold)
+
+
+class Classifier:
+    """A trained CIFAR run: the top-k classes of images, with probabilities."""
+
+    def __init__(self, run, model, classes: list[str], device: torch.device):
+        self.run, self.model, self.classes, self.device = run, model.eval(), classes, device
+
+    @classmethod
+    def from_run(cls, path: str | os.PathLike, device: str = "auto") -> "Classifier":
+        """The best checkpoint of the finished CIFAR run at ``path``."""
+        run = RunDir(path)
+        dev = resolve_device(device)
+        model, _ = load_cifar_run(run, "best", dev)
+        classes = [str(c) for c in run.read_summary().get("classes") or CLASSES]
+        if len(classes) != model.fc.out_features:
+            raise CnnlabError(f"{run.summary_path} names {len(classes)} classes, the network of "
+                              f"{run.path} has {model.fc.out_features} outputs")
+        return cls(run, model, classes, dev)
+
+    def preprocess(self, images) -> torch.Tensor:
+        """uint8 (N, 3, 32, 32): each image decoded to RGB and resized to 32x32 as CIFAR folders are in training."""
+        return torch.stack([_to_tensor(resize_exact(_rgb(im, _name(im, i)), IMAGE_SIZE))
+                            for i, im in enumerate(_as_list(images))])
+
+    def probabilities(self, images) -> torch.Tensor:
+        """Class probabilities (N, C), float32 on the CPU."""
+        logits = infer(self.model, self.preprocess(images), eval_transform, device=self.device)
+        return torch.softmax(logits, dim=1)
+
+    def predict(self, images, k: int = 5) -> list[list[dict]]:
+        """For each image its ``k`` most probable classes, most probable first: ``[{"class", "probability"}]``."""
+        check_k(k)
+        p = self.probabilities(images)
+        top = torch.topk(p, min(k, p.shape[1]), dim=1)
+        return [[{"class": self.classes[c], "probability": float(v)} for v, c in zip(vals.tolist(), idx.tolist())]
+                for vals, idx in zip(top.values, top.indices)]
+
+
+__all__ = ["Classifier", "FaceVerifier", "check_k"]
