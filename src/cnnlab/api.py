@@ -22,7 +22,7 @@ from PIL import Image
 from cnnlab.cifar.train import load_run_model as load_cifar_run
 from cnnlab.data.augment import eval_transform
 from cnnlab.data.cifar10 import CLASSES, IMAGE_SIZE
-from cnnlab.data.images import _to_rgb, center_crop_resize, decode_rgb, resize_exact
+from cnnlab.data.images import _to_rgb, center_crop_resize, decode_rgb, resize_exact, upright
 from cnnlab.engine import infer
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.faces.verify import _gallery, check_k, load_image, nearest_people, open_run, pair_verdict
@@ -39,7 +39,7 @@ def _rgb(image, what: str) -> Image.Image:
             raise DataError(f"image {image} {problem}")
         return decode_rgb(image)
     if isinstance(image, Image.Image):
-        return _to_rgb(image)
+        return _to_rgb(upright(image, what))  # as a file would be decoded: EXIF orientation applied
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise DataError(f"{what}: expected a uint8 array of shape (H, W, 3) in RGB order, got "

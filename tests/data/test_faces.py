@@ -254,7 +254,7 @@ def test_a_cache_from_before_upright_decoding_is_decoded_again(tmp_path, monkeyp
 
     # The cache as the previous version wrote it: sideways pixels, under the previous version number.
     monkeypatch.setattr(faces, "_CACHE_VERSION", faces._CACHE_VERSION - 1)
-    monkeypatch.setattr(images, "_upright", lambda img, path: img)
+    monkeypatch.setattr(images, "upright", lambda img, path: img)
     assert error(load_faces(root, image_size=SIDE, crop=1.0, cache_dir=tmp_path / "c")) > 20
     monkeypatch.undo()
     assert error(load_faces(root, image_size=SIDE, crop=1.0, cache_dir=tmp_path / "c")) < 4

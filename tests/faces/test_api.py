@@ -34,6 +34,17 @@ def test_embed_takes_paths_pil_images_and_arrays_alike(verifier, finished_run):
     assert torch.equal(verifier.embed(path), e[:1])  # one image: a batch of one
 
 
+def test_a_pil_image_with_an_exif_orientation_is_embedded_upright(verifier, finished_run):
+    """A photo opened with PIL keeps its EXIF orientation: it is embedded as a file would be, upright."""
+    path = _faces(finished_run) / "Person_A" / "Person_A_0001.jpg"
+    upright_image = Image.open(path).convert("RGB").transpose(Image.Transpose.ROTATE_90)
+    stored = upright_image.transpose(Image.Transpose.ROTATE_270)  # as a phone stores it, sideways
+    stored.getexif()[0x0112] = 8  # "rotate 90 degrees counter-clockwise to view"
+    assert torch.equal(verifier.preprocess(stored), verifier.preprocess(upright_image))
+    # the same pixels without the tag stay sideways: the tag is what turned them
+    assert not torch.equal(verifier.preprocess(stored.copy()), verifier.preprocess(upright_image))
+
+
 def test_embeddings_are_those_training_saved(verifier, finished_run):
     saved = torch.load(finished_run / "test_embeddings.pt", weights_only=True)
     e = verifier.embed([_faces(finished_run) / f for f in saved["files"][:3]])

@@ -67,7 +67,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def _upright(img: Image.Image, path: str | os.PathLike) -> Image.Image:
+def upright(img: Image.Image, path: str | os.PathLike) -> Image.Image:
     """``img`` turned as its EXIF orientation tag (2-8) says, so the pixels are the ones a viewer shows."""
     try:
         return ImageOps.exif_transpose(img)
@@ -81,7 +81,7 @@ def decode_rgb(path: str | os.PathLike, min_side: int = MIN_SIDE) -> Image.Image
     try:
         with Image.open(path) as img:
             img.load()  # decodes now, so a truncated file fails here and not later
-            img = _upright(img, path)
+            img = upright(img, path)
             w, h = img.size
             if min(w, h) < min_side:
                 raise BadImage(path, f"is {w}x{h} pixels, smaller than {min_side}x{min_side}")
