@@ -425,8 +425,9 @@ def _check_epoch_finite(st: _State, row: dict, key: str) -> None:
     same weights and validation figures, so every rank stops together.
     """
     bad = [k for k in ("val_loss", key) if k in row and not math.isfinite(float(row[k]))]
-    weights = [name for name, t in st.model.state_dict().items()
-               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    floats = [(name, t) for name, t in st.model.state_dict().items() if t.is_floating_point()]
+    finite = torch.stack([torch.isfinite(t).all() for _, t in floats]).tolist() if floats else []  # one sync
+    weights = [name for (name, _), ok in zip(floats, finite) if not ok]
     if not bad and not weights:
         return
     what = []
