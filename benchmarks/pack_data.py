@@ -104,13 +104,9 @@ def invent_view1(people_root: Path, seed: int = 0) -> dict[str, str]:
     train, test = names[0::2], names[1::2]
     rng = random.Random(seed)
     same = [(n, 1, 2) for n in test if len(people[n]) >= 2]
-    diff = []
-    for k in range(len(same)):
-        a, b = rng.sample(test, 2) if len(test) >= 2 else (None, None)
-        if a is not None:
-            diff.append((a, 1, b, 1))
-    if not same or len(diff) < len(same):
+    if not same or len(test) < 2:
         raise PackError(f"{people_root}: too few people with two or more images to invent View 1 test pairs")
+    diff = [(a, 1, b, 1) for a, b in (rng.sample(test, 2) for _ in same)]
 
     def people_text(group):
         return "\n".join([str(len(group))] + [f"{n}\t{len(people[n])}" for n in group]) + "\n"
@@ -212,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         if total > args.limit_mib * MIB:
             raise PackError(f"together {total / MIB:.1f} MiB, over the --limit-mib {args.limit_mib:g} MiB that may "
                             "travel: lower --size or --quality; nothing was kept")
-        for k in final:
-            os.replace(tmp[k], final[k])
+        for k, path in final.items():
+            os.replace(tmp[k], path)
         print(f"total {total / MIB:.1f} MiB of {args.limit_mib:g} MiB")
         return 0
     except PackError as e:
