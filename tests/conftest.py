@@ -110,3 +110,22 @@ def cifar_folders(tmp_path) -> Path:
 def pytest_addoption(parser):
     parser.addoption("--kill-points", type=int, default=3,
                      help="how many SIGKILL points the crash/resume test tries (default 3; 10 for a full check)")
+
+
+class StoppedAfterEpoch(Exception):
+    """Raised by :func:`train_until` once the run's last.pt holds the epoch asked for."""
+
+
+def train_until(train, cfg, out, epoch: int) -> None:
+    """Run the CIFAR ``train(cfg, out)`` and stop it right after ``epoch`` is checkpointed, as a crash would."""
+    import cnnlab.engine as engine
+
+    def stop(row):
+        if row["epoch"] == epoch:
+            raise StoppedAfterEpoch
+
+    real_fit = engine.fit
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("cnnlab.cifar.train.fit", lambda *a, **k: real_fit(*a, **k, on_epoch=stop))
+        with pytest.raises(StoppedAfterEpoch):
+            train(cfg, out, progress=False)

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab import engine
 from cnnlab.cifar.train import resume_config as cifar_resume_config
 from cnnlab.cifar.train import train as cifar_train
 from cnnlab.config import CifarTrainConfig
@@ -16,7 +15,7 @@ from cnnlab.engine import Schedule, batch_indices, build_optimizer, exponential_
 from cnnlab.faces.train import train as faces_train
 from cnnlab.files import atomic_torch_save, load_checkpoint
 from cnnlab.run import RunDir
-from tests.conftest import write_cifar_batches
+from tests.conftest import train_until, write_cifar_batches
 from tests.faces.conftest import make_people, tiny_config
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cnnlab"
@@ -87,19 +86,7 @@ def test_a_checkpoint_of_the_epoch_scheduler_resumes_to_the_same_run(tmp_path, d
     cfg = CifarTrainConfig(data_dir=str(data), width=0.125, batch_size=32, eval_batch_size=64, epochs=3, lr=0.02,
                            device="cpu", precision="fp32", channels_last=False)
     cifar_train(cfg, tmp_path / "full", progress=False)
-
-    class _Stop(Exception):
-        pass
-
-    def stop_after_epoch_1(row):
-        if row["epoch"] == 1:
-            raise _Stop
-
-    real_fit = engine.fit
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("cnnlab.cifar.train.fit", lambda *a, **k: real_fit(*a, **k, on_epoch=stop_after_epoch_1))
-        with pytest.raises(_Stop):
-            cifar_train(cfg, tmp_path / "part", progress=False)
+    train_until(cifar_train, cfg, tmp_path / "part", epoch=1)
     last = tmp_path / "part" / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(last)
     sched = ckpt["scheduler"]

@@ -22,11 +22,10 @@ import math
 import pytest
 import torch
 
-from cnnlab import engine
 from cnnlab.cifar.train import resume_config, train
 from cnnlab.config import CifarTrainConfig
 from cnnlab.run import RunDir
-from tests.conftest import write_cifar_batches
+from tests.conftest import train_until, write_cifar_batches
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")]
@@ -61,19 +60,7 @@ def test_a_compiled_run_finishes_and_learns_what_the_eager_run_learns(cifar_data
 def test_a_gpu_run_stopped_after_an_epoch_resumes_to_the_uninterrupted_result(cifar_data, tmp_path):
     cfg = _config(cifar_data, epochs=3)  # precision auto: what the study runs on this GPU
     full = train(cfg, tmp_path / "full", progress=False)
-
-    class _Stop(Exception):
-        pass
-
-    def stop_after_epoch_1(row):
-        if row["epoch"] == 1:
-            raise _Stop
-
-    real_fit = engine.fit
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("cnnlab.cifar.train.fit", lambda *a, **k: real_fit(*a, **k, on_epoch=stop_after_epoch_1))
-        with pytest.raises(_Stop):
-            train(cfg, tmp_path / "part", progress=False)
+    train_until(train, cfg, tmp_path / "part", epoch=1)
     assert [r["epoch"] for r in RunDir(tmp_path / "part").read_metrics()] == [1]
 
     part = train(resume_config(tmp_path / "part"), tmp_path / "part", resume=True, progress=False)
