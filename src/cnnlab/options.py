@@ -102,6 +102,9 @@ resuming and extending:
   where it ended; StepLR steps where it would have), and its test is scored again at the end
   with the best checkpoint. One process at a time works on a run folder."""
 TRAINING_OPTIONS_FILE = arg("--config", metavar="FILE", help="YAML file of training options")
+EXPORT_FILE = [arg("--format", required=True, choices=("onnx", "torchscript"), help="file format of --out"),
+               arg("--out", required=True, metavar="FILE", help="the file to write (an existing one is replaced "
+                                                                 "whole)")]
 
 
 RUN_OPTIONS = "run options (saved in the run's config.yaml)"

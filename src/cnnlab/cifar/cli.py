@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from cnnlab.config import CifarTrainConfig
-from cnnlab.options import (DEVICE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command, add_figures_command, arg,
-                            build_config, config_options, data_dir, print_result, run_dir, train_args, train_command)
+from cnnlab.options import (DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
+                            add_figures_command, arg, build_config, config_options, data_dir, print_result,
+                            run_dir, train_args, train_command)
 
 _RUN_DIR = run_dir("a run folder of cnnlab cifar train")
 
@@ -212,5 +213,4 @@ def _add_use_commands(csub: argparse._SubParsersAction) -> None:
                     "(cnnlab.json) records the class names, the input size, mean and std.",
         examples=["cnnlab cifar export runs/B --format torchscript --out B.pt"],
         args=[_RUN_DIR,
-              arg("--format", required=True, choices=("onnx", "torchscript"), help="file format of --out"),
-              arg("--out", required=True, metavar="FILE", help="the file (an existing one is replaced whole)")])
+              *EXPORT_FILE])

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from cnnlab.config import FaceSearchConfig, FaceTrainConfig, from_dict
-from cnnlab.options import (DEVICE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command, add_figures_command, arg,
-                            build_config, config_options, config_overrides, data_dir, print_result, run_dir,
-                            train_args, train_command)
+from cnnlab.options import (DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
+                            add_figures_command, arg, build_config, config_options, config_overrides, data_dir,
+                            print_result, run_dir, train_args, train_command)
 from cnnlab.search import RANKING
 
 
@@ -263,8 +263,7 @@ def _add_use_commands(fsub: argparse._SubParsersAction) -> None:
                     "crop, mean and std, whether embeddings are L2-normalised and the run's threshold.",
         examples=["cnnlab faces export runs/view1 --format onnx --out view1.onnx"],
         args=[_FINISHED_RUN,
-              arg("--format", required=True, choices=("onnx", "torchscript"), help="file format"),
-              arg("--out", required=True, metavar="FILE", help="file to write (replaced whole if it exists)")])
+              *EXPORT_FILE])
 
 
 def _add_download_command(fsub: argparse._SubParsersAction) -> None:
