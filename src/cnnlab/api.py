@@ -2,11 +2,12 @@
 
     from cnnlab import FaceVerifier
     fv = FaceVerifier.from_run("runs/view1")
-    fv.verify("a.jpg", "b.jpg")          # {"distance": .., "threshold": .., "same_person": ..}
+    fv.verify("a.jpg", "b.jpg")          # {"distance": .., "threshold": .., "same_person": .., "faces": ..}
 
 Images may be given as file paths, PIL images or uint8 numpy arrays (H, W, 3)
-in RGB order; each is decoded exactly as in training (8-bit RGB, the run's
-centre crop and size for faces, 32x32 for CIFAR). The CLI's ``faces verify``,
+in RGB order; each is decoded exactly as in training (upright 8-bit RGB; for
+faces the run's ``--align``: the face detected and aligned, or the centre
+crop, at the run's size; 32x32 for CIFAR). The CLI's ``faces verify``,
 ``faces identify`` and ``cifar predict`` are built on these classes.
 """
 
@@ -22,10 +23,12 @@ from PIL import Image
 from cnnlab.cifar.train import load_run_model as load_cifar_run
 from cnnlab.data.augment import eval_transform
 from cnnlab.data.cifar10 import CLASSES, IMAGE_SIZE
-from cnnlab.data.images import _to_rgb, center_crop_resize, decode_rgb, resize_exact, upright
+from cnnlab.data.align import Prepared
+from cnnlab.data.images import _to_rgb, decode_rgb, resize_exact, upright
 from cnnlab.engine import infer
 from cnnlab.errors import CnnlabError, DataError
-from cnnlab.faces.verify import _gallery, check_k, load_image, nearest_people, open_run, pair_verdict
+from cnnlab.faces.verify import (_gallery, check_k, face_dict, load_image, nearest_people, open_run, pair_verdict,
+                                 prepare_input)
 from cnnlab.files import not_a_regular_file
 from cnnlab.run import RunDir
 from cnnlab.runtime import resolve_device
@@ -65,6 +68,10 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
 
 
+def _stack(prepared: list[Prepared]) -> torch.Tensor:
+    return torch.stack([_to_tensor(p.image) for p in prepared])
+
+
 def _name(image, i: int) -> str:
     return str(image) if isinstance(image, (str, os.PathLike)) else f"image {i}"
 
@@ -74,7 +81,9 @@ class FaceVerifier:
 
     Distances are Euclidean between embeddings; two faces are the same
     person when their distance is at most :attr:`threshold`, the one
-    training chose on its validation pairs.
+    training chose on its validation pairs. Each input must hold a face
+    (:class:`cnnlab.data.align.NoFace`, a :class:`~cnnlab.errors.DataError`
+    naming it, otherwise) unless the run centre-crops (``--align center``).
     """
 
     def __init__(self, opened):
@@ -82,26 +91,43 @@ class FaceVerifier:
         self.threshold: float = opened.threshold
         self.device: torch.device = opened.device
         self.model = opened.model
+        self.align: str = opened.align
 
     @classmethod
-    def from_run(cls, path: str | os.PathLike, device: str = "auto") -> "FaceVerifier":
-        """The best checkpoint of the finished face run at ``path``, on ``device`` (auto: a GPU if there is one)."""
-        return cls(open_run(path, device))
+    def from_run(cls, path: str | os.PathLike, device: str = "auto", align: str | None = None) -> "FaceVerifier":
+        """The best checkpoint of the finished face run at ``path``, on ``device`` (auto: a GPU if there is one).
+
+        ``align`` (auto, detect, center): how faces are found, when not as the
+        run was trained (a warning says the threshold may then not fit).
+        """
+        return cls(open_run(path, device, align))
+
+    def prepare(self, images) -> list[Prepared]:
+        """Each image made ready for the network: ``.image`` (the aligned or cropped face, PIL), ``.face``
+        (the detected face: box, landmarks, score; None when centre-cropped) and ``.faces`` (how many)."""
+        cfg, align = self._run.cfg, self.align
+        return [load_image(im, cfg, align) if isinstance(im, (str, os.PathLike))
+                else prepare_input(_rgb(im, _name(im, i)), _name(im, i), cfg, align)
+                for i, im in enumerate(_as_list(images))]
 
     def preprocess(self, images) -> torch.Tensor:
-        """uint8 (N, 3, S, S): each image decoded, centre-cropped and resized as in training."""
-        size, crop = self._run.cfg.image_size, self._run.cfg.crop
-        return torch.stack([load_image(im, size, crop) if isinstance(im, (str, os.PathLike))
-                            else _to_tensor(center_crop_resize(_rgb(im, _name(im, i)), size, crop))
-                            for i, im in enumerate(_as_list(images))])
+        """uint8 (N, 3, S, S): each image decoded, its face aligned (or centre-cropped) and resized as in training."""
+        return _stack(self.prepare(images))
 
     def embed(self, images) -> torch.Tensor:
         """Embeddings (N, D), float32 on the CPU, of one image or a list of them."""
         return self._run.embed(self.preprocess(images))
 
     def verify(self, a, b) -> dict:
-        """``{"distance", "threshold", "same_person"}`` for two face images."""
-        return pair_verdict(self.embed([a, b]), self.threshold)
+        """``{"distance", "threshold", "same_person", "faces"}`` for two face images.
+
+        ``faces``: for each image the face used, ``{"box": [x0, y0, x1, y1],
+        "landmarks": [[x, y] x 5], "score"}`` in its pixels, or None when the
+        run centre-crops.
+        """
+        prepared = self.prepare([a, b])
+        return {**pair_verdict(self._run.embed(_stack(prepared)), self.threshold),
+                "faces": [face_dict(p) for p in prepared]}
 
     def identify(self, probe, gallery_dir: str | os.PathLike, k: int = 10) -> list[dict]:
         """The ``k`` people of ``gallery_dir`` (one sub-folder per person) nearest to ``probe``, nearest first.
@@ -112,7 +138,7 @@ class FaceVerifier:
         """
         check_k(k)
         r = self._run
-        g = _gallery(r.run, r.model, r.cfg, gallery_dir, r.device, r.precision, r.channels_last)
+        g = _gallery(r.run, r.model, r.cfg, gallery_dir, r.device, r.precision, r.channels_last, r.align)
         return nearest_people(self.embed(probe), g, k, self.threshold)
 
 

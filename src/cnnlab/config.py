@@ -240,6 +240,10 @@ def load_yaml(path: str | Path) -> dict:
 FACE_LOSSES = ("contrastive", "triplet")
 FACE_MINERS = ("batch-hard", "semi-hard", "all")
 FACE_PROTOCOLS = ("none", "lfw-view1")
+FACE_ALIGNS = ("auto", "detect", "center")
+ALIGN_HELP = ("how the face is found in each image: auto (detect it and its five landmarks and align it to the "
+              "standard template; where no face is found, the centre crop of --crop), detect (the same, but "
+              "images without a face are skipped) or center (no detection: the centre crop of --crop)")
 FACE_DEFAULT_MARGIN = {"contrastive": 1.0, "triplet": 0.2}
 """``--margin`` when none is given: the study's 1.0 for the contrastive loss, FaceNet's 0.2 for the triplet loss."""
 
@@ -265,7 +269,8 @@ class FaceTrainConfig:
     test_fraction: float = opt(0.1, "fraction of the people kept for testing (--protocol none)")
     image_size: int = opt(112, "side of the decoded, cached face images in pixels")
     crop: float = opt(0.6, "centre crop before resizing, as a fraction of the shorter side (0.6 frames an "
-                           "LFW face)")
+                           "LFW face), for --align center and images auto finds no face in")
+    align: str = opt("auto", ALIGN_HELP, choices=FACE_ALIGNS)
     skip_bad_images: bool = opt(False, "skip image files that cannot be decoded instead of stopping")
     augment: bool = opt(True, "training augmentation: horizontal flip and a small random zoom and shift")
     # model
@@ -319,6 +324,7 @@ class FaceTrainConfig:
         _require(isinstance(self.image_size, int) and self.image_size >= 16, "image_size",
                  "an integer of at least 16", self.image_size)
         _require(0 < self.crop <= 1, "crop", "a fraction in (0, 1]", self.crop)
+        _require(self.align in FACE_ALIGNS, "align", " or ".join(FACE_ALIGNS), self.align)
         from cnnlab.models.siamese import backbone_names, is_backbone
 
         _require(is_backbone(self.backbone), "backbone", f"{', '.join(backbone_names())} or timm:NAME with NAME "

@@ -60,6 +60,24 @@ def _input(size: int, mean, std) -> dict:
             "std": [float(s) for s in std]}
 
 
+def _face_preprocessing(cfg) -> dict:
+    """How an image becomes the network's input in a face run, for a user outside cnnlab to do the same."""
+    from cnnlab.data.align import DETECTOR, TEMPLATE_112, template
+
+    crop = {"crop": cfg.crop, "crop_means": "the central square, crop x the shorter side, then resized",
+            "resize": "bicubic"}
+    out = {"decode": "8-bit RGB, EXIF orientation applied", "image_size": cfg.image_size, "align": cfg.align}
+    if cfg.align == "center":
+        return {**out, **crop}
+    return {**out, "detector": DETECTOR,
+            "alignment": "a similarity transform (least squares) of the five landmarks onto the template, "
+                         "then an affine warp to image_size x image_size, edge pixels repeated outside the photo",
+            "landmarks": ["left eye (image left)", "right eye", "nose tip", "left mouth corner", "right mouth corner"],
+            "template": [[round(float(x), 4), round(float(y), 4)] for x, y in template(cfg.image_size)],
+            "template_112": TEMPLATE_112.tolist(),
+            "no_face": ("the centre crop below" if cfg.align == "auto" else "the image is refused"), **crop}
+
+
 def face_export(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
     """The embedding network of a finished face run (best checkpoint, CPU, fp32) and its metadata."""
     from cnnlab.faces.train import load_run_model
@@ -73,9 +91,7 @@ def face_export(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
         "cnnlab_version": __version__, "study": "faces", "run": str(run.path), "checkpoint": "best",
         "backbone": cfg.backbone,
         "input": _input(cfg.image_size, mean, std),
-        "preprocessing": {"decode": "8-bit RGB", "crop": cfg.crop,
-                          "crop_means": "the central square, crop x the shorter side, then resized",
-                          "resize": "bicubic", "image_size": cfg.image_size},
+        "preprocessing": _face_preprocessing(cfg),
         "output": {"name": "embeddings", "shape": ["batch", cfg.embedding_dim]},
         "l2_normalized": bool(cfg.normalize_embeddings), "distance": "euclidean", "threshold": threshold,
         "same_person": "distance <= threshold",

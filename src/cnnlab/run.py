@@ -42,6 +42,17 @@ _STUDY_FIELDS = {"cifar": "blocks", "faces": "backbone"}
 _STUDIES = {"cifar": "the CIFAR-10 block study", "faces": "the face-verification study"}
 
 
+_ADDED_FIELDS = {"faces": {"align": "center"}}
+"""Fields added to a study's configuration since its first release, with the value that means what runs
+saved before they existed did (face runs before --align centre-cropped every image)."""
+
+
+def upgrade_config(config: dict) -> dict:
+    """A saved configuration with the fields added since it was written, at the values it ran with."""
+    added = _ADDED_FIELDS.get(study_of(config) or "", {})
+    return {**config, **{k: v for k, v in added.items() if k not in config}}
+
+
 def study_of(config: dict) -> str | None:
     """"cifar" or "faces": the study whose config ``config`` (a dict of fields) is; None when it is neither."""
     found = [study for study, name in _STUDY_FIELDS.items() if name in config]
@@ -124,7 +135,7 @@ class RunDir:
         if not self.last_checkpoint.is_file():
             return None
         ckpt = load_checkpoint(self.last_checkpoint)
-        return ckpt["config"] if isinstance(ckpt.get("config"), dict) else None
+        return upgrade_config(ckpt["config"]) if isinstance(ckpt.get("config"), dict) else None
 
     def run_config(self, may_differ: tuple[str, ...] = ()) -> dict:
         """The run's configuration: the one its last checkpoint saved, which is the run's truth.
@@ -233,7 +244,7 @@ class RunDir:
     def read_config(self) -> dict:
         if not self.config_path.is_file():
             raise CnnlabError(f"{self.path} holds no cnnlab run (no config.yaml)")
-        return load_yaml(self.config_path)
+        return upgrade_config(load_yaml(self.config_path))
 
     def write_metrics(self, rows: list[dict]) -> None:
         buf = io.StringIO()

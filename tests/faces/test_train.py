@@ -310,8 +310,8 @@ def test_freeze_bn_keeps_backbone_batchnorm_in_eval_mode(face_dir):
 
 def test_timm_backbone_trains_end_to_end(face_dir, tmp_path):
     out = tmp_path / "run"
-    cfg = tiny_config(face_dir, backbone="timm:resnet18", image_size=16, trainable_layers=2, freeze_bn=False,
-                      lr=0.05)
+    # The tiny runs' learning rate: at 0.05 this bf16 ResNet diverged now and then, depending on thread timing.
+    cfg = tiny_config(face_dir, backbone="timm:resnet18", image_size=16, trainable_layers=2, freeze_bn=False)
     s = train(cfg, out, progress=False)
     assert s["status"] == "finished" and s["backbone"] == "timm:resnet18" and 0 <= s["roc_auc"] <= 1
     model, saved = load_run_model(RunDir(out))

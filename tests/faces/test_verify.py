@@ -5,8 +5,10 @@ import torch
 from PIL import Image
 
 from cnnlab.cli import main
+from cnnlab.data.align import NoFace
 from cnnlab.errors import DataError
-from cnnlab.faces.verify import identify, load_image, verify
+from cnnlab.faces.verify import identify, load_image, to_tensor, verify
+from tests.faces.conftest import tiny_config
 
 
 def _faces(finished_run):
@@ -18,7 +20,8 @@ def test_verify_json_on_two_images(finished_run, capsys):
     b = _faces(finished_run) / "Person_B" / "Person_B_0002.jpg"
     assert main(["faces", "verify", str(finished_run), str(a), str(b), "--json", "--device", "cpu"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert set(r) == {"distance", "threshold", "same_person"}
+    assert set(r) == {"distance", "threshold", "same_person", "faces"}
+    assert r["faces"] == [None, None]  # the run centre-crops: no face was detected
     summary = json.loads((finished_run / "summary.json").read_text())
     assert r["threshold"] == summary["threshold"]
     assert r["same_person"] == (r["distance"] <= r["threshold"])
@@ -44,11 +47,18 @@ def test_verify_plain_output_and_a_missing_image(finished_run, tmp_path, capsys)
 def test_images_are_decoded_as_in_training(tmp_path):
     img = Image.new("L", (60, 40), 128)  # grayscale, not square
     img.save(tmp_path / "g.png")
-    x = load_image(tmp_path / "g.png", 32, 0.5)
+    cfg = tiny_config(tmp_path, image_size=32, crop=0.5)
+    p = load_image(tmp_path / "g.png", cfg)
+    x = to_tensor(p.image)
     assert x.shape == (3, 32, 32) and x.dtype == torch.uint8 and int(x.float().mean()) == 128
+    assert p.how == "center" and p.face is None
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match="bad.jpg"):
-        load_image(tmp_path / "bad.jpg", 32, 0.5)
+        load_image(tmp_path / "bad.jpg", cfg)
+    # A run that detects faces refuses an input without one, naming it (auto has no fallback for one input).
+    for align in ("auto", "detect"):
+        with pytest.raises(NoFace, match=r"g\.png: no face found; .*--align center"):
+            load_image(tmp_path / "g.png", cfg, align)
 
 
 def test_identify_lists_the_nearest_people_and_caches_the_gallery(finished_run, capsys, monkeypatch):

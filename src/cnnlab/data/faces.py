@@ -18,7 +18,8 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -27,7 +28,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from cnnlab.data import cache
-from cnnlab.data.images import center_crop_resize, list_files, load_many
+from cnnlab.data.align import ALIGNED_MARKER, NoFace, check_align, is_aligned_folder, prepare
+from cnnlab.data.images import list_files, load_many
 from cnnlab.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ picture and the face gets fewer of the 112 pixels.
 
 _CACHE_VERSION = 2  # 2: images are decoded upright (EXIF orientation applied); older caches hold them as stored
 _IGNORED_DIRS = {"__MACOSX"}  # left behind by zip archives made on macOS
+_SHOWN = 5  # file names a log line lists before "and N more"
 
 
 # --------------------------------------------------------------------------- scanning
@@ -165,6 +168,7 @@ class FaceSet:
     names: list[str]
     files: list[str]
     root: Path
+    alignment: dict = field(default_factory=dict)  # how the faces were found: see _alignment_counts
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -178,7 +182,8 @@ class FaceSet:
         return torch.bincount(self.labels, minlength=len(self.names))
 
 
-def _cache_keys(root: Path, image_size: int, crop: float, files: list[list[Path]]) -> tuple[str, str]:
+def _cache_keys(root: Path, image_size: int, crop: float, files: list[list[Path]],
+                align: str = "center") -> tuple[str, str]:
     """(name, content key) of the cache: the name from the folder, size and crop, the key also from the files.
 
     One cache file per folder, size and crop, overwritten when the files
@@ -187,7 +192,7 @@ def _cache_keys(root: Path, image_size: int, crop: float, files: list[list[Path]
     re-hashing 13k images on every start would cost as much as decoding them.
     """
     settings = {"version": _CACHE_VERSION, "root": str(root.resolve()), "size": image_size,
-                "crop": round(float(crop), 6)}
+                "crop": round(float(crop), 6), "align": align, "aligned_folder": is_aligned_folder(root)}
     listing = []
     for person_files in files:
         for p in person_files:
@@ -201,9 +206,11 @@ def _cache_keys(root: Path, image_size: int, crop: float, files: list[list[Path]
 def _cache_problem(obj: dict, names: list[str], files: list[list[Path]], image_size: int,
                    skip_bad: bool) -> str | None:
     """What is wrong with a cached decode, given the people and files the folder holds now (None: nothing)."""
-    kept, rel, bad = obj.get("names"), obj.get("files"), obj.get("bad")
-    if not all(isinstance(x, list) and all(isinstance(v, str) for v in x) for x in (kept, rel, bad)):
-        return "its names, files or bad files are not lists of strings"
+    kept, rel, bad, no_face = obj.get("names"), obj.get("files"), obj.get("bad"), obj.get("no_face")
+    if not all(isinstance(x, list) and all(isinstance(v, str) for v in x) for x in (kept, rel, bad, no_face)):
+        return "its names, files, bad files or files without a face are not lists of strings"
+    if not isinstance(obj.get("alignment"), dict):
+        return "it does not say how the faces were found"
     problem = cache.labelled_images_problem(obj.get("images"), obj.get("labels"), size=image_size,
                                             classes=len(kept), name="faces")
     if problem:
@@ -211,8 +218,8 @@ def _cache_problem(obj: dict, names: list[str], files: list[list[Path]], image_s
     if len(rel) != len(obj["labels"]):
         return f"it lists {len(rel)} files for {len(obj['labels'])} faces"
     scanned = sum(len(f) for f in files)
-    if len(rel) + len(bad) != scanned:
-        return f"it accounts for {len(rel) + len(bad)} image files where the folder holds {scanned}"
+    if len(rel) + len(bad) + len(no_face) != scanned:
+        return f"it accounts for {len(rel) + len(bad) + len(no_face)} image files where the folder holds {scanned}"
     if not set(kept) <= set(names) or kept != sorted(kept, key=names.index) or (len(kept) != len(names)
                                                                                 and not skip_bad and not bad):
         return "its people are not the people folders of the face folder"
@@ -225,17 +232,22 @@ def load_faces(
     crop: float = LFW_CROP,
     skip_bad: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    align: str = "center",
 ) -> FaceSet:
     """Decode every face under ``root`` (see :func:`find_people_root`) into a :class:`FaceSet`.
 
-    Each image is decoded to RGB (grayscale repeated into three channels),
-    centre-cropped to ``crop`` of its shorter side and resized to
-    ``image_size`` x ``image_size``. The result is cached in ``cache_dir``
-    (default ``$CNNLAB_CACHE_DIR``, else ``~/.cache/cnnlab``), keyed by the folder, the size, the
-    crop and the names, sizes and modification times of the files, so a
-    second call decodes nothing and any change to the folder decodes again
-    (and replaces that folder's cache). A corrupt cache is ignored, with a
-    warning, and written again.
+    Each image is decoded to upright RGB (grayscale repeated into three
+    channels) and made ``image_size`` x ``image_size`` as ``align`` says (see
+    :mod:`cnnlab.data.align`): the face detected and aligned to the five-point
+    template (``auto``, ``detect``), or the centre ``crop`` of the shorter side
+    (``center``, and ``auto`` where no face is found). With ``detect`` an image
+    without a face is left out, and the log says how many and which. The
+    result is cached in ``cache_dir`` (default ``$CNNLAB_CACHE_DIR``, else
+    ``~/.cache/cnnlab``), keyed by the folder, the size, the crop, the
+    alignment and the names, sizes and modification times of the files, so a
+    second call decodes (and detects) nothing and any change to the folder
+    decodes again (and replaces that folder's cache). A corrupt cache is
+    ignored, with a warning, and written again.
 
     Without ``skip_bad``, a person folder without images or an image that
     cannot be decoded is a :class:`DataError` naming it; with it, they are
@@ -246,12 +258,13 @@ def load_faces(
         raise ConfigError(f"--image-size must be an integer of at least 8, got {image_size!r}")
     if not 0.0 < float(crop) <= 1.0:
         raise ConfigError(f"--crop must be a fraction of the image side in (0, 1], got {crop!r}")
+    check_align(align)
     people_root = find_people_root(root)
     names, files = _scan(people_root, skip_bad)
-    cache_name, key = _cache_keys(people_root, image_size, crop, files)
+    cache_name, key = _cache_keys(people_root, image_size, crop, files, align)
     cache_path = cache.cache_dir(cache_dir) / "faces" / f"{cache_name}.pt"
 
-    meta = {"version": _CACHE_VERSION, "image_size": image_size, "crop": round(float(crop), 6),
+    meta = {"version": _CACHE_VERSION, "image_size": image_size, "crop": round(float(crop), 6), "align": align,
             "files": sum(len(f) for f in files)}
     cached = cache.load_checked(cache_path, key=key, meta=meta, what="face cache",
                                 check=lambda obj: _cache_problem(obj, names, files, image_size, skip_bad))
@@ -261,39 +274,99 @@ def load_faces(
             if not skip_bad:
                 raise DataError(f"{first}: cannot be decoded (use --skip-bad-images to skip such files)")
             logger.warning("skipped %d bad image file(s), e.g. %s", len(cached["bad"]), first)
+        _log_alignment(cached["alignment"], people_root)
         logger.info("loaded %d faces of %d people from the cache %s",
                     len(cached["labels"]), len(cached["names"]), cache_path)
         return FaceSet(cached["images"], cached["labels"], list(cached["names"]),
-                       list(cached["files"]), people_root)
+                       list(cached["files"]), people_root, dict(cached["alignment"]))
 
     flat = [p for person_files in files for p in person_files]
     person_of = [i for i, person_files in enumerate(files) for _ in person_files]
+    how = _Tally(people_root, align, is_aligned_folder(people_root))
 
-    def transform(img: Image.Image) -> Image.Image:
-        return center_crop_resize(img, image_size, crop)
+    def transform(img: Image.Image, path: Path) -> Image.Image:
+        return how.prepare(img, path, image_size, crop)
 
     def progress(it, total):
-        return tqdm(it, total=total, desc=f"decoding faces in {people_root.name}", unit="img", leave=False,
+        what = "decoding faces" if align == "center" else "finding faces"
+        return tqdm(it, total=total, desc=f"{what} in {people_root.name}", unit="img", leave=False,
                     disable=None)  # None: drawn on a terminal only, never into a log or a pipe
 
-    arr, kept, bad = load_many(flat, transform, skip_bad=skip_bad, progress=progress)
+    arr, kept, bad = load_many(flat, transform, skip_bad=skip_bad, progress=progress, with_path=True)
+    alignment = how.counts()
+    _log_alignment(alignment, people_root)
     if not kept:
-        raise DataError(f"no image under {people_root} could be decoded")
+        raise DataError(f"no image under {people_root} could be decoded"
+                        + (" or holds a face" if alignment.get("no_face") else ""))
     # Relabel over the people that still have an image, keeping the sorted order.
     kept_person = torch.tensor([person_of[i] for i in kept], dtype=torch.int64)
     present, labels = torch.unique(kept_person, sorted=True, return_inverse=True)
     kept_names = [names[i] for i in present.tolist()]
     if len(kept_names) < len(names):
         dropped = sorted(set(names) - set(kept_names))
-        logger.warning("dropped %d person(s) whose images were all unreadable: %s",
+        logger.warning("dropped %d person(s) none of whose images could be used: %s",
                        len(dropped), ", ".join(dropped[:10]))
     images = torch.from_numpy(arr)  # (N, 3, S, S) uint8
     rel = [flat[i].relative_to(people_root).as_posix() for i in kept]
-    bad_rel = [b.path.relative_to(people_root).as_posix() for b in bad]
+    bad_rel = [b.path.relative_to(people_root).as_posix() for b in bad if not isinstance(b, NoFace)]
+    no_face = [b.path.relative_to(people_root).as_posix() for b in bad if isinstance(b, NoFace)]
     cache.save_checked(cache_path, {"images": images, "labels": labels.to(torch.int64), "names": kept_names,
-                                    "files": rel, "bad": bad_rel}, key=key, meta=meta, what="face cache")
+                                    "files": rel, "bad": bad_rel, "no_face": no_face, "alignment": alignment},
+                       key=key, meta=meta, what="face cache")
     logger.info("decoded %d faces of %d people from %s", len(rel), len(kept_names), people_root)
-    return FaceSet(images, labels.to(torch.int64), kept_names, rel, people_root)
+    return FaceSet(images, labels.to(torch.int64), kept_names, rel, people_root, alignment)
+
+
+class _Tally:
+    """Prepares the images of one folder (from several threads) and counts how each face was found."""
+
+    def __init__(self, root: Path, align: str, aligned_folder: bool):
+        self.root, self.align, self.aligned_folder = root, align, aligned_folder
+        self._lock = threading.Lock()
+        self._how: dict[str, list[str]] = {"aligned": [], "center": [], "as-is": [], "no_face": [], "several": []}
+
+    def prepare(self, img: Image.Image, path: Path, size: int, crop: float) -> Image.Image:
+        rel = path.relative_to(self.root).as_posix()
+        try:
+            p = prepare(img, size, crop, self.align, str(path), self.aligned_folder)
+        except NoFace:
+            with self._lock:
+                self._how["no_face"].append(rel)
+            raise
+        with self._lock:
+            self._how[p.how].append(rel)
+            if p.faces > 1:
+                self._how["several"].append(rel)
+        return p.image
+
+    def counts(self) -> dict:
+        """``{"align", "aligned", "center", "as_is", "no_face", "several"}`` counts, and the first files
+        without a face (``"examples"``: the centre-cropped ones for auto, the skipped ones for detect)."""
+        h = {k: sorted(v) for k, v in self._how.items()}
+        missing = h["no_face"] or (h["center"] if self.align == "auto" else [])
+        return {"align": "as-is (a folder written by cnnlab faces align)" if self.aligned_folder else self.align,
+                "aligned": len(h["aligned"]), "center": len(h["center"]), "as_is": len(h["as-is"]),
+                "no_face": len(h["no_face"]), "several": len(h["several"]), "examples": missing[:_SHOWN]}
+
+
+def _log_alignment(a: dict, root: Path) -> None:
+    """One log line per thing worth knowing about how the faces of ``root`` were found."""
+    if not a or a.get("align") == "center":
+        return
+    if a.get("as_is"):
+        logger.info("%s was written by cnnlab faces align (%s): its %d faces are used as they are",
+                    root, ALIGNED_MARKER, a["as_is"])
+        return
+    shown = ", ".join(a.get("examples", []))
+    logger.info("aligned %d face(s) of %s to the five-point template", a.get("aligned", 0), root)
+    if a.get("align") == "auto" and a.get("center"):
+        logger.info("no face found in %d image(s), which are centre-cropped instead (--align auto): %s%s",
+                    a["center"], shown, " ..." if a["center"] > _SHOWN else "")
+    if a.get("no_face"):
+        logger.warning("skipped %d image(s) in which no face was found (--align detect): %s%s",
+                       a["no_face"], shown, " ..." if a["no_face"] > _SHOWN else "")
+    if a.get("several"):
+        logger.info("%d image(s) hold several faces; the largest of each was used", a["several"])
 
 
 # --------------------------------------------------------------------------- splits

@@ -108,23 +108,31 @@ def center_crop_resize(img: Image.Image, size: int, crop: float = 1.0) -> Image.
     return resize_exact(img.crop((left, top, left + side, top + side)), size)
 
 
+class Skipped(BadImage):
+    """An image that decodes but that a transform does not use (a photo without a face): never fatal."""
+
+
 def load_many(
     paths: Sequence[Path],
-    transform: Callable[[Image.Image], Image.Image],
+    transform: Callable[..., Image.Image],
     skip_bad: bool = False,
     progress: Callable | None = None,
     min_side: int = MIN_SIDE,
+    with_path: bool = False,
 ) -> tuple[np.ndarray, list[int], list[BadImage]]:
     """Decode ``paths`` (in threads), apply ``transform`` and stack to uint8 (N, 3, H, W).
 
     Returns the stacked images, the indices into ``paths`` that were kept, and
     the bad files. Without ``skip_bad`` the first bad file (in ``paths`` order)
-    is raised.
+    is raised; a transform that raises :class:`Skipped` leaves the image out
+    in either case (the caller reports those). ``with_path``: the transform
+    is called as ``transform(image, path)``.
     """
 
     def one(p: Path) -> np.ndarray | BadImage:
         try:
-            return np.asarray(transform(decode_rgb(p, min_side=min_side)), dtype=np.uint8)
+            img = decode_rgb(p, min_side=min_side)
+            return np.asarray(transform(img, p) if with_path else transform(img), dtype=np.uint8)
         except BadImage as e:
             return e
 
@@ -136,13 +144,14 @@ def load_many(
         results = list(results)
 
     bad = [r for r in results if isinstance(r, BadImage)]
-    if bad and not skip_bad:
-        raise DataError(f"{bad[0]} (use --skip-bad-images to skip such files)")
+    fatal = [r for r in bad if not isinstance(r, Skipped)]
+    if fatal and not skip_bad:
+        raise DataError(f"{fatal[0]} (use --skip-bad-images to skip such files)")
     kept = [i for i, r in enumerate(results) if not isinstance(r, BadImage)]
-    if bad:
-        shown = ", ".join(str(b.path) for b in bad[:10])
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        logger.warning("skipped %d bad image file(s): %s%s", len(bad), shown, more)
+    if fatal:
+        shown = ", ".join(str(b.path) for b in fatal[:10])
+        more = f" and {len(fatal) - 10} more" if len(fatal) > 10 else ""
+        logger.warning("skipped %d bad image file(s): %s%s", len(fatal), shown, more)
     if not kept:
         return np.zeros((0, 3, 0, 0), dtype=np.uint8), kept, bad
     shapes = {results[i].shape for i in kept}

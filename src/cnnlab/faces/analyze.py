@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnlab.data.align import NoFace, is_aligned_folder, prepare
 from cnnlab.data.images import BadImage, center_crop_resize, decode_rgb
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.faces.train import UNTRAINED_BEST, load_run_model, run_config
@@ -99,8 +100,13 @@ def _retest(run: RunDir, device: str, data_dir: str | None) -> None:
 # --------------------------------------------------------------------------- nearest neighbours
 
 
-def _thumbnail(root: Path, rel: str, size: int, crop: float) -> np.ndarray:
-    img = center_crop_resize(decode_rgb(root / rel), size, crop)
+def _thumbnail(root: Path, rel: str, size: int, crop: float, align: str = "center") -> np.ndarray:
+    """The image ``root/rel`` as the network saw it: aligned or cropped as training did, ``size`` pixels."""
+    img = decode_rgb(root / rel)
+    try:
+        img = prepare(img, size, crop, align, str(root / rel), is_aligned_folder(root)).image
+    except NoFace:  # cannot happen for an image the run embedded; a file changed since
+        img = center_crop_resize(img, size, crop)
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)  # (3, S, S)
 
 
@@ -128,7 +134,7 @@ def nearest_neighbours(saved: dict, queries: int = 5, k: int = 10, seed: int = 0
     files = saved["files"]
     rows = []
     for q, nb in zip(query.tolist(), index.tolist()):
-        rows.append(np.stack([_thumbnail(root, files[i], saved["image_size"], saved["crop"]) for i in [q, *nb]]))
+        rows.append(np.stack([_thumbnail(root, files[i], saved["image_size"], saved["crop"], saved.get("align", "center")) for i in [q, *nb]]))
     return {
         "query": query,
         "neighbours": index,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cnnlab.config import FaceSearchConfig, FaceTrainConfig, from_dict
+from cnnlab.config import FACE_ALIGNS, FaceSearchConfig, FaceTrainConfig, from_dict
 from cnnlab.options import (DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
                             add_figures_command, arg, build_config, config_options, config_overrides, data_dir,
                             print_result, run_dir, train_args, train_command)
@@ -30,7 +30,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from cnnlab.faces.evaluate import evaluate_pairs
 
-    s = evaluate_pairs(args.run_dir, args.pairs, data_dir=args.data_dir, device=args.device)
+    s = evaluate_pairs(args.run_dir, args.pairs, data_dir=args.data_dir, device=args.device, align=args.align)
     print(f"LFW accuracy {s['lfw_accuracy_mean']:.4f} ± {s['lfw_accuracy_std']:.4f} (std over {s['lfw_folds']} "
           f"folds; standard error {s['lfw_accuracy_std_error']:.4f})  ROC AUC {s['lfw_roc_auc']:.4f}")
     print_result({}, (), where={"summary": Path(args.run_dir) / "summary.json"})
@@ -68,12 +68,22 @@ def _verify(args: argparse.Namespace) -> int:
     from cnnlab.api import FaceVerifier
     from cnnlab.files import dumps_json
 
-    r = FaceVerifier.from_run(args.run_dir, device=args.device).verify(args.image_a, args.image_b)
+    r = FaceVerifier.from_run(args.run_dir, device=args.device, align=args.align).verify(args.image_a, args.image_b)
     if args.json:
         print(dumps_json(r))
     else:
         verdict = "same person" if r["same_person"] else "different people"
         print(f"distance {r['distance']:.4f}  threshold {r['threshold']:.4f}  {verdict}")
+    return 0
+
+
+def _align(args: argparse.Namespace) -> int:
+    from cnnlab.faces.align_folder import align_folder
+
+    r = align_folder(args.src, args.dst, size=args.size)
+    done = r["aligned"] + r["kept_from_before"]
+    print(f"{done} of {r['images']} images aligned into {args.dst} ({len(r['no_face'])} without a face, "
+          f"{len(r['bad'])} unreadable: see {Path(args.dst) / 'cnnlab-aligned.json'})")
     return 0
 
 
@@ -83,7 +93,8 @@ def _identify(args: argparse.Namespace) -> int:
     from cnnlab.files import dumps_json
 
     check_k(args.k)  # before loading the network
-    rows = FaceVerifier.from_run(args.run_dir, device=args.device).identify(args.probe, args.gallery, k=args.k)
+    fv = FaceVerifier.from_run(args.run_dir, device=args.device, align=args.align)
+    rows = fv.identify(args.probe, args.gallery, k=args.k)
     if args.json:
         print(dumps_json(rows))
         return 0
@@ -99,9 +110,11 @@ def _export(args: argparse.Namespace) -> int:
     from cnnlab.export import export_run
 
     meta = export_run("faces", args.run_dir, args.format, args.out)
+    pre = meta["preprocessing"]
+    how = f"centre crop {pre['crop']}" if pre["align"] == "center" else "faces aligned to the five-point template"
     print(f"embedding network ({meta['output']['shape'][1]}-d, threshold {meta['threshold']:.4f}) written to "
           f"{args.out}; input uint8 RGB (batch, 3, {meta['input']['shape'][-1]}, {meta['input']['shape'][-1]}), "
-          f"centre crop {meta['preprocessing']['crop']}")
+          f"{how}")
     return 0
 
 
@@ -132,6 +145,10 @@ def _download(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parsers
 
 _FINISHED_RUN = run_dir("a finished run of cnnlab faces train")
+_ALIGN = arg("--align", choices=FACE_ALIGNS, default=None,
+             help="how the face is found in each image: auto or detect (detect the face and its five landmarks, "
+                  "align it), or center (the centre crop); default: as the run was trained, which is what its "
+                  "threshold fits")
 _LOG_FAR = arg("--log-far", action="store_true", help="logarithmic FAR axis on the ROC")
 _REDRAW_LOG_FAR = arg("--log-far", action=argparse.BooleanOptionalAction, default=None,
                       help="logarithmic FAR axis on the ROC, or linear with --no-log-far (default: the axis the run "
@@ -176,6 +193,7 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
         args=[_FINISHED_RUN,
               arg("--pairs", required=True, metavar="FILE", help="LFW pairs file with several folds (pairs.txt)"),
               data_dir("face folder (default: the run's --data-dir)"),
+              _ALIGN,
               DEVICE])
 
     add_command(
@@ -234,13 +252,15 @@ def _add_use_commands(fsub: argparse._SubParsersAction) -> None:
     add_command(
         fsub, "verify", _verify, help="are two face images the same person?",
         description="Print the distance of two images' embeddings, the run's threshold (chosen on its validation "
-                    "pairs) and the verdict.",
+                    "pairs) and the verdict. Each image's face is found as in training (--align of the run); an "
+                    "image without a face is an error naming it, one with several uses the largest, with a warning.",
         examples=["cnnlab faces verify runs/view1 a.jpg b.jpg --json"],
         args=[_FINISHED_RUN,
               arg("image_a", metavar="A", help="first image file"),
               arg("image_b", metavar="B", help="second image file"),
               arg("--json", action="store_true",
-                  help='print {"distance": .., "threshold": .., "same_person": true|false}'),
+                  help='print {"distance": .., "threshold": .., "same_person": true|false, "faces": [..]}'),
+              _ALIGN,
               DEVICE])
 
     add_command(
@@ -253,20 +273,35 @@ def _add_use_commands(fsub: argparse._SubParsersAction) -> None:
               arg("--gallery", required=True, metavar="DIR", help="folder with one sub-folder per person"),
               arg("-k", type=int, default=10, help="people to list (default: 10)"),
               arg("--json", action="store_true", help="print a JSON list"),
+              _ALIGN,
               DEVICE])
 
     add_command(
         fsub, "export", _export, help="the embedding network as an ONNX or TorchScript file",
         description="Write the best checkpoint's embedding network to one file. It takes uint8 RGB images "
                     "(batch, 3, S, S), normalises them itself and returns the embeddings (batch, D). Its metadata "
-                    "(cnnlab.json: ONNX metadata_props, TorchScript extra file) records the image size, centre "
-                    "crop, mean and std, whether embeddings are L2-normalised and the run's threshold.",
+                    "(cnnlab.json: ONNX metadata_props, TorchScript extra file) records the image size, how faces "
+                    "are found (the alignment template and detector, or the centre crop), mean and std, whether "
+                    "embeddings are L2-normalised and the run's threshold.",
         examples=["cnnlab faces export runs/view1 --format onnx --out view1.onnx"],
         args=[_FINISHED_RUN,
               *EXPORT_FILE])
 
 
 def _add_download_command(fsub: argparse._SubParsersAction) -> None:
+    add_command(
+        fsub, "align", _align, help="detect and align every face of a folder into a new folder",
+        description="Find the face and its five landmarks in every image of SRC (one sub-folder per person) and "
+                    "write it aligned to the standard five-point template, --size pixels square, into DST with the "
+                    "same layout. DST/cnnlab-aligned.json lists what was skipped and why (no face, unreadable). "
+                    "Training, evaluation and galleries use DST's images as they are. Run again, it continues an "
+                    "interrupted run.",
+        examples=["cnnlab faces align photos/ aligned/", "cnnlab faces train --data-dir aligned/ --out runs/mine"],
+        args=[arg("src", metavar="SRC", help="face folder: one sub-folder of images per person"),
+              arg("dst", metavar="DST", help="folder for the aligned faces (created; new, or one this command "
+                                             "wrote, to continue it)"),
+              arg("--size", type=int, default=112, help="side of the aligned faces in pixels (default: 112)")])
+
     add_command(
         fsub, "download", _download, help="download LFW (deep-funneled) and its protocol files",
         description="Fetch lfw-deepfunneled.tgz and pairsDevTrain.txt, pairsDevTest.txt, peopleDevTrain.txt, "

@@ -55,7 +55,7 @@ def _training_people(cfg, faces) -> set[str] | None:
 
 
 def evaluate_pairs(run_dir: str | os.PathLike, pairs: str | os.PathLike, data_dir: str | None = None,
-                   device: str = "auto", progress: bool = True) -> dict:
+                   device: str = "auto", progress: bool = True, align: str | None = None) -> dict:
     """Score the run's best checkpoint on an LFW ``pairs.txt``; the figures go into ``summary.json``.
 
     Keys: ``lfw_accuracy_mean``, ``lfw_accuracy_std`` (sample std over
@@ -66,20 +66,24 @@ def evaluate_pairs(run_dir: str | os.PathLike, pairs: str | os.PathLike, data_di
     """
     run = RunDir(run_dir)
     with run.lock("faces evaluate"):
-        return _evaluate_pairs(run, pairs, data_dir, device, progress)
+        return _evaluate_pairs(run, pairs, data_dir, device, progress, align)
 
 
 def _evaluate_pairs(run: RunDir, pairs: str | os.PathLike, data_dir: str | None, device: str,
-                    progress: bool) -> dict:
+                    progress: bool, align: str | None = None) -> dict:
     dev = resolve_device(device)
     model, cfg = load_run_model(run, "best", dev)
     if data_dir:
         cfg = replace(cfg, data_dir=str(data_dir))
+    if align and align != cfg.align:
+        logger.warning("%s was trained with --align %s; evaluating with --align %s", run.path, cfg.align, align)
+        cfg = replace(cfg, align=align)
     pair_list = read_pairs(pairs)
     if pair_list.num_folds < 2:
         raise ConfigError(f"--pairs {pairs}: holds a single fold of pairs; View 2 evaluation needs several "
                           f"(LFW's pairs.txt has 10). pairsDevTest.txt is the test of --protocol lfw-view1")
-    faces = load_faces(cfg.data_dir, image_size=cfg.image_size, crop=cfg.crop, skip_bad=cfg.skip_bad_images)
+    faces = load_faces(cfg.data_dir, image_size=cfg.image_size, crop=cfg.crop, skip_bad=cfg.skip_bad_images,
+                           align=cfg.align)
     i, j = resolve_pairs(pair_list, faces)
     used = torch.unique(torch.cat([i, j]))
     choice = select_precision(dev, cfg.precision, cfg.channels_last)
@@ -116,6 +120,7 @@ def _evaluate_pairs(run: RunDir, pairs: str | os.PathLike, data_dir: str | None,
         "lfw_folds": pair_list.num_folds,
         "lfw_pairs_file": str(Path(pairs).resolve()),
         "lfw_pairs_with_training_people": overlap,
+        "lfw_align": cfg.align,
     }
     what = pairs_file_name(str(pairs), pair_list.num_folds).replace("`", "")
     logger.info("%s: accuracy %.4f ± %.4f (std over %d folds), ROC AUC %.4f", what[0].upper() + what[1:], kf.mean,

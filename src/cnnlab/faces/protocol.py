@@ -154,7 +154,8 @@ def load_study_data(cfg: FaceTrainConfig, faces: FaceSet | None = None) -> Study
             from cnnlab.data.lfw import download_lfw_if_missing
 
             download_lfw_if_missing(cfg.data_dir)
-        faces = load_faces(cfg.data_dir, image_size=cfg.image_size, crop=cfg.crop, skip_bad=cfg.skip_bad_images)
+        faces = load_faces(cfg.data_dir, image_size=cfg.image_size, crop=cfg.crop, skip_bad=cfg.skip_bad_images,
+                           align=cfg.align)
     data = _split_lfw_view1(cfg, faces) if cfg.protocol == "lfw-view1" else _split_default(cfg, faces)
     if not bool((torch.unique(faces.labels[data.train], return_counts=True)[1] >= 2).any()):
         raise DataError(f"no training person in {faces.root} has two or more images, so there is nothing to "

@@ -342,6 +342,7 @@ def test_run(model: SiameseNet, d: StudyData, cfg: FaceTrainConfig, run: RunDir,
         "root": str(d.faces.root),
         "image_size": cfg.image_size,
         "crop": cfg.crop,
+        "align": cfg.align,
         "threshold": out["threshold"],
     }, run.path / TEST_EMBEDDINGS)
     return out
@@ -411,7 +412,8 @@ def _finish(cfg: FaceTrainConfig, s: Session, model: SiameseNet, d: StudyData, f
         "best_epoch": best["epoch"], "best_val_roc_auc": best["val_roc_auc"], "best_val_loss": best_row["val_loss"],
         **scores, **timing(fitted.history),
         "trainable_parameters": count_parameters(model), **d.sizes(), "protocol": d.protocol,
-        "people_root": str(d.faces.root), **s.facts(), "ranks_in_sync": in_sync,
+        "people_root": str(d.faces.root), "alignment": d.faces.alignment or {"align": cfg.align},
+        **s.facts(), "ranks_in_sync": in_sync,
     }
     summary = s.run.update_summary(**summary)
     if cfg.epochs > 0 and best["epoch"] == 0:  # epoch 0, the untrained network, competes for best.pt

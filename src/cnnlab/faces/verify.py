@@ -1,7 +1,10 @@
 """Using a trained run: ``cnnlab faces verify`` (same person or not) and ``cnnlab faces identify`` (who is it).
 
-Images go through exactly the decoding of training: any PIL mode to 8-bit
-RGB, the run's centre crop (``--crop``) and resize (``--image-size``).
+Images go through exactly the decoding of training: any PIL mode to upright
+8-bit RGB, then the run's ``--align`` (the face detected and aligned to the
+five-point template, or the centre crop of ``--crop``) at ``--image-size``.
+An input in which no face is found is an error naming it (unless the run
+centre-crops); an input with several faces uses the largest, with a warning.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import torch
 
 from cnnlab.config import FaceTrainConfig
 from cnnlab.data.cache import cache_dir, fingerprint, load_checked, save_checked
+from cnnlab.data.align import NoFace, Prepared, check_align, prepare
 from cnnlab.data.faces import load_faces
-from cnnlab.data.images import center_crop_resize, decode_rgb
+from cnnlab.data.images import decode_rgb
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.faces.train import embed, load_run_model, run_config
 from cnnlab.files import not_a_regular_file
@@ -27,17 +31,38 @@ from cnnlab.runtime import choose_precision, probe_hardware, resolve_device, sel
 
 logger = logging.getLogger(__name__)
 
-_GALLERY_CACHE_VERSION = 1
+_GALLERY_CACHE_VERSION = 2  # 2: the gallery's faces are found as the run's --align says
 
 
-def load_image(path: str | os.PathLike, image_size: int, crop: float) -> torch.Tensor:
-    """One image file as uint8 (3, S, S), decoded, cropped and resized as in training."""
+def prepare_input(img, name: str, cfg: FaceTrainConfig, align: str) -> Prepared:
+    """One input image (upright RGB PIL) as the run's network sees it.
+
+    With ``auto`` or ``detect``, an image without a face is a :class:`NoFace`
+    naming ``name``; several faces: the largest, with a warning naming ``name``.
+    """
+    check_align(align)
+    try:  # auto's fallback is for the images of a folder; a single input must hold a face
+        p = prepare(img, cfg.image_size, cfg.crop, "detect" if align == "auto" else align, name)
+    except NoFace:
+        raise NoFace(name, "; use a photo in which the face is visible, or --align center to take the centre "
+                           "crop instead") from None
+    if p.faces > 1:
+        logger.warning("%s: %d faces found; using the largest", name, p.faces)
+    return p
+
+
+def to_tensor(img) -> torch.Tensor:
+    """A PIL RGB image as uint8 (3, H, W)."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+
+
+def load_image(path: str | os.PathLike, cfg: FaceTrainConfig, align: str | None = None) -> Prepared:
+    """One image file decoded and made ready as in training (see :func:`prepare_input`)."""
     path = Path(path)
     problem = not_a_regular_file(path)
     if problem:
         raise DataError(f"image {path} {problem}")
-    img = center_crop_resize(decode_rgb(path), image_size, crop)
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+    return prepare_input(decode_rgb(path), str(path), cfg, align or cfg.align)
 
 
 def _threshold(run: RunDir) -> float:
@@ -75,6 +100,7 @@ class FaceRun(NamedTuple):
     device: torch.device
     precision: str
     channels_last: bool
+    align: str  # how inputs are made ready: the run's --align unless told otherwise
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Embeddings (N, D), float32 on the CPU, of uint8 images (N, 3, S, S) decoded as in training."""
@@ -82,13 +108,21 @@ class FaceRun(NamedTuple):
                      precision=self.precision, channels_last=self.channels_last)
 
 
-def open_run(run_dir: str | os.PathLike, device: str = "auto") -> FaceRun:
-    """The best checkpoint of a finished face run, with its threshold; an error saying what to do otherwise."""
+def open_run(run_dir: str | os.PathLike, device: str = "auto", align: str | None = None) -> FaceRun:
+    """The best checkpoint of a finished face run, with its threshold; an error saying what to do otherwise.
+
+    ``align``: how inputs are made ready, when not as the run was trained
+    (``--align``); a warning says that distances may then not match the
+    run's threshold.
+    """
     run = RunDir(run_dir)
     threshold = _threshold(run)
     dev = resolve_device(device)
     model, cfg = load_run_model(run, "best", dev)
-    return FaceRun(run, model, cfg, threshold, dev, *_precision(run, cfg, dev))
+    if align is not None and check_align(align) != cfg.align:
+        logger.warning("%s was trained with --align %s; using --align %s, so distances may not be on the scale of "
+                       "its threshold", run.path, cfg.align, align)
+    return FaceRun(run, model, cfg, threshold, dev, *_precision(run, cfg, dev), align or cfg.align)
 
 
 def pair_verdict(e: torch.Tensor, threshold: float) -> dict:
@@ -98,33 +132,42 @@ def pair_verdict(e: torch.Tensor, threshold: float) -> dict:
 
 
 def verify(run_dir: str | os.PathLike, image_a: str | os.PathLike, image_b: str | os.PathLike,
-           device: str = "auto") -> dict:
-    """``{"distance", "threshold", "same_person"}`` for two image files, with the run's best checkpoint.
+           device: str = "auto", align: str | None = None) -> dict:
+    """``{"distance", "threshold", "same_person", "faces"}`` for two image files, with the run's best checkpoint.
 
     The threshold is the one training chose on its validation pairs; the two
     images are called the same person when their distance is at most it.
-    :class:`cnnlab.FaceVerifier` does the same for PIL images and arrays too.
+    ``faces``: for each image the face used (box, landmarks, score), or None
+    where the run centre-crops. :class:`cnnlab.FaceVerifier` does the same for
+    PIL images and arrays too.
     """
-    r = open_run(run_dir, device)
-    x = torch.stack([load_image(p, r.cfg.image_size, r.cfg.crop) for p in (image_a, image_b)])  # (2, 3, S, S)
-    return pair_verdict(r.embed(x), r.threshold)
+    r = open_run(run_dir, device, align)
+    prepared = [load_image(p, r.cfg, r.align) for p in (image_a, image_b)]
+    x = torch.stack([to_tensor(p.image) for p in prepared])  # (2, 3, S, S)
+    return {**pair_verdict(r.embed(x), r.threshold), "faces": [face_dict(p) for p in prepared]}
+
+
+def face_dict(p: Prepared) -> dict | None:
+    """The face an input was aligned on, as JSON-ready numbers (None: centre-cropped)."""
+    return p.face.to_dict() if p.face is not None else None
 
 
 def _gallery(run: RunDir, model, cfg, gallery: str | os.PathLike, dev: torch.device, precision: str,
-             channels_last: bool) -> dict:
+             channels_last: bool, align: str | None = None) -> dict:
     """Embeddings of every image under ``gallery`` (one folder per person), cached per run and gallery.
 
     The cache key covers the gallery's files (names, sizes, modification
     times), the image size and crop, and the run's best checkpoint, so adding
     a photo or training the run further embeds the gallery again.
     """
-    faces = load_faces(gallery, image_size=cfg.image_size, crop=cfg.crop, skip_bad=True)
+    align = align or cfg.align
+    faces = load_faces(gallery, image_size=cfg.image_size, crop=cfg.crop, skip_bad=True, align=align)
     ckpt = run.best_checkpoint.resolve()
     st = ckpt.stat()
     key = fingerprint([faces.root / f for f in faces.files], faces.root, _GALLERY_CACHE_VERSION, cfg.image_size,
-                      cfg.crop, str(ckpt), st.st_size, st.st_mtime_ns, precision, channels_last)
+                      cfg.crop, align, str(ckpt), st.st_size, st.st_mtime_ns, precision, channels_last)
     path = cache_dir() / "faces-gallery" / f"{key}.pt"
-    meta = {"version": _GALLERY_CACHE_VERSION, "image_size": cfg.image_size, "crop": cfg.crop,
+    meta = {"version": _GALLERY_CACHE_VERSION, "image_size": cfg.image_size, "crop": cfg.crop, "align": align,
             "embedding_dim": cfg.embedding_dim, "files": len(faces.files), "root": str(faces.root)}
     cached = load_checked(path, key=key, meta=meta, what="gallery cache",
                           check=lambda g: _gallery_problem(g, faces, cfg.embedding_dim))
@@ -158,12 +201,12 @@ def check_k(k) -> None:
 
 
 def identify(run_dir: str | os.PathLike, probe: str | os.PathLike, gallery: str | os.PathLike, k: int = 10,
-             device: str = "auto") -> list[dict]:
+             device: str = "auto", align: str | None = None) -> list[dict]:
     """The ``k`` gallery people nearest to ``probe``, nearest first (see :func:`nearest_people`)."""
     check_k(k)
-    r = open_run(run_dir, device)
-    g = _gallery(r.run, r.model, r.cfg, gallery, r.device, r.precision, r.channels_last)
-    return nearest_people(r.embed(load_image(probe, r.cfg.image_size, r.cfg.crop)[None]), g, k, r.threshold)
+    r = open_run(run_dir, device, align)
+    g = _gallery(r.run, r.model, r.cfg, gallery, r.device, r.precision, r.channels_last, r.align)
+    return nearest_people(r.embed(to_tensor(load_image(probe, r.cfg, r.align).image)[None]), g, k, r.threshold)
 
 
 def nearest_people(q: torch.Tensor, g: dict, k: int, threshold: float) -> list[dict]:

