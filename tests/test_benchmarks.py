@@ -214,3 +214,47 @@ def test_gpu_check_refuses_missing_archives_and_a_used_output_folder(tmp_path):
     assert (tmp_path / "out" / "status.txt").read_text() == "earlier\n"
     r = _check(tmp_path / "c.tar.xz")
     assert r.returncode == 2 and "usage: gpu_check.sh" in r.stderr
+
+
+# benchmarks/faces_photos.py: LFW pairs as photo-like images.
+
+_PHOTOS = Path(__file__).resolve().parents[1] / "benchmarks" / "faces_photos.py"
+
+
+@pytest.fixture(scope="module")
+def photos():
+    spec = importlib.util.spec_from_file_location("faces_photos", _PHOTOS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_photos_are_larger_cluttered_canvases_stored_upright_or_with_exif(photos, tmp_path):
+    from PIL import Image
+
+    from cnnlab.data.images import decode_rgb
+
+    root = tmp_path / "people"
+    (root / "Ann_Lee").mkdir(parents=True)
+    face = np.zeros((250, 250, 3), dtype=np.uint8)
+    face[60:190, 80:170] = (250, 220, 190)
+    for k in range(1, 9):
+        Image.fromarray(face).save(root / "Ann_Lee" / f"Ann_Lee_{k:04d}.jpg")
+    files = [f"Ann_Lee/Ann_Lee_{k:04d}.jpg" for k in range(1, 9)]
+    assert photos.make_photos(root, files, tmp_path / "out") == 8
+    assert photos.make_photos(root, files, tmp_path / "out") == 0  # made once, kept
+    tags = []
+    for rel in files:
+        path = tmp_path / "out" / rel
+        with Image.open(path) as im:
+            tags.append(im.getexif().get(photos.EXIF_ORIENTATION, 1))
+            stored = im.size
+        upright = decode_rgb(path)
+        assert min(upright.size) >= 250 * 0.45 and max(upright.size) >= 480
+        if tags[-1] in (6, 8):
+            assert stored == upright.size[::-1]  # stored turned; decoding turns it back
+    assert set(tags) <= {1, 3, 6, 8} and any(t in (6, 8) for t in tags)
+    # The same image gives the same photo, whatever else is made beside it.
+    a = np.asarray(decode_rgb(tmp_path / "out" / files[0]))
+    photos.make_photos(root, files[:1], tmp_path / "again")
+    assert np.array_equal(a, np.asarray(decode_rgb(tmp_path / "again" / files[0])))

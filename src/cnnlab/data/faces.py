@@ -292,6 +292,9 @@ def load_faces(
         return tqdm(it, total=total, desc=f"{what} in {people_root.name}", unit="img", leave=False,
                     disable=None)  # None: drawn on a terminal only, never into a log or a pipe
 
+    if align != "center" and not how.aligned_folder:
+        logger.info("finding the face and its five landmarks in %d images of %s (once: the result is cached)",
+                    len(flat), people_root)
     arr, kept, bad = load_many(flat, transform, skip_bad=skip_bad, progress=progress, with_path=True)
     alignment = how.counts()
     _log_alignment(alignment, people_root)

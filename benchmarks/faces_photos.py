@@ -1,0 +1,184 @@
+"""Face verification on photos, not crops: LFW View 1's test pairs as photo-like images, side by side.
+
+    python benchmarks/faces_photos.py DATA_DIR RUN [RUN ...] [--out DIR] [--json FILE]
+
+DATA_DIR is LFW with its protocol files (as for ``--protocol lfw-view1``).
+Each image of the 1,000 pairs of ``pairsDevTest.txt`` is turned into a photo:
+the face image, scaled (0.45-1.2x) and tilted (up to 12 degrees), is placed at
+random on a larger canvas (480-720 px wide) of clutter (blurred noise,
+rectangles and ellipses of random colours), and a quarter of the photos are
+stored rotated with the EXIF orientation tag that turns them upright again (as
+phones store portrait shots). The photos are written once under ``--out``
+(default: ``DATA_DIR/../lfw-view1-photos``) with the people-folder layout.
+
+Every RUN (a finished face run) is then scored on the original images and on
+the photos, with the run's own ``--align`` and with each other ``--align``
+given by ``--align`` (default: auto and center): ROC AUC, EER, and accuracy at
+the run's threshold, the originals and the photos in one row. Faces are found
+as in ``cnnlab faces evaluate`` (a folder: auto centre-crops an image without a
+face, and the row counts them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+
+EXIF_ORIENTATION = 0x0112
+# Orientation tag -> the rotation (degrees, counter-clockwise) that stores an upright picture under that tag.
+_STORED_ROTATION = {3: 180, 6: 90, 8: 270}
+
+
+def clutter(rng: random.Random, size: tuple[int, int]) -> Image.Image:
+    """A busy background: blurred colour noise with random rectangles and ellipses on it."""
+    w, h = size
+    nrng = np.random.default_rng(rng.randrange(2**32))
+    noise = Image.fromarray(nrng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)).resize(size)
+    img = noise.filter(ImageFilter.GaussianBlur(3))
+    d = ImageDraw.Draw(img)
+    for _ in range(rng.randint(6, 14)):
+        x0, y0 = rng.randrange(w), rng.randrange(h)
+        box = (x0, y0, x0 + rng.randint(20, w // 2), y0 + rng.randint(20, h // 2))
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        (d.rectangle if rng.random() < 0.5 else d.ellipse)(box, fill=colour)
+    return img
+
+
+def photo(face: Image.Image, rng: random.Random) -> tuple[Image.Image, int]:
+    """``face`` placed on a cluttered canvas, and the EXIF orientation to store it under (1: none)."""
+    w = rng.randint(480, 720)
+    h = int(w * rng.uniform(0.7, 1.0))
+    canvas = clutter(rng, (w, h))
+    scale = rng.uniform(0.45, 1.2)
+    f = face.convert("RGB").resize((int(face.width * scale), int(face.height * scale)), Image.Resampling.BICUBIC)
+    mask = Image.new("L", f.size, 255)
+    angle = rng.uniform(-12, 12)
+    f, mask = (x.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True) for x in (f, mask))
+    x = rng.randint(0, max(0, w - f.width))
+    y = rng.randint(0, max(0, h - f.height))
+    canvas.paste(f, (x, y), mask)
+    orientation = rng.choice([3, 6, 8]) if rng.random() < 0.25 else 1
+    return canvas, orientation
+
+
+def save_photo(img: Image.Image, orientation: int, path: Path) -> None:
+    """Write ``img`` so that a viewer honouring EXIF shows it upright: pixels turned, the tag saying how."""
+    stored = img.rotate(_STORED_ROTATION[orientation], expand=True) if orientation != 1 else img
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[EXIF_ORIENTATION] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored.save(path, format="JPEG", quality=92, exif=exif.tobytes())
+
+
+def make_photos(people_root: Path, files: list[str], out: Path, seed: int = 0) -> int:
+    """Write the photo of every file (relative to ``people_root``) under ``out``; returns how many were new."""
+    made = 0
+    for rel in files:
+        dst = (out / rel).with_suffix(".jpg")
+        if dst.is_file():
+            continue
+        rng = random.Random(f"{seed}:{rel}")  # the same photo for the same image, in any order
+        with Image.open(people_root / rel) as im:
+            img, orientation = photo(im, rng)
+        save_photo(img, orientation, dst)
+        made += 1
+    return made
+
+
+def _pair_files(data_dir: Path):
+    from cnnlab.data.faces import find_people_root, load_faces  # noqa: F401 (find_people_root used below)
+    from cnnlab.data.lfw import read_pairs
+
+    pairs = read_pairs(data_dir / "pairsDevTest.txt")
+    root = find_people_root(data_dir)
+    return pairs, root
+
+
+def score(run_dir: str, folder: Path, pairs, align: str) -> dict:
+    """ROC AUC, EER and accuracy at the run's threshold of ``pairs`` with the images of ``folder``."""
+    from cnnlab.api import FaceVerifier
+    from cnnlab.data.faces import load_faces
+    from cnnlab.data.lfw import resolve_pairs
+    from cnnlab.metrics import accuracy_at_threshold, equal_error_rate, pair_distances, roc_auc
+
+    fv = FaceVerifier.from_run(run_dir, device="cpu", align=align)
+    cfg = fv._run.cfg
+    faces = load_faces(folder, image_size=cfg.image_size, crop=cfg.crop, align=align)
+    i, j = resolve_pairs(pairs, faces)
+    used = torch.unique(torch.cat([i, j]))
+    emb = fv._run.embed(faces.images[used])
+    d = pair_distances(emb, torch.searchsorted(used, i), torch.searchsorted(used, j))
+    same = pairs.same
+    a = faces.alignment
+    return {"roc_auc": roc_auc(d, same), "eer": equal_error_rate(d, same)[0],
+            "accuracy": accuracy_at_threshold(d, same, fv.threshold),
+            "no_face": int(a.get("center", 0) if align == "auto" else 0) + int(a.get("no_face", 0))}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("data_dir", type=Path, help="LFW with pairsDevTest.txt and its people folders")
+    p.add_argument("runs", nargs="+", help="finished face runs to score")
+    p.add_argument("--out", type=Path, help="folder for the photos (default: DATA_DIR/../lfw-view1-photos)")
+    p.add_argument("--align", default="auto,center", help="--align values to score each run with besides its own "
+                                                           "(comma-separated; default: auto,center)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the photos (default: 0)")
+    p.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = p.parse_args(argv)
+
+    from cnnlab.faces.train import run_config
+    from cnnlab.run import RunDir
+    from cnnlab.runtime import cpu_features
+
+    pairs, root = _pair_files(args.data_dir)
+    out = args.out or args.data_dir.resolve().parent / "lfw-view1-photos"
+    files = sorted({f"{n}/{n}_{k:04d}.jpg" for side in (pairs.left, pairs.right) for n, k in side})
+    t = time.perf_counter()
+    made = make_photos(root, files, out, args.seed)
+    print(f"{len(files)} images of {len(pairs)} pairs: {made} photos made ({time.perf_counter() - t:.0f} s), "
+          f"{len(files) - made} there from before, in {out}")
+    name, features = cpu_features()
+    print(f"CPU: {name}; vector extensions: {', '.join(features) or 'none'}; torch {torch.__version__}")
+
+    rows = []
+    for run in args.runs:
+        own = run_config(RunDir(run)).align
+        for align in dict.fromkeys([own, *args.align.split(",")]):
+            t = time.perf_counter()
+            orig, ph = score(run, root, pairs, align), score(run, out, pairs, align)
+            rows.append({"run": run, "trained with": own, "align": align,
+                         "originals roc_auc": orig["roc_auc"], "photos roc_auc": ph["roc_auc"],
+                         "difference": ph["roc_auc"] - orig["roc_auc"], "originals eer": orig["eer"],
+                         "photos eer": ph["eer"], "originals accuracy": orig["accuracy"],
+                         "photos accuracy": ph["accuracy"], "photos without a face": ph["no_face"],
+                         "seconds": time.perf_counter() - t})
+    _table(rows)
+    result = {"cpu": name, "photos": str(out), "pairs": len(pairs), "rows": rows}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _table(rows: list[dict]) -> None:
+    cols = ["run", "trained with", "align", "originals roc_auc", "photos roc_auc", "difference", "photos eer",
+            "photos accuracy", "photos without a face", "seconds"]
+    cells = [[f"{r[c]:.3f}" if isinstance(r[c], float) and c != "seconds" else
+              f"{r[c]:.0f}" if c == "seconds" else str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for x in cells:
+        print("| " + " | ".join(v.ljust(w) for v, w in zip(x, widths)) + " |")
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
