@@ -9,7 +9,9 @@
 # peopleDevTest.txt, pairsDevTest.txt and pairs.txt in DATA_DIR).
 #
 # Runs (test = the 1,000 pairs of pairsDevTest.txt; all at 112 px, in the precision --precision auto
-# picks: bf16 on the CPU the README's table was measured on, which has AVX512-BF16):
+# picks: bf16 on the CPU the README's table was measured on, which has AVX512-BF16). Faces are found as
+# --align says: auto (the default) detects and aligns each face to the five-point template; pass
+# --align center for the centre crop of the deep-funneled images (the README's first table):
 #   imagenet      --epochs 0: ImageNet Lite0 + a random head; backbone_* = the ImageNet features alone
 #   contrastive   the default recipe, 6 epochs (StepLR 3 + 3), then analyze and View 2 (pairs.txt)
 #   triplet       batch-hard triplet loss, margin 0.2, 8 epochs (StepLR 6 + 2), then analyze and View 2

@@ -280,6 +280,17 @@ def load_faces(
         return FaceSet(cached["images"], cached["labels"], list(cached["names"]),
                        list(cached["files"]), people_root, dict(cached["alignment"]))
 
+    faces, no_face, bad_rel = _decode(people_root, names, files, image_size, crop, align, skip_bad)
+    cache.save_checked(cache_path, {"images": faces.images, "labels": faces.labels, "names": faces.names,
+                                    "files": faces.files, "bad": bad_rel, "no_face": no_face,
+                                    "alignment": faces.alignment}, key=key, meta=meta, what="face cache")
+    logger.info("decoded %d faces of %d people from %s", len(faces), faces.num_people, people_root)
+    return faces
+
+
+def _decode(people_root: Path, names: list[str], files: list[list[Path]], image_size: int, crop: float,
+            align: str, skip_bad: bool) -> tuple[FaceSet, list[str], list[str]]:
+    """Decode (and find the face in) every file: the face set, the files without a face, the bad files."""
     flat = [p for person_files in files for p in person_files]
     person_of = [i for i, person_files in enumerate(files) for _ in person_files]
     how = _Tally(people_root, align, is_aligned_folder(people_root))
@@ -309,15 +320,11 @@ def load_faces(
         dropped = sorted(set(names) - set(kept_names))
         logger.warning("dropped %d person(s) none of whose images could be used: %s",
                        len(dropped), ", ".join(dropped[:10]))
-    images = torch.from_numpy(arr)  # (N, 3, S, S) uint8
     rel = [flat[i].relative_to(people_root).as_posix() for i in kept]
     bad_rel = [b.path.relative_to(people_root).as_posix() for b in bad if not isinstance(b, NoFace)]
     no_face = [b.path.relative_to(people_root).as_posix() for b in bad if isinstance(b, NoFace)]
-    cache.save_checked(cache_path, {"images": images, "labels": labels.to(torch.int64), "names": kept_names,
-                                    "files": rel, "bad": bad_rel, "no_face": no_face, "alignment": alignment},
-                       key=key, meta=meta, what="face cache")
-    logger.info("decoded %d faces of %d people from %s", len(rel), len(kept_names), people_root)
-    return FaceSet(images, labels.to(torch.int64), kept_names, rel, people_root, alignment)
+    faces = FaceSet(torch.from_numpy(arr), labels.to(torch.int64), kept_names, rel, people_root, alignment)
+    return faces, no_face, bad_rel
 
 
 class _Tally:
