@@ -73,7 +73,11 @@ class Service:
         """The form field's upload as an RGB PIL image (see :func:`cnnlab.serve.uploads.decode_upload`)."""
         from cnnlab.serve.uploads import decode_upload
 
-        data = upload.file.read(self.max_upload_bytes + 1)
+        data = upload.file.read(self.max_upload_bytes + 1)  # no more than it takes to know it is too large
+        if len(data) > self.max_upload_bytes:
+            size = getattr(upload, "size", None)
+            raise UploadError(413, f"field '{field}': the file is {f'{size:,} bytes, ' if size else ''}larger than "
+                                   f"the limit of {self.max_upload_bytes:,} bytes (--max-upload-mb)")
         return decode_upload(data, field, self.max_upload_bytes, self.max_image_pixels)
 
     def info(self) -> dict:

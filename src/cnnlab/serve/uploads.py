@@ -37,7 +37,7 @@ def _megapixels(n: int) -> str:
 def decode_upload(data: bytes, field: str, max_bytes: int, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """The upload ``data`` of form field ``field`` as an upright 8-bit RGB image, or an :class:`UploadError`."""
     if len(data) > max_bytes:
-        raise UploadError(413, f"field '{field}': the file is {len(data):,} bytes, more than the limit of "
+        raise UploadError(413, f"field '{field}': the file is {len(data):,} bytes, larger than the limit of "
                                f"{max_bytes:,} bytes (--max-upload-mb)")
     if not data:
         raise UploadError(422, f"field '{field}': the file is empty")
@@ -54,7 +54,8 @@ def decode_upload(data: bytes, field: str, max_bytes: int, max_pixels: int = MAX
     except UploadError:
         raise
     except Image.DecompressionBombError as e:
-        raise UploadError(413, f"field '{field}': {e}") from None
+        raise UploadError(413, f"field '{field}': the image is larger than the limit of {_megapixels(max_pixels)} "
+                               f"({e})") from None
     except UnidentifiedImageError:
         raise UploadError(422, f"field '{field}': not an image file PIL can read (the content is sniffed; the "
                                "file's name and content type are ignored)") from None

@@ -1,0 +1,67 @@
+"""A tiny finished face run with its gallery, a tiny CIFAR run, and their apps behind FastAPI's test client."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import write_cifar_batches
+from tests.faces.conftest import _fast_cpu, finished_run, make_people  # noqa: F401 -- fixtures and helpers reused
+
+pytest.importorskip("fastapi", reason="cnnlab serve needs the serve extra: pip install -e '.[serve]'")
+pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
+
+
+def faces_of(run: Path) -> Path:
+    """The people folder the finished face run trained on: the tests' gallery too."""
+    return run.parent / "faces"
+
+
+def image_bytes(path: Path | None = None, fmt: str = "PNG", size=(40, 40), seed: int = 0) -> bytes:
+    """An image file's bytes: ``path`` re-encoded as ``fmt``, or random pixels of ``size``."""
+    if path is not None:
+        img = Image.open(path).convert("RGB")
+    else:
+        img = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def cifar_run(tmp_path_factory) -> Path:
+    """A tiny finished CIFAR run (read-only)."""
+    from cnnlab.cifar.train import train
+    from cnnlab.config import CifarTrainConfig
+
+    root = tmp_path_factory.mktemp("serve-cifar")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
+        data = write_cifar_batches(root / "data")
+        cfg = CifarTrainConfig(data_dir=str(data), blocks="E", width=0.125, epochs=1, batch_size=32,
+                               eval_batch_size=16, lr=0.02, precision="fp32", device="cpu")
+        train(cfg, root / "run", progress=False)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def face_client(finished_run):
+    from fastapi.testclient import TestClient
+
+    from cnnlab.serve import create_app
+
+    app = create_app(finished_run, gallery=faces_of(finished_run), device="cpu", max_upload_bytes=200_000)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def cifar_client(cifar_run):
+    from fastapi.testclient import TestClient
+
+    from cnnlab.serve import create_app
+
+    with TestClient(create_app(cifar_run, device="cpu"), raise_server_exceptions=False) as client:
+        yield client
