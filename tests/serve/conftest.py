@@ -65,3 +65,51 @@ def cifar_client(cifar_run):
 
     with TestClient(create_app(cifar_run, device="cpu"), raise_server_exceptions=False) as client:
         yield client
+
+
+# --- the real service, on a free localhost port -----------------------------------------------------------
+
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+
+_SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+@contextlib.contextmanager
+def running_service(*args, tmp_path: Path, timeout: float = 180):
+    """``cnnlab serve ARGS --port 0`` in a process of its own; yields its URL, stops it with Ctrl-C (SIGINT)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_SRC), os.environ.get("PYTHONPATH")]))}
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", *map(str, args), "--port", "0",
+                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    found: list[str] = []
+
+    def read():
+        for line in proc.stdout:
+            m = re.search(r"at (http://\S+/) ", line)
+            if m:
+                found.append(m.group(1))
+                break
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    try:
+        if not found:
+            proc.kill()
+            log.seek(0)
+            pytest.fail(f"cnnlab serve did not start within {timeout} s (exit {proc.poll()}): {log.read()[-2000:]}")
+        yield found[0]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
