@@ -52,9 +52,11 @@ function drawBox(name, face) {
   // A detected face's box, in the uploaded image's pixels, over its preview.
   const box = $(`box-${name}`), img = $(`preview-${name}`);
   if (!box || !face || !face.box || !img.naturalWidth) { if (box) box.hidden = true; return; }
-  const s = img.clientWidth / img.naturalWidth;
+  // The preview is scaled to fit its box (object-fit: contain), centred.
+  const s = Math.min(img.clientWidth / img.naturalWidth, img.clientHeight / img.naturalHeight);
+  const ox = (img.clientWidth - img.naturalWidth * s) / 2, oy = (img.clientHeight - img.naturalHeight * s) / 2;
   const [x0, y0, x1, y1] = face.box;
-  Object.assign(box.style, { left: `${x0 * s}px`, top: `${y0 * s}px`, width: `${(x1 - x0) * s}px`,
+  Object.assign(box.style, { left: `${ox + x0 * s}px`, top: `${oy + y0 * s}px`, width: `${(x1 - x0) * s}px`,
                              height: `${(y1 - y0) * s}px` });
   box.hidden = false;
 }
