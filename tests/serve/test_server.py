@@ -75,3 +75,17 @@ def test_the_command_serves_on_a_free_port_until_ctrl_c(finished_run, tmp_path):
             "Content-Type": f"multipart/form-data; boundary={boundary}", "Authorization": "Bearer tok"})
         with urllib.request.urlopen(req, timeout=60) as r:
             assert [m["rank"] for m in json.load(r)["matches"]] == [1, 2]
+
+
+def test_the_listening_socket_says_it_is_tcp_so_answers_are_not_held_back():
+    """asyncio turns Nagle off (TCP_NODELAY) only on sockets created as IPPROTO_TCP; with protocol 0 each answer
+    on a kept-alive connection waited about 40 ms for the client's delayed ACK."""
+    import socket
+
+    from cnnlab.serve.server import _listen
+
+    sock = _listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
