@@ -2,6 +2,7 @@
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +135,24 @@ def test_info_describes_the_face_run(face_client, finished_run):
     assert info["gallery"] == {"people": 13, "images": 43}
     assert info["training"]["roc_auc"] == summary["roc_auc"]
     assert info["batching"]["images"] >= 0
+
+
+def test_a_link_out_of_the_gallery_is_never_served(finished_run, tmp_path):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from cnnlab.serve import create_app
+
+    gallery = Path(shutil.copytree(faces_of(finished_run), tmp_path / "gallery"))
+    secret = tmp_path / "private.jpg"
+    shutil.copy(faces_of(finished_run) / "Person_E" / "Person_E_0001.jpg", secret)
+    (gallery / "Person_A" / "Person_A_0009.jpg").symlink_to(secret)
+    with TestClient(create_app(finished_run, gallery=gallery, device="cpu")) as client:
+        service = client.app.state.service
+        linked = service.gallery.embedded["files"].index("Person_A/Person_A_0009.jpg")
+        assert client.get(f"/gallery/{linked}/thumbnail").status_code == 404
+        assert client.get(f"/gallery/{linked + 1}/thumbnail").status_code == 200  # its neighbour is served
+        r = client.post("/identify?k=13", files={"image": ("p.jpg", secret.read_bytes())}).json()
+        row = next(m for m in r["matches"] if m["image"] == "Person_A/Person_A_0009.jpg")
+        assert row["thumbnail"] is None and row["id"] is None
