@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import write_cifar_batches
-from tests.faces.conftest import _fast_cpu, finished_run, make_people  # noqa: F401 -- fixtures and helpers reused
+from tests.faces.conftest import _fast_cpu, finished_run  # noqa: F401 -- the face tests' fixtures, reused
 
 pytest.importorskip("fastapi", reason="cnnlab serve needs the serve extra: pip install -e '.[serve]'")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
@@ -50,7 +50,7 @@ def cifar_run(tmp_path_factory) -> Path:
 def face_client(finished_run):
     from fastapi.testclient import TestClient
 
-    from cnnlab.serve import create_app
+    from cnnlab.serve.app import create_app
 
     app = create_app(finished_run, gallery=faces_of(finished_run), device="cpu", max_upload_bytes=200_000)
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -61,7 +61,7 @@ def face_client(finished_run):
 def cifar_client(cifar_run):
     from fastapi.testclient import TestClient
 
-    from cnnlab.serve import create_app
+    from cnnlab.serve.app import create_app
 
     with TestClient(create_app(cifar_run, device="cpu"), raise_server_exceptions=False) as client:
         yield client

@@ -3,7 +3,7 @@
 import pytest
 
 from cnnlab.errors import CnnlabError
-from tests.serve.conftest import faces_of, image_bytes
+from tests.serve.conftest import image_bytes
 
 
 @pytest.fixture(scope="module")
@@ -11,7 +11,7 @@ def guarded(finished_run):
     """A face service with a token, small uploads and one allowed origin."""
     from fastapi.testclient import TestClient
 
-    from cnnlab.serve import create_app
+    from cnnlab.serve.app import create_app
 
     app = create_app(finished_run, token="s3cret-token", max_upload_bytes=50_000, device="cpu",
                      cors_origins=["http://localhost:3000"])
@@ -131,7 +131,7 @@ def test_the_page_is_self_contained(face_client):
 
 
 def test_a_folder_that_is_no_run_is_refused_with_the_reason(tmp_path):
-    from cnnlab.serve import create_app
+    from cnnlab.serve.app import create_app
 
     with pytest.raises(CnnlabError, match="does not exist"):
         create_app(tmp_path / "nope")

@@ -41,7 +41,7 @@ def test_a_bad_image_among_several_is_named_by_its_place(cifar_client):
 def test_too_many_images_and_a_bad_k_are_refused(cifar_run):
     from fastapi.testclient import TestClient
 
-    from cnnlab.serve import create_app
+    from cnnlab.serve.app import create_app
 
     with TestClient(create_app(cifar_run, device="cpu", max_images=2)) as client:
         r = client.post("/predict", files=[("images", (f"{i}.png", image_bytes(seed=i))) for i in range(3)])
@@ -69,7 +69,7 @@ def test_info_describes_the_cifar_run(cifar_client, cifar_run):
 
 def test_a_cifar_run_takes_no_gallery(cifar_run, tmp_path):
     from cnnlab.errors import CnnlabError
-    from cnnlab.serve import create_app
+    from cnnlab.serve.app import create_app
 
     with pytest.raises(CnnlabError, match="CIFAR run; a gallery is for face runs"):
         create_app(cifar_run, gallery=tmp_path, device="cpu")

@@ -81,7 +81,7 @@ def test_embed_gives_the_apis_embedding(face_client, finished_run, verifier):
 def test_identify_without_a_gallery_says_how_to_start_with_one(finished_run):
     from fastapi.testclient import TestClient
 
-    from cnnlab.serve import create_app
+    from cnnlab.serve.app import create_app
 
     with TestClient(create_app(finished_run, device="cpu")) as client:
         r = client.post("/identify", files={"image": ("a.png", image_bytes())})
@@ -92,7 +92,7 @@ def test_identify_without_a_gallery_says_how_to_start_with_one(finished_run):
 
 def test_a_missing_gallery_folder_stops_the_start(finished_run, tmp_path):
     from cnnlab.errors import CnnlabError
-    from cnnlab.serve import create_app
+    from cnnlab.serve.app import create_app
 
     with pytest.raises(CnnlabError, match="--gallery .*nope: no such folder"):
         create_app(finished_run, gallery=tmp_path / "nope", device="cpu")
@@ -142,7 +142,7 @@ def test_a_link_out_of_the_gallery_is_never_served(finished_run, tmp_path):
 
     from fastapi.testclient import TestClient
 
-    from cnnlab.serve import create_app
+    from cnnlab.serve.app import create_app
 
     gallery = Path(shutil.copytree(faces_of(finished_run), tmp_path / "gallery"))
     secret = tmp_path / "private.jpg"

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-import math
 import os
-import re
 from importlib import resources
 from typing import Any, Sequence
 
@@ -22,17 +20,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cnnlab.errors import CnnlabError, DataError
-from cnnlab.run import RunDir
+from cnnlab.errors import CnnlabError
+from cnnlab.serve.cifar import CifarService, add_cifar_routes
+from cnnlab.serve.faces import FaceService, add_face_routes
+from cnnlab.serve.service import ENDPOINTS, MB, STUDY_NAMES, Service, finite, run_study
 from cnnlab.serve.uploads import MAX_IMAGE_PIXELS, UploadError
 
 logger = logging.getLogger(__name__)
 
-MB = 1024 * 1024
 TOKEN_COOKIE = "cnnlab_token"
-_STUDY_NAMES = {"faces": "a face run", "cifar": "a CIFAR run"}
-# Every study's endpoints, so a request for another study's endpoint is told what this run serves.
-ENDPOINTS = {"faces": ("POST /verify", "POST /identify", "POST /embed"), "cifar": ("POST /predict",)}
 _PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
                "/static/style.css": ("style.css", "text/css; charset=utf-8")}
@@ -41,78 +37,6 @@ _PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'sel
                                             "img-src 'self' data: blob:; connect-src 'self'; "
                                             "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
                  "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
-
-
-def run_study(path: str | os.PathLike) -> str:
-    """"faces" or "cifar": the study of the run folder at ``path``; a :class:`CnnlabError` for anything else."""
-    run = RunDir(path)
-    if not run.path.exists():
-        raise CnnlabError(f"{run.path} does not exist; give the folder of a finished run")
-    if not run.path.is_dir():
-        raise CnnlabError(f"{run.path} is not a folder; give the folder of a finished run")
-    if not run.config_path.is_file():
-        raise CnnlabError(f"{run.path} holds no cnnlab run (no config.yaml); give the folder of a run made by "
-                          "cnnlab faces train or cnnlab cifar train")
-    study = run.study()
-    if study is None:
-        raise CnnlabError(f"{run.config_path} is neither a face run's config (no 'backbone') nor a CIFAR run's "
-                          "(no 'blocks'); cnnlab serve serves runs made by cnnlab faces train or cnnlab cifar train")
-    return study
-
-
-class Service:
-    """What a study's endpoints share: the run, the limits, and how uploads and API errors are answered."""
-
-    study: str
-
-    def __init__(self, run: str | os.PathLike, max_upload_bytes: int, max_images: int, max_image_pixels: int):
-        self.run = RunDir(run)
-        self.max_upload_bytes, self.max_images, self.max_image_pixels = max_upload_bytes, max_images, max_image_pixels
-
-    def read(self, upload, field: str):
-        """The form field's upload as an RGB PIL image (see :func:`cnnlab.serve.uploads.decode_upload`)."""
-        from cnnlab.serve.uploads import decode_upload
-
-        data = upload.file.read(self.max_upload_bytes + 1)  # no more than it takes to know it is too large
-        if len(data) > self.max_upload_bytes:
-            size = getattr(upload, "size", None)
-            raise UploadError(413, f"field '{field}': the file is {f'{size:,} bytes, ' if size else ''}larger than "
-                                   f"the limit of {self.max_upload_bytes:,} bytes (--max-upload-mb)")
-        return decode_upload(data, field, self.max_upload_bytes, self.max_image_pixels)
-
-    def info(self) -> dict:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-def api_errors(fields: Sequence[str]):
-    """Context: a :class:`CnnlabError` of the Python API becomes an :class:`UploadError`, its images named by field.
-
-    The API names an image it was given as a PIL image ``image 0``, ``image 1``;
-    the client knows them by their form fields.
-    """
-    return _ApiErrors(fields)
-
-
-class _ApiErrors:
-    def __init__(self, fields: Sequence[str]):
-        self.fields = list(fields)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, e, tb):
-        if e is None or not isinstance(e, CnnlabError):
-            return False
-
-        def field(m: re.Match) -> str:
-            i = int(m.group(1))
-            return f"field '{self.fields[i]}'" if i < len(self.fields) else m.group(0)
-
-        message = re.sub(r"\bimage (\d+)\b", field, str(e))
-        raise UploadError(422 if isinstance(e, DataError) else 400, message) from None
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -148,7 +72,7 @@ def _add_error_handlers(app: FastAPI, study: str) -> None:
         if exc.status_code == 404 and exc.detail == "Not Found":
             here = f"{request.method} {request.url.path}"
             other = next((s for s, eps in ENDPOINTS.items() if s != study and f"POST {request.url.path}" in eps), None)
-            why = (f"{request.url.path} is for {_STUDY_NAMES[other]}, and this is {_STUDY_NAMES[study]}" if other
+            why = (f"{request.url.path} is for {STUDY_NAMES[other]}, and this is {STUDY_NAMES[study]}" if other
                    else f"no such endpoint: {here}")
             return _error(404, f"{why}; this service serves {serves}, GET /info, GET /health and the page at /")
         if exc.status_code == 405:
@@ -259,20 +183,16 @@ def create_app(run: str | os.PathLike, gallery: str | os.PathLike | None = None,
     limits = dict(max_upload_bytes=max_upload_bytes, max_images=max_images, max_image_pixels=max_image_pixels)
     batching = dict(device=device, max_batch=max_batch, max_wait=batch_wait_ms / 1000)
     if study == "faces":
-        from cnnlab.serve.faces import FaceService, add_face_routes
-
         service: Service = FaceService(run, gallery, **limits, **batching)
         add_routes = add_face_routes
     else:
         if gallery is not None:
             raise CnnlabError(f"{run} is a CIFAR run; a gallery is for face runs (leave out --gallery)")
-        from cnnlab.serve.cifar import CifarService, add_cifar_routes
-
         service = CifarService(run, **limits, **batching)
         add_routes = add_cifar_routes
 
     app = FastAPI(title=f"cnnlab serve: {service.run.path.name}", redoc_url=None,
-                  description=f"{_STUDY_NAMES[study].capitalize()} of cnnlab, served: " + ", ".join(ENDPOINTS[study]),
+                  description=f"{STUDY_NAMES[study].capitalize()} of cnnlab, served: " + ", ".join(ENDPOINTS[study]),
                   lifespan=_lifespan(service))
     app.state.service = service
     _add_error_handlers(app, study)
@@ -318,14 +238,3 @@ def _add_common_routes(app: FastAPI, service: Service) -> None:
 
 def _page_route(path: str):
     return lambda: _page(path)
-
-
-def finite(value: Any) -> Any:
-    """``value`` with every non-finite float as None: JSON has no NaN."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import FastAPI, File, Query, UploadFile
 
-from cnnlab.serve.app import Service, api_errors, finite
+from cnnlab.serve.service import Service, api_errors, finite
 from cnnlab.serve.batching import Batcher
 from cnnlab.serve.uploads import UploadError
 

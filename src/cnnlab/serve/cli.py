@@ -1,4 +1,4 @@
-"""``cnnlab serve``: the subcommand. Thin: parse, call :func:`cnnlab.serve.serve`."""
+"""``cnnlab serve``: the subcommand. Thin: parse, call :func:`cnnlab.serve.server.serve`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from cnnlab.options import DEVICE, add_command, arg
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cnnlab.serve import serve
+    from cnnlab.serve.server import serve
 
     serve(args.run_dir, gallery=args.gallery, host=args.host, port=args.port, token=args.token,
           max_upload_mb=args.max_upload_mb, cors=args.cors or (), device=args.device, max_batch=args.max_batch,

@@ -28,7 +28,7 @@ from PIL import Image
 
 from cnnlab.errors import CnnlabError
 from cnnlab.faces.verify import check_k, nearest_people
-from cnnlab.serve.app import Service, api_errors, finite
+from cnnlab.serve.service import Service, api_errors, finite
 from cnnlab.serve.batching import Batcher
 from cnnlab.serve.uploads import UploadError
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import logging
 import os
@@ -10,11 +11,21 @@ import sys
 from typing import Sequence
 
 from cnnlab.errors import CnnlabError
-from cnnlab.serve.app import MB, create_app, run_study
+from cnnlab.serve.service import MB, run_study
 
 logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "CNNLAB_SERVE_TOKEN"
+_EXTRA = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart"}
+INSTALL_HINT = 'pip install "cnnlab[serve]" (in a checkout: pip install -e ".[serve]")'
+
+
+def require_extra() -> None:
+    """A :class:`CnnlabError` naming the missing packages and the pip command, unless all are installed."""
+    missing = [pkg for module, pkg in _EXTRA.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise CnnlabError(f"cnnlab serve needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                          f"not installed: {INSTALL_HINT}")
 
 
 def is_loopback(host: str) -> bool:
@@ -57,8 +68,12 @@ def _listen(host: str, port: int) -> socket.socket:
 def serve(run: str | os.PathLike, gallery: str | os.PathLike | None = None, host: str = "127.0.0.1",
           port: int = 8000, token: str | None = None, max_upload_mb: float = 10.0, cors: Sequence[str] = (),
           device: str = "auto", max_batch: int = 64, batch_wait_ms: float = 5.0, max_images: int = 16) -> None:
-    """Serve the finished run at ``run`` on ``host``:``port`` until Ctrl-C (see :func:`create_app`)."""
+    """Serve the finished run at ``run`` on ``host``:``port`` until Ctrl-C (see
+    :func:`cnnlab.serve.app.create_app`)."""
+    require_extra()
     import uvicorn
+
+    from cnnlab.serve.app import create_app
 
     token = resolve_token(host, token)
     if not max_upload_mb > 0:
