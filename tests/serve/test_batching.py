@@ -96,3 +96,12 @@ def test_a_request_that_fails_before_submitting_does_not_hold_the_others():
 def test_bad_settings_are_refused(kw, message):
     with pytest.raises(ValueError, match=message):
         Batcher(Recorder(), **kw)
+
+
+def test_a_closed_batcher_works_again_when_used_again():
+    """An app's lifespan closes its batcher at shutdown; the same app started again must still answer."""
+    b = Batcher(Recorder(), max_batch=8, max_wait=0.01)
+    assert torch.equal(b(torch.ones(1, 1)), torch.full((1, 1), 2.0))
+    b.close()
+    assert torch.equal(b(torch.ones(2, 1)), torch.full((2, 1), 2.0))
+    b.close()

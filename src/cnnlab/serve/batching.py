@@ -44,8 +44,13 @@ class Batcher:
         self.batches = 0  # network calls so far
         self.items = 0  # rows they held
         self.largest = 0
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-        self._thread.start()
+        self._name = name
+        self._thread = self._start()
+
+    def _start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+        thread.start()
+        return thread
 
     # --- the request side ------------------------------------------------------------
 
@@ -72,6 +77,9 @@ class Batcher:
         if len(x) == 0:
             future.set_result(x.new_zeros((0,)))
             return future
+        with self._lock:
+            if not self._thread.is_alive():  # closed (an app's lifespan ended) and used again: work again
+                self._thread = self._start()
         self._queue.put(_Job(x, future))
         self._arrived()
         return future
@@ -80,8 +88,9 @@ class Batcher:
         return self.submit(x).result()
 
     def close(self) -> None:
+        """Stop the worker once the requests queued before are done; a later submit starts it again."""
         self._queue.put(None)
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=30)
 
     # --- the worker ----------------------------------------------------------------------
 
