@@ -88,3 +88,22 @@ def test_the_page_shows_an_upload_error_from_the_service(browser, finished_run, 
         page.set_input_files("#file-b", str(faces_of(finished_run) / "Person_A" / "Person_A_0001.jpg"))
         expect(page.locator("#error")).to_contain_text("field 'a': not an image file PIL can read")
         page.close()
+
+
+def test_the_page_of_a_cifar_run_shows_the_top_five_classes(browser, cifar_run, tmp_path):
+    from cnnlab import Classifier
+    from tests.serve.conftest import image_bytes
+
+    picture = tmp_path / "picture.png"
+    picture.write_bytes(image_bytes(size=(64, 48), seed=3))
+    top = Classifier.from_run(cifar_run, device="cpu").predict(picture, k=5)[0]
+    with running_service(cifar_run, tmp_path=tmp_path) as url:
+        page = browser.new_page()
+        page.goto(url)
+        expect(page.locator("#run-info")).to_contain_text("CIFAR run · blocks E")
+        page.set_input_files("#file-cifar", str(picture))
+        rows = page.locator("#predictions li")
+        expect(rows).to_have_count(5)
+        assert rows.locator("span:first-child").all_inner_texts() == [t["class"] for t in top]
+        expect(rows.first).to_contain_text(f"{100 * top[0]['probability']:.1f}%")
+        page.close()
