@@ -124,6 +124,24 @@ def test_detected_faces_reach_the_client(face_client, monkeypatch):
     assert r.status_code == 200 and r.json()["faces"] == [face, None]
 
 
+def test_an_api_answer_in_numpy_numbers_and_without_recorded_crops_still_reaches_the_client(face_client, verifier,
+                                                                                             monkeypatch):
+    """However the API computes its verdict (numpy scores, a network call the service does not see), the client
+    gets plain JSON and the crops the API's preprocess makes."""
+    fv = face_client.app.state.service.fv
+    face = {"box": [np.float32(1), 2, 30, 35], "landmarks": np.ones((5, 2)).tolist(), "score": np.float64(0.9)}
+    monkeypatch.setattr(fv, "verify", lambda a, b: {"distance": np.float32(0.5), "threshold": fv.threshold,
+                                                    "same_person": np.bool_(False), "faces": [None, face]})
+    a, b = image_bytes(size=(40, 30)), image_bytes(size=(50, 50), seed=1)
+    r = face_client.post("/verify?crops=true", files={"a": ("a.png", a), "b": ("b.png", b)})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["distance"] == 0.5 and body["same_person"] is False
+    assert body["faces"][1] == {"box": [1.0, 2, 30, 35], "landmarks": [[1.0, 1.0]] * 5, "score": 0.9}
+    want = verifier.preprocess([Image.open(io.BytesIO(a)), Image.open(io.BytesIO(b))])
+    assert np.array_equal(_decode_data_url(body["crops"][1]), want[1].permute(1, 2, 0).numpy())
+
+
 def test_info_describes_the_face_run(face_client, finished_run):
     import json
 

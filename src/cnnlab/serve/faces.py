@@ -141,8 +141,15 @@ class FaceService(Service):
         out = {"distance": r["distance"], "threshold": r["threshold"], "same_person": bool(r["same_person"]),
                "faces": faces}
         if crops:
-            out["crops"] = [png_data_url(t) for t in torch.cat(seen)]
+            out["crops"] = [png_data_url(t) for t in self._crops(seen, images, ("a", "b"))]
         return finite(out)
+
+    def _crops(self, seen: list[torch.Tensor], images: list, fields: tuple[str, ...]) -> torch.Tensor:
+        """The crops the network saw: recorded on their way to it, else made again by the API's preprocess."""
+        if seen and sum(len(t) for t in seen) == len(images):
+            return torch.cat(seen)
+        with api_errors(fields):
+            return self.fv.preprocess(images)
 
     def identify(self, image, k: int, crops: bool) -> dict:
         if self.gallery is None:
@@ -157,7 +164,7 @@ class FaceService(Service):
             row["id"], row["thumbnail"] = self.gallery.url(row["image"])
         out = {"threshold": self.fv.threshold, "k": k, "matches": rows}
         if crops:
-            out["crop"] = png_data_url(torch.cat(seen)[0])
+            out["crop"] = png_data_url(self._crops(seen, [probe], ("image",))[0])
         return finite(out)
 
     def embed(self, image) -> dict:

@@ -8,6 +8,8 @@ import os
 import re
 from typing import Any, Sequence
 
+import numpy as np
+
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.run import RunDir
 from cnnlab.serve.uploads import UploadError, decode_upload
@@ -89,7 +91,9 @@ class _ApiErrors:
 
 
 def finite(value: Any) -> Any:
-    """``value`` with every non-finite float as None: JSON has no NaN."""
+    """``value`` as plain JSON: every non-finite float as None (JSON has no NaN), numpy numbers as Python's."""
+    if isinstance(value, np.generic):  # numpy numbers from the API: JSON knows only Python's
+        value = value.item()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
