@@ -3,7 +3,9 @@
 import pytest
 
 from cnnlab.errors import CnnlabError
-from tests.serve.conftest import image_bytes
+from tests.serve.conftest import image_bytes, needs_extra
+
+pytestmark = needs_extra
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve.conftest import faces_of, running_service
+from tests.serve.conftest import faces_of, needs_extra, running_service
+
+pytestmark = needs_extra
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs: pip install playwright")
 expect = sync_api.expect

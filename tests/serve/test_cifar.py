@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from tests.serve.conftest import image_bytes
+from tests.serve.conftest import image_bytes, needs_extra
+
+pytestmark = needs_extra
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from cnnlab.errors import DataError
-from tests.serve.conftest import faces_of, image_bytes
+from tests.serve.conftest import faces_of, image_bytes, needs_extra
+
+pytestmark = needs_extra
 
 
 @pytest.fixture(scope="module")

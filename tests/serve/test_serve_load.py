@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.serve.conftest import needs_extra
+
+pytestmark = needs_extra
+
 _SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_load.py"
 
 

@@ -9,7 +9,7 @@ import pytest
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.serve.server import TOKEN_ENV, is_loopback, resolve_token
-from tests.serve.conftest import faces_of, image_bytes, running_service
+from tests.serve.conftest import faces_of, image_bytes, needs_extra, running_service
 
 
 @pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.0.0.2", True), ("localhost", True),
@@ -30,6 +30,7 @@ def test_any_other_address_needs_a_token(monkeypatch):
     assert resolve_token("0.0.0.0", None) == "from-env" and resolve_token("127.0.0.1", None) == "from-env"
 
 
+@needs_extra
 def test_the_command_refuses_to_start_open_to_the_network(finished_run, capsys, monkeypatch):
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     assert main(["serve", str(finished_run), "--host", "0.0.0.0", "--port", "0"]) == 2
@@ -41,14 +42,20 @@ def test_without_the_extra_the_command_says_what_to_install(finished_run, capsys
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("fastapi", "multipart")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("fastapi", "uvicorn", "multipart")
                         else real(name, *a))
     assert main(["serve", str(finished_run)]) == 2
-    assert capsys.readouterr().err == ("cnnlab: error: cnnlab serve needs fastapi, python-multipart, which are not "
-                                       "installed: pip install \"cnnlab[serve]\" (in a checkout: pip install -e "
+    assert capsys.readouterr().err == ("cnnlab: error: cnnlab serve needs fastapi, uvicorn, python-multipart, which are "
+                                       "not installed: pip install \"cnnlab[serve]\" (in a checkout: pip install -e "
                                        "\".[serve]\")\n")
+    present = {"fastapi": object(), "uvicorn": object(), "multipart": None}  # only python-multipart missing
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: present[name] if name in present
+                        else real(name, *a))
+    assert main(["serve", str(finished_run)]) == 2
+    assert "needs python-multipart, which is not installed: pip install" in capsys.readouterr().err
 
 
+@needs_extra
 def test_a_port_in_use_is_named(finished_run, capsys):
     import socket
 
@@ -60,6 +67,7 @@ def test_a_port_in_use_is_named(finished_run, capsys):
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
+@needs_extra
 def test_the_command_serves_on_a_free_port_until_ctrl_c(finished_run, tmp_path):
     with running_service(finished_run, "--gallery", faces_of(finished_run), "--token", "tok", tmp_path=tmp_path) as url:
         assert url.startswith("http://127.0.0.1:")
