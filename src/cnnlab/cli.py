@@ -18,6 +18,7 @@ from cnnlab import __version__
 from cnnlab.cifar.cli import add_cifar
 from cnnlab.errors import CnnlabError, Terminated
 from cnnlab.faces.cli import add_faces
+from cnnlab.serve.cli import add_serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="study", required=True, metavar="STUDY")
     add_cifar(sub)
     add_faces(sub)
+    add_serve(sub)
     return parser
 
 

@@ -1,0 +1,61 @@
+"""A CIFAR run served: ``POST /predict``, the top-k classes of one or more images.
+
+Answers come from :class:`cnnlab.api.Classifier`; only its network call is
+shared between concurrent requests, through a
+:class:`~cnnlab.serve.batching.Batcher`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import FastAPI, File, Query, UploadFile
+
+from cnnlab.serve.service import Service, api_errors, finite
+from cnnlab.serve.batching import Batcher
+from cnnlab.serve.uploads import UploadError
+
+
+class CifarService(Service):
+    study = "cifar"
+
+    def __init__(self, run, *, device: str, max_batch: int, max_wait: float, **limits):
+        from cnnlab.api import Classifier
+
+        super().__init__(run, **limits)
+        clf = self.classifier = Classifier.from_run(run, device=device)
+        # The batch runs the API's own probabilities on the images it preprocessed, (N, 3, 32, 32) as
+        # (N, 32, 32, 3) arrays, which its preprocessing leaves as they are; predict() then reaches the
+        # batched network through this instance attribute.
+        self.batcher = Batcher(lambda x: Classifier.probabilities(clf, x.permute(0, 2, 3, 1).numpy()),
+                               max_batch=max_batch, max_wait=max_wait, name="cnnlab-cifar")
+        clf.probabilities = lambda images: self.batcher(clf.preprocess(images))
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    def info(self) -> dict:
+        cfg = self.run.read_config()
+        model = {"blocks": cfg.get("blocks"), "width": cfg.get("width"),
+                 "parameters": sum(p.numel() for p in self.classifier.model.parameters()),
+                 "device": str(self.classifier.device)}
+        return finite({"classes": self.classifier.classes, "model": model, "batching": self.batcher.stats()})
+
+    def predict(self, images: list[UploadFile], k: int) -> dict:
+        if len(images) > self.max_images:
+            raise UploadError(413, f"field 'images': {len(images)} images, more than the {self.max_images} one "
+                                   "request may hold")
+        fields = [f"images[{i}]" for i in range(len(images))]
+        with self.batcher.expect():
+            decoded = [self.read(f, name) for f, name in zip(images, fields)]
+            with api_errors(fields):
+                tops = self.classifier.predict(decoded, k=k)
+        return finite({"k": k, "predictions": [{"index": i, "filename": f.filename, "top": top}
+                                               for i, (f, top) in enumerate(zip(images, tops))]})
+
+
+def add_cifar_routes(app: FastAPI, s: CifarService) -> None:
+    @app.post("/predict", summary="the top-k classes of each image (repeat the field for several)")
+    def predict(images: Annotated[list[UploadFile], File(description="one or more image files")],
+                k: Annotated[int, Query(ge=1, le=100)] = 5) -> dict:
+        return s.predict(images, k)
