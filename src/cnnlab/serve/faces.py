@@ -76,7 +76,8 @@ class Gallery:
         r = fv._run
         # What FaceVerifier.identify embeds and caches on every call, kept in memory: reading a large
         # gallery's cache for each request would cost more than the request.
-        self.embedded = _gallery(r.run, r.model, r.cfg, self.folder, r.device, r.precision, r.channels_last)
+        self.embedded = _gallery(r.run, r.model, r.cfg, self.folder, r.device, r.precision, r.channels_last,
+                                 r.align)
         root, inside = Path(self.embedded["root"]), self.folder.resolve()
         self.files = [(root / f).resolve() for f in self.embedded["files"]]
         self.ids = {f: i for i, f in enumerate(self.embedded["files"]) if self.files[i].is_relative_to(inside)}
@@ -125,7 +126,7 @@ class FaceService(Service):
     def info(self) -> dict:
         cfg = self.fv._run.cfg
         model = {"backbone": cfg.backbone, "embedding_dim": cfg.embedding_dim, "image_size": cfg.image_size,
-                 "crop": cfg.crop, "normalize_embeddings": cfg.normalize_embeddings, "loss": cfg.loss,
+                 "crop": cfg.crop, "align": self.fv.align, "normalize_embeddings": cfg.normalize_embeddings, "loss": cfg.loss,
                  "margin": cfg.margin, "parameters": sum(p.numel() for p in self.fv.model.parameters()),
                  "device": str(self.fv.device)}
         gallery = None if self.gallery is None else {"people": self.gallery.people, "images": len(self.gallery.files)}
