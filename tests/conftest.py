@@ -129,3 +129,16 @@ def train_until(train, cfg, out, epoch: int) -> None:
         mp.setattr("cnnlab.cifar.train.fit", lambda *a, **k: real_fit(*a, **k, on_epoch=stop))
         with pytest.raises(StoppedAfterEpoch):
             train(cfg, out, progress=False)
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module, so a test calls its functions and ``main``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

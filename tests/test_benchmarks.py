@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,16 +10,13 @@ import pytest
 import torch
 
 from cnnlab.runtime import cpu_features, select_precision
+from tests.conftest import load_benchmark
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
 
 
 @pytest.fixture(scope="module")
 def throughput():
-    spec = importlib.util.spec_from_file_location("train_throughput", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_throughput")
 
 
 def test_rows_are_blocks_by_widths_and_auto_is_the_policys_choice(throughput, tmp_path, capsys):
@@ -50,16 +46,12 @@ def test_comma_and_space_lists_mean_the_same(throughput):
 
 # benchmarks/pack_data.py: the data that travels to a GPU machine.
 
-_PACK = Path(__file__).resolve().parents[1] / "benchmarks" / "pack_data.py"
 _PEOPLE = [(f"Person_{c}", 3) for c in "ABCDEFGH"] + [("Solo_X", 1)]
 
 
 @pytest.fixture(scope="module")
 def pack():
-    spec = importlib.util.spec_from_file_location("pack_data", _PACK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("pack_data")
 
 
 def _lfw(root: Path, protocol: bool = True) -> Path:
@@ -218,15 +210,11 @@ def test_gpu_check_refuses_missing_archives_and_a_used_output_folder(tmp_path):
 
 # benchmarks/faces_photos.py: LFW pairs as photo-like images.
 
-_PHOTOS = Path(__file__).resolve().parents[1] / "benchmarks" / "faces_photos.py"
 
 
 @pytest.fixture(scope="module")
 def photos():
-    spec = importlib.util.spec_from_file_location("faces_photos", _PHOTOS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("faces_photos")
 
 
 def test_photos_are_larger_cluttered_canvases_stored_upright_or_with_exif(photos, tmp_path):

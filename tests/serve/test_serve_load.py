@@ -1,24 +1,17 @@
 """benchmarks/serve_load.py at a toy size: a real service, its rows, no errors, the machine named."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_benchmark
 from tests.serve.conftest import needs_extra
 
 pytestmark = needs_extra
 
-_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_load.py"
-
-
 @pytest.fixture(scope="module")
 def serve_load():
-    spec = importlib.util.spec_from_file_location("serve_load", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("serve_load")
 
 
 def test_rows_per_client_count_with_no_errors(serve_load, finished_run, tmp_path, capsys):
