@@ -96,24 +96,26 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def dumps_json(obj: Any, **kwargs: Any) -> str:
     """Strict JSON, as every reader accepts it: a NaN or infinite number is written as ``null``."""
-    return json.dumps(_strict(obj), allow_nan=False, **kwargs)
+    return json.dumps(json_ready(obj), allow_nan=False, **kwargs)
 
 
-def _strict(obj: Any) -> Any:
+def json_ready(obj: Any) -> Any:
+    """``obj`` as plain JSON values: non-finite floats as None, paths as text, numpy and torch numbers and
+    arrays as Python's; anything else is a TypeError."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
+        return {k: json_ready(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
+        return [json_ready(v) for v in obj]
     if isinstance(obj, (str, int, bool)) or obj is None:
         return obj
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "tolist"):  # numpy / torch arrays and scalars (a 0-d one gives a plain number)
-        return _strict(obj.tolist())
+        return json_ready(obj.tolist())
     if hasattr(obj, "item"):
-        return _strict(obj.item())
+        return json_ready(obj.item())
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 

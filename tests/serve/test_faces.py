@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.errors import DataError
 from tests.serve.conftest import faces_of, image_bytes, needs_extra
 
 pytestmark = needs_extra

@@ -3,14 +3,13 @@ how the Python API's errors and non-finite numbers reach a client."""
 
 from __future__ import annotations
 
-import math
 import os
 import re
-from typing import Any, Sequence
+from typing import Sequence
 
-import numpy as np
 
 from cnnlab.errors import CnnlabError, DataError
+from cnnlab.files import json_ready
 from cnnlab.run import RunDir
 from cnnlab.serve.uploads import UploadError, decode_upload
 
@@ -90,14 +89,5 @@ class _ApiErrors:
         raise UploadError(422 if isinstance(e, DataError) else 400, message) from None
 
 
-def finite(value: Any) -> Any:
-    """``value`` as plain JSON: every non-finite float as None (JSON has no NaN), numpy numbers as Python's."""
-    if isinstance(value, np.generic):  # numpy numbers from the API: JSON knows only Python's
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
+# Every answer as plain JSON: non-finite floats as None (JSON has no NaN), numpy numbers as Python's.
+finite = json_ready
