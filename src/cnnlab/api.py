@@ -28,7 +28,7 @@ from cnnlab.data.images import _to_rgb, decode_rgb, resize_exact, upright
 from cnnlab.engine import infer
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.faces.verify import (_gallery, check_k, face_dict, load_image, nearest_people, open_run, pair_verdict,
-                                 prepare_input)
+                                 prepare_input, to_tensor)
 from cnnlab.files import not_a_regular_file
 from cnnlab.run import RunDir
 from cnnlab.runtime import resolve_device
@@ -63,13 +63,8 @@ def _as_list(images) -> list:
     return list(images)
 
 
-def _to_tensor(img: Image.Image) -> torch.Tensor:
-    """A PIL RGB image as uint8 (3, H, W)."""
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
-
-
 def _stack(prepared: list[Prepared]) -> torch.Tensor:
-    return torch.stack([_to_tensor(p.image) for p in prepared])
+    return torch.stack([to_tensor(p.image) for p in prepared])
 
 
 def _name(image, i: int) -> str:
@@ -162,7 +157,7 @@ class Classifier:
 
     def preprocess(self, images) -> torch.Tensor:
         """uint8 (N, 3, 32, 32): each image decoded to RGB and resized to 32x32 as CIFAR folders are in training."""
-        return torch.stack([_to_tensor(resize_exact(_rgb(im, _name(im, i)), IMAGE_SIZE))
+        return torch.stack([to_tensor(resize_exact(_rgb(im, _name(im, i)), IMAGE_SIZE))
                             for i, im in enumerate(_as_list(images))])
 
     def probabilities(self, images) -> torch.Tensor:

@@ -258,11 +258,10 @@ def prepare(img: Image.Image, size: int, crop: float, align: str, name: str = "i
         if align == "detect":
             raise NoFace(name)
         return Prepared(center_crop_resize(img, size, crop), "center")
-    return Prepared(align_face(img, faces[0], size), "aligned", faces[0], len(faces))
+    return Prepared(_warp(img, faces[0].landmarks, size), "aligned", faces[0], len(faces))
 
 
-def align_face(img: Image.Image, face: Face, size: int) -> Image.Image:
-    return align(img, face.landmarks, size)
+_warp = align  # prepare's argument ``align`` hides the function of that name
 
 
 def is_aligned_folder(root: str | Path) -> bool:
