@@ -122,8 +122,9 @@ def _write_report(dst: Path, report: dict, finished: bool) -> None:
 
 
 def _log(r: dict, dst: Path) -> None:
-    logger.info("aligned %d of %d images into %s (%d were there from before)", r["aligned"] + r["kept_from_before"],
-                r["images"], dst, r["kept_from_before"])
+    """What the command's one printed line leaves out: which images were skipped, and why."""
+    if r["kept_from_before"]:
+        logger.info("%d of the images were aligned into %s before; kept", r["kept_from_before"], dst)
     for key, what in (("no_face", "no face found"), ("bad", "cannot be decoded")):
         if r[key]:
             more = f" and {len(r[key]) - _SHOWN} more" if len(r[key]) > _SHOWN else ""
