@@ -95,7 +95,7 @@ def make_photos(people_root: Path, files: list[str], out: Path, seed: int = 0) -
 
 
 def _pair_files(data_dir: Path):
-    from cnnlab.data.faces import find_people_root, load_faces  # noqa: F401 (find_people_root used below)
+    from cnnlab.data.faces import find_people_root
     from cnnlab.data.lfw import read_pairs
 
     pairs = read_pairs(data_dir / "pairsDevTest.txt")

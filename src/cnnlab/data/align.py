@@ -239,29 +239,28 @@ def check_align(align: str, what: str = "--align") -> str:
     return align
 
 
-def prepare(img: Image.Image, size: int, crop: float, align: str, name: str = "image",
+def prepare(img: Image.Image, size: int, crop: float, mode: str, name: str = "image",
             aligned_folder: bool = False) -> Prepared:
     """``img`` (upright RGB) as the network sees it: aligned, centre-cropped or resized, ``size`` x ``size``.
+
+    ``mode`` is the ``--align`` choice.
 
     ``detect`` raises :class:`NoFace` naming ``name`` when no face is found;
     ``auto`` then falls back to the centre crop. Several faces: the largest is
     used and :attr:`Prepared.faces` says how many there were.
     """
-    check_align(align)
+    check_align(mode)
     if aligned_folder:
         return Prepared(resize_exact(img, size), "as-is")
-    if align == "center":
+    if mode == "center":
         return Prepared(center_crop_resize(img, size, crop), "center")
     d = detector()
     faces = d.detect(img) or d.detect_padded(img)
     if not faces:
-        if align == "detect":
+        if mode == "detect":
             raise NoFace(name)
         return Prepared(center_crop_resize(img, size, crop), "center")
-    return Prepared(_warp(img, faces[0].landmarks, size), "aligned", faces[0], len(faces))
-
-
-_warp = align  # prepare's argument ``align`` hides the function of that name
+    return Prepared(align(img, faces[0].landmarks, size), "aligned", faces[0], len(faces))
 
 
 def is_aligned_folder(root: str | Path) -> bool:

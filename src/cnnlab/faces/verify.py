@@ -40,7 +40,6 @@ def prepare_input(img, name: str, cfg: FaceTrainConfig, align: str) -> Prepared:
     With ``auto`` or ``detect``, an image without a face is a :class:`NoFace`
     naming ``name``; several faces: the largest, with a warning naming ``name``.
     """
-    check_align(align)
     try:  # auto's fallback is for the images of a folder; a single input must hold a face
         p = prepare(img, cfg.image_size, cfg.crop, "detect" if align == "auto" else align, name)
     except NoFace:
