@@ -8,29 +8,27 @@ from pathlib import Path
 import pytest
 import torch
 
+from cnnlab.cifar.train import build_optimizer as build_cifar_optimizer
 from cnnlab.cifar.train import resume_config as cifar_resume_config
 from cnnlab.cifar.train import train as cifar_train
 from cnnlab.config import CifarTrainConfig
+from cnnlab.data.augment import eval_transform, train_transform
+from cnnlab.data.cifar10 import load_cifar10, stratified_split, subsample
 from cnnlab.engine import Schedule, batch_indices, build_optimizer, exponential_decay, shard, step_decay
 from cnnlab.faces.train import train as faces_train
 from cnnlab.files import atomic_torch_save, load_checkpoint
+from cnnlab.models.basecnn import BaseCNN
 from cnnlab.run import RunDir
 from tests.conftest import train_until, write_cifar_batches
 from tests.faces.conftest import make_people, tiny_config
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cnnlab"
 
-# metrics.csv of tiny CPU fp32 runs (seed 0, one thread), recorded with the two training loops
-# the studies had before they shared this one: the engine must reproduce them.
+# metrics.csv of tiny CPU fp32 face runs (seed 0, one thread), recorded with the training loop the
+# face study had before it shared this one. Values computed on another CPU kind differ in the last
+# bits (other kernels), so they are compared with a tolerance that such differences stay within;
+# the CIFAR rows are not recorded at all: a plain loop in the test computes them.
 EXPECTED = {
-    "cifar_A": [
-        {"epoch": 1.0, "train_loss": 2.4257125854492188, "train_accuracy": 0.1125, "val_loss": 2.3034202575683596, "val_accuracy": 0.1, "lr": 0.02},
-        {"epoch": 2.0, "train_loss": 2.2767019271850586, "train_accuracy": 0.125, "val_loss": 2.3058481216430664, "val_accuracy": 0.1, "lr": 0.017},
-    ],
-    "cifar_E": [
-        {"epoch": 1.0, "train_loss": 2.310343074798584, "train_accuracy": 0.0875, "val_loss": 2.3025396347045897, "val_accuracy": 0.1, "lr": 0.02},
-        {"epoch": 2.0, "train_loss": 2.315052843093872, "train_accuracy": 0.125, "val_loss": 2.299933433532715, "val_accuracy": 0.2, "lr": 0.017},
-    ],
     "faces_contrastive": [
         {"epoch": 0.0, "train_loss": math.nan, "val_loss": 0.47414737939834595, "val_roc_auc": 1.0, "lr": 0.01},
         {"epoch": 1.0, "train_loss": 0.43170757591724396, "val_loss": 0.18623867630958557, "val_roc_auc": 1.0, "lr": 0.01},
@@ -63,13 +61,63 @@ def _assert_rows(rows, expected):
                 assert row[k] == pytest.approx(v, rel=1e-5, abs=1e-6), (row["epoch"], k)
 
 
+def _plain_cifar_rows(cfg: CifarTrainConfig) -> list[dict[str, float]]:
+    """What the engine must compute for ``cfg``, by a loop a reader checks line by line: the same
+    split, initial weights, batches, augmentation draws, optimiser and per-step schedule, and nothing else."""
+    data = load_cifar10(cfg.data_dir)
+    train_idx, val_idx = stratified_split(data.train_labels, cfg.val_per_class, cfg.seed)
+    train_idx = subsample(train_idx, cfg.max_train_samples, cfg.seed)
+    x, y = data.train_images[train_idx], data.train_labels[train_idx]
+    torch.manual_seed(cfg.seed)
+    model = BaseCNN(cfg.blocks, cfg.width)
+    opt = build_cifar_optimizer(model, cfg)
+    shuffle, draws = torch.Generator().manual_seed(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 2)
+    steps = len(x) // cfg.batch_size
+    rows = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=shuffle)
+        losses, correct = [], 0
+        for step in range(steps):
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            logits = model(train_transform(x[idx], draws))
+            loss = torch.nn.functional.cross_entropy(logits, y[idx], label_smoothing=cfg.label_smoothing)
+            t, warmup = epoch * steps + step, cfg.warmup_epochs * steps  # a linear warm-up, then decay per epoch
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * cfg.gamma ** epoch * (min(1.0, (t + 1) / warmup) if t < warmup else 1.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            correct += int((logits.argmax(1) == y[idx]).sum())
+        model.eval()
+        with torch.no_grad():
+            val_logits = model(eval_transform(data.train_images[val_idx]))
+        val_y = data.train_labels[val_idx]
+        rows.append({"epoch": epoch + 1.0, "train_loss": sum(losses) / steps, "train_accuracy": correct / (steps * cfg.batch_size),
+                     "val_loss": torch.nn.functional.cross_entropy(val_logits, val_y).item(),
+                     "val_accuracy": int((val_logits.argmax(1) == val_y).sum()) / len(val_y), "lr": cfg.lr * cfg.gamma ** epoch})
+    return rows
+
+
 @pytest.mark.parametrize("blocks", ["A", "E"])
-def test_cifar_metrics_are_the_recorded_ones(blocks, tmp_path, denormals_flushed):
+def test_cifar_metrics_are_those_of_a_plain_training_loop(blocks, tmp_path):
+    """The engine (schedule per step, non-finite checks, checkpoints, batched validation) trains exactly what a
+    plain loop trains. Same machine, same kernels, same batch shapes: only the order of the sums may differ
+    (the engine adds the losses in float64 on the device, validation runs in batches of ``eval_batch_size``),
+    a few float32 ulps on values near 2, so rel=1e-5 holds on any CPU. Accuracies are counts: exact."""
     data = write_cifar_batches(tmp_path / "c").parent
     cfg = CifarTrainConfig(data_dir=str(data), blocks=blocks, width=0.125, batch_size=32, eval_batch_size=64,
                            epochs=2, lr=0.02, device="cpu", precision="fp32", channels_last=False)
     cifar_train(cfg, tmp_path / "run", progress=False)
-    _assert_rows(RunDir(tmp_path / "run").read_metrics(), EXPECTED[f"cifar_{blocks}"])
+    rows = RunDir(tmp_path / "run").read_metrics()
+    expected = _plain_cifar_rows(cfg)
+    assert [r["epoch"] for r in rows] == [e["epoch"] for e in expected]
+    for row, exp in zip(rows, expected):
+        for k in ("train_accuracy", "val_accuracy"):
+            assert row[k] == exp[k], (row["epoch"], k)
+        for k in ("train_loss", "val_loss", "lr"):
+            assert row[k] == pytest.approx(exp[k], rel=1e-5), (row["epoch"], k)
 
 
 @pytest.mark.parametrize("loss", ["contrastive", "triplet"])

@@ -1,32 +1,23 @@
 """Two CPU processes with the gloo backend, as torchrun starts them."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch.distributed as dist
 
 from cnnlab.files import load_checkpoint
 from cnnlab.run import RunDir
+from tests.torchrun import kill_when, metrics_rows, torchrun
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
-
-
-def _torchrun(args, tmp_path, nproc=2):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CNNLAB_CACHE_DIR": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "cnnlab", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_two_processes_agree_and_write_one_valid_run(cifar_batches, tmp_path):
     out = tmp_path / "ddp"
     args = ["cifar", "train", "--blocks", "D", "--width", "0.125", "--epochs", "2", "--batch-size", "16",
             "--data-dir", str(cifar_batches), "--device", "cpu", "--out", str(out)]
-    p = _torchrun(args, tmp_path)
+    p = torchrun(args, tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["world_size"] == 2 and s["ranks_in_sync"] is True and s["status"] == "finished"
@@ -39,38 +30,24 @@ def test_two_processes_agree_and_write_one_valid_run(cifar_batches, tmp_path):
     assert not [p for p in out.rglob("*.tmp")]
 
     # Resume under torchrun: a finished run is left as it is, and the command succeeds.
-    p = _torchrun(["cifar", "train", "--resume", str(out)], tmp_path)
+    p = torchrun(["cifar", "train", "--resume", str(out)], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text()) == s
 
 
 def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(cifar_batches, tmp_path):
-    import signal
-    import time
-
     def args(out, *extra):
         return ["cifar", "train", "--blocks", "A", "--width", "0.125", "--epochs", "3", "--batch-size", "16",
                 "--data-dir", str(cifar_batches), "--device", "cpu", *extra, "--out", str(out)]
 
     full = tmp_path / "full"
-    assert _torchrun(args(full), tmp_path).returncode == 0
+    assert torchrun(args(full), tmp_path).returncode == 0
 
     part = tmp_path / "part"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CNNLAB_CACHE_DIR": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cnnlab",
-           *args(part)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (part / "metrics.csv").is_file() and len((part / "metrics.csv").read_text().splitlines()) >= 2:
-            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
-            break
-        time.sleep(0.01)
-    proc.wait()
+    kill_when(args(part), tmp_path, part, lambda run: metrics_rows(run) >= 2)  # epoch 1 written: kill in epoch 2
     assert not (part / "summary.json").exists(), "the run finished before it could be killed"
 
-    p = _torchrun(["cifar", "train", "--resume", str(part)], tmp_path)
+    p = torchrun(["cifar", "train", "--resume", str(part)], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     a, b = RunDir(full).read_metrics(), RunDir(part).read_metrics()
     assert len(a) == len(b) == 3

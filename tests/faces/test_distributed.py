@@ -1,35 +1,18 @@
 """Face training as torchrun starts it: two CPU processes with the gloo backend."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch.distributed as dist
 
 from cnnlab.files import load_checkpoint
 from cnnlab.run import RunDir
+from tests.torchrun import kill_when, metrics_rows, torchrun
 
 from .conftest import make_people, tiny_options
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
-
-
-def _env(tmp_path):
-    return {**os.environ, "OMP_NUM_THREADS": "1", "CNNLAB_CACHE_DIR": str(tmp_path / "cache")}
-
-
-def _cmd(args, nproc=2):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "cnnlab", *args]
-
-
-def _torchrun(args, tmp_path):
-    return subprocess.run(_cmd(args), env=_env(tmp_path), capture_output=True, text=True, timeout=300)
 
 
 def _args(faces, out, epochs=2, **extra):
@@ -39,7 +22,7 @@ def _args(faces, out, epochs=2, **extra):
 def test_two_processes_agree_and_write_one_valid_run(tmp_path):
     faces = make_people(tmp_path / "faces")
     out = tmp_path / "ddp"
-    p = _torchrun(_args(faces, out, loss="triplet", **{"batch-size": 8, "pk-images": 2}), tmp_path)
+    p = torchrun(_args(faces, out, loss="triplet", **{"batch-size": 8, "pk-images": 2}), tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["world_size"] == 2 and s["ranks_in_sync"] is True and s["status"] == "finished"
@@ -49,7 +32,7 @@ def test_two_processes_agree_and_write_one_valid_run(tmp_path):
     assert (out / "train.log").read_text().count("epoch 2/2") == 1  # only rank 0 wrote
     assert (out / "test_pairs.csv").is_file() and not list(out.rglob("*.tmp"))
 
-    p = _torchrun(["faces", "train", "--resume", str(out)], tmp_path)
+    p = torchrun(["faces", "train", "--resume", str(out)], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text()) == s
 
@@ -57,21 +40,13 @@ def test_two_processes_agree_and_write_one_valid_run(tmp_path):
 def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(tmp_path):
     faces = make_people(tmp_path / "faces")
     full, part = tmp_path / "full", tmp_path / "part"
-    assert _torchrun(_args(faces, full, epochs=3), tmp_path).returncode == 0
+    assert torchrun(_args(faces, full, epochs=3), tmp_path).returncode == 0
 
-    proc = subprocess.Popen(_cmd(_args(faces, part, epochs=3)), env=_env(tmp_path), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        # Rows 0 (untrained) and 1 written: kill inside epoch 2.
-        if (part / "metrics.csv").is_file() and len((part / "metrics.csv").read_text().splitlines()) >= 3:
-            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
-            break
-        time.sleep(0.01)
-    proc.wait()
+    # Rows 0 (untrained) and 1 written: kill inside epoch 2.
+    kill_when(_args(faces, part, epochs=3), tmp_path, part, lambda run: metrics_rows(run) >= 3)
     assert not (part / "summary.json").exists(), "the run finished before it could be killed"
 
-    p = _torchrun(["faces", "train", "--resume", str(part)], tmp_path)
+    p = torchrun(["faces", "train", "--resume", str(part)], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     a, b = RunDir(full).read_metrics(), RunDir(part).read_metrics()
     assert len(a) == len(b) == 4

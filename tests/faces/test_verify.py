@@ -9,6 +9,7 @@ from cnnlab.data.align import NoFace
 from cnnlab.errors import DataError
 from cnnlab.faces.verify import identify, load_image, to_tensor, verify
 from tests.faces.conftest import tiny_config
+from tests.conftest import ACROSS_PATHS, NEAR_ZERO_DISTANCE
 
 
 def _faces(finished_run):
@@ -25,7 +26,7 @@ def test_verify_json_on_two_images(finished_run, capsys):
     summary = json.loads((finished_run / "summary.json").read_text())
     assert r["threshold"] == summary["threshold"]
     assert r["same_person"] == (r["distance"] <= r["threshold"])
-    assert verify(finished_run, a, a, device="cpu")["distance"] == pytest.approx(0.0, abs=1e-5)
+    assert verify(finished_run, a, a, device="cpu")["distance"] == pytest.approx(0.0, abs=NEAR_ZERO_DISTANCE)
 
 
 def test_verify_distance_matches_the_saved_test_embeddings(finished_run):
@@ -33,7 +34,7 @@ def test_verify_distance_matches_the_saved_test_embeddings(finished_run):
     f0, f1 = saved["files"][0], saved["files"][1]
     r = verify(finished_run, _faces(finished_run) / f0, _faces(finished_run) / f1, device="cpu")
     expected = float((saved["embeddings"][0] - saved["embeddings"][1]).norm())
-    assert r["distance"] == pytest.approx(expected, abs=1e-5)
+    assert r["distance"] == pytest.approx(expected, abs=ACROSS_PATHS)
 
 
 def test_verify_plain_output_and_a_missing_image(finished_run, tmp_path, capsys):
@@ -65,7 +66,7 @@ def test_identify_lists_the_nearest_people_and_caches_the_gallery(finished_run, 
     probe = _faces(finished_run) / "Person_C" / "Person_C_0003.jpg"
     rows = identify(finished_run, probe, _faces(finished_run), k=4, device="cpu")
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
-    assert rows[0]["name"] == "Person_C" and rows[0]["distance"] == pytest.approx(0.0, abs=1e-5)
+    assert rows[0]["name"] == "Person_C" and rows[0]["distance"] == pytest.approx(0.0, abs=NEAR_ZERO_DISTANCE)
     assert rows[0]["image"] == "Person_C/Person_C_0003.jpg" and rows[0]["same_person"]
     assert [r["distance"] for r in rows] == sorted(r["distance"] for r in rows)
     assert len({r["name"] for r in rows}) == 4

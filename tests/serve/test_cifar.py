@@ -5,6 +5,7 @@ import json
 import pytest
 
 from tests.serve.conftest import image_bytes, needs_extra
+from tests.conftest import ACROSS_PATHS
 
 pytestmark = needs_extra
 
@@ -29,7 +30,7 @@ def test_predict_answers_as_the_api_for_several_images(cifar_client, classifier,
     expected = classifier.predict(paths, k=3)
     for got, want in zip(body["predictions"], expected):
         assert [t["class"] for t in got["top"]] == [t["class"] for t in want]
-        assert [t["probability"] for t in got["top"]] == pytest.approx([t["probability"] for t in want], abs=1e-6)
+        assert [t["probability"] for t in got["top"]] == pytest.approx([t["probability"] for t in want], abs=ACROSS_PATHS)
     one = cifar_client.post("/predict", files={"images": ("a.png", paths[0].read_bytes())}).json()
     assert len(one["predictions"]) == 1 and len(one["predictions"][0]["top"]) == 5  # the default k
 

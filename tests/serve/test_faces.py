@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from tests.serve.conftest import faces_of, image_bytes, needs_extra
+from tests.conftest import ACROSS_PATHS, NEAR_ZERO_DISTANCE
 
 pytestmark = needs_extra
 
@@ -35,14 +36,14 @@ def test_verify_answers_as_the_api_with_the_crops_the_network_saw(face_client, f
     r = face_client.post("/verify?crops=true", files={"a": ("x.jpg", a.read_bytes()), "b": ("y", b.read_bytes())})
     assert r.status_code == 200
     body, expected = r.json(), verifier.verify(a, b)
-    assert body["distance"] == pytest.approx(expected["distance"], abs=1e-6)
+    assert body["distance"] == pytest.approx(expected["distance"], abs=ACROSS_PATHS)
     assert body["threshold"] == expected["threshold"] and body["same_person"] == expected["same_person"]
     assert body["faces"] == expected.get("faces", [None, None])
     crops = verifier.preprocess([a, b])  # (2, 3, S, S)
     for url, crop in zip(body["crops"], crops):
         assert np.array_equal(_decode_data_url(url), crop.permute(1, 2, 0).numpy())
     same = face_client.post("/verify", files={"a": ("a", a.read_bytes()), "b": ("b", a.read_bytes())}).json()
-    assert same["distance"] == pytest.approx(0.0, abs=1e-5) and same["same_person"] and "crops" not in same
+    assert same["distance"] == pytest.approx(0.0, abs=NEAR_ZERO_DISTANCE) and same["same_person"] and "crops" not in same
 
 
 def test_identify_finds_the_probes_person_with_thumbnails_by_index(face_client, finished_run, verifier):
@@ -52,7 +53,7 @@ def test_identify_finds_the_probes_person_with_thumbnails_by_index(face_client, 
     matches = r.json()["matches"]
     expected = verifier.identify(probe, faces_of(finished_run), k=3)
     assert [m["name"] for m in matches] == [e["name"] for e in expected]
-    assert [m["distance"] for m in matches] == pytest.approx([e["distance"] for e in expected], abs=1e-5)
+    assert [m["distance"] for m in matches] == pytest.approx([e["distance"] for e in expected], abs=ACROSS_PATHS)
     top = matches[0]
     assert top["name"] == "Person_C" and top["image"] == "Person_C/Person_C_0003.jpg" and top["same_person"]
     assert top["thumbnail"] == f"/gallery/{top['id']}/thumbnail"
@@ -76,7 +77,7 @@ def test_embed_gives_the_apis_embedding(face_client, finished_run, verifier):
     assert r.status_code == 200
     body = r.json()
     assert body["dim"] == 16 and body["normalized"] is True
-    assert torch.allclose(torch.tensor(body["embedding"]), verifier.embed(path)[0], atol=1e-6)
+    assert torch.allclose(torch.tensor(body["embedding"]), verifier.embed(path)[0], atol=ACROSS_PATHS)
 
 
 def test_identify_without_a_gallery_says_how_to_start_with_one(finished_run):
