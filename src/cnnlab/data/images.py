@@ -7,12 +7,18 @@ rotated or mirrored with an EXIF orientation tag (as phones store portrait
 shots) is turned upright, as every image viewer shows it. A file that cannot be
 decoded (truncated, corrupted, not an image, too small to be a picture) is a
 :class:`BadImage` naming the file.
+
+Two limits, checked on the header's size before any pixel is decoded, keep
+the work one image costs bounded; the service's upload decoder applies the same
+ones (:func:`size_problem`): at most :data:`MAX_IMAGE_PIXELS` pixels, and no
+side more than :data:`MAX_ASPECT` times the other.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,6 +32,15 @@ logger = logging.getLogger(__name__)
 
 MIN_SIDE = 8
 """Images smaller than this on either side are refused: they hold no picture worth training on."""
+
+MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
+"""PIL's decompression-bomb limit (about 89 megapixels, a 9460x9460 picture): larger images are refused
+before they are decoded."""
+
+MAX_ASPECT = 20.0
+"""Images whose longer side is more than this many times the shorter are refused. The longest photos cameras
+make, phones' panoramas, are usually well under 10:1; a picture 20 times longer than it is high is a strip or
+a banner with no face worth finding, and the detector pays for it as for a square of its longer side."""
 
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 
@@ -76,10 +91,45 @@ def upright(img: Image.Image, path: str | os.PathLike) -> Image.Image:
         return img
 
 
+def megapixels(n: int) -> str:
+    return f"{n / 1e6:.1f} megapixels"
+
+
+def aspect_problem(w: int, h: int) -> str | None:
+    """Why an image of ``w`` x ``h`` pixels is too long and thin to use ("is ..."), or None."""
+    ratio = max(w, h) / max(1, min(w, h))
+    if ratio > MAX_ASPECT:
+        return (f"is {w}x{h} pixels, an aspect ratio of {ratio:.1f}:1, more than the {MAX_ASPECT:g}:1 "
+                "accepted (no photo is that long and thin)")
+    return None
+
+
+def size_problem(w: int, h: int, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
+    """Why an image of ``w`` x ``h`` pixels is too costly to use ("is ..."), or None: the pixel limit, then the
+    aspect ratio (:func:`aspect_problem`).
+
+    Both are the same for the image turned by its EXIF orientation, so they
+    are checked on the stored size, before decoding.
+    """
+    if w * h > max_pixels:
+        return f"is {w}x{h} pixels ({megapixels(w * h)}), more than the limit of {megapixels(max_pixels)}"
+    return aspect_problem(w, h)
+
+
 def decode_rgb(path: str | os.PathLike, min_side: int = MIN_SIDE) -> Image.Image:
-    """Open ``path`` and return a fully decoded, upright 8-bit RGB image, or raise :class:`BadImage`."""
+    """Open ``path`` and return a fully decoded, upright 8-bit RGB image, or raise :class:`BadImage`.
+
+    An image over the limits of :func:`size_problem` is refused before its pixels are decoded.
+    """
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # PIL warns between its limit and twice it, and raises above; the check below decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as img:
+            problem = size_problem(*img.size)
+            if problem:
+                raise BadImage(path, problem)
             img.load()  # decodes now, so a truncated file fails here and not later
             img = upright(img, path)
             w, h = img.size
@@ -90,6 +140,8 @@ def decode_rgb(path: str | os.PathLike, min_side: int = MIN_SIDE) -> Image.Image
         raise
     except UnidentifiedImageError:
         raise BadImage(path, "is not an image file PIL can read") from None
+    except Image.DecompressionBombError as e:
+        raise BadImage(path, f"is larger than the limit of {megapixels(MAX_IMAGE_PIXELS)} ({e})") from None
     except Exception as e:  # noqa: BLE001 -- a damaged file: OSError, SyntaxError, struct.error, ...
         raise BadImage(path, f"cannot be decoded ({e})") from None
 

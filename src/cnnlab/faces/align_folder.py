@@ -88,7 +88,7 @@ def align_folder(src: str | os.PathLike, dst: str | os.PathLike, size: int = 112
             return
         try:
             img = decode_rgb(path)
-            faces = det.detect(img) or det.detect_padded(img)
+            faces = det.find(img)
             if not faces:
                 raise NoFace(path)
             _save(warp(img, faces[0].landmarks, size), out)

@@ -1,9 +1,10 @@
 """Uploaded images, decoded safely: what the client says a file is counts for nothing.
 
 An upload is an image when PIL decodes it; its name and content type are not
-read. Before any pixel is decoded the header's size is checked against a pixel
-limit (PIL's decompression-bomb limit, which cnnlab's file decoding also
-relies on), so a small file that claims a huge picture costs nothing. Every
+read. Before any pixel is decoded the header's size is checked against the
+limits cnnlab's file decoding applies (:func:`cnnlab.data.images.size_problem`:
+a pixel limit, PIL's decompression-bomb limit by default, and an aspect ratio),
+so a small file that claims a huge or absurdly long picture costs nothing. Every
 problem is an :class:`UploadError` with the HTTP status that fits it and a
 message naming the form field.
 """
@@ -15,10 +16,7 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
-from cnnlab.data.images import MIN_SIDE, _to_rgb, upright
-
-MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
-"""PIL's decompression-bomb limit (about 89 megapixels): larger uploads are refused before decoding."""
+from cnnlab.data.images import MAX_IMAGE_PIXELS, MIN_SIDE, _to_rgb, megapixels, size_problem, upright
 
 
 class UploadError(Exception):
@@ -28,10 +26,6 @@ class UploadError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def _megapixels(n: int) -> str:
-    return f"{n / 1e6:.1f} megapixels"
 
 
 def decode_upload(data: bytes, field: str, max_bytes: int, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
@@ -47,14 +41,14 @@ def decode_upload(data: bytes, field: str, max_bytes: int, max_pixels: int = MAX
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
         w, h = img.size
-        if w * h > max_pixels:
-            raise UploadError(413, f"field '{field}': the image is {w}x{h} pixels ({_megapixels(w * h)}), more "
-                                   f"than the limit of {_megapixels(max_pixels)}")
+        problem = size_problem(w, h, max_pixels)
+        if problem:
+            raise UploadError(413 if w * h > max_pixels else 422, f"field '{field}': the image {problem}")
         img.load()  # decodes now, so a truncated file fails here
     except UploadError:
         raise
     except Image.DecompressionBombError as e:
-        raise UploadError(413, f"field '{field}': the image is larger than the limit of {_megapixels(max_pixels)} "
+        raise UploadError(413, f"field '{field}': the image is larger than the limit of {megapixels(max_pixels)} "
                                f"({e})") from None
     except UnidentifiedImageError:
         raise UploadError(422, f"field '{field}': not an image file PIL can read (the content is sniffed; the "
