@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import os
 import shlex
 import signal
 import sys
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from cnnlab import __version__
 from cnnlab.cifar.cli import add_cifar
-from cnnlab.errors import CnnlabError, Terminated
+from cnnlab.errors import CnnlabError, Terminated, shown_path
 from cnnlab.faces.cli import add_faces
 from cnnlab.serve.cli import add_serve
 
@@ -45,18 +47,26 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         with _sigterm_as_interrupt():
-            return int(args.func(args) or 0)
+            status = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not as a traceback at the interpreter's exit
+            return status
     except CnnlabError as e:
         if args.debug:
             raise
         print(f"cnnlab: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # whoever read the output has gone (cnnlab ... | head): stop quietly
+        if args.debug:
+            raise
+        _stdout_to_devnull()
+        return CLOSED_PIPE
     except OSError as e:  # a full disk, a read-only folder, a file that vanished
         if args.debug:
             raise
-        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"cnnlab: error: {e.strerror or e}{where}; what was written before is intact "
-              "(files are replaced atomically)", file=sys.stderr)
+        where = f" ({shown_path(e.filename)})" if getattr(e, "filename", None) else ""
+        intact = "; what was written before is intact (files are replaced atomically)" \
+            if e.errno in _WRITE_ERRORS else ""
+        print(f"cnnlab: error: {e.strerror or e}{where}{intact}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         if args.debug:
@@ -65,6 +75,25 @@ def main(argv: list[str] | None = None) -> int:
         command = continue_command(args, argv)
         print(f"cnnlab: interrupted by {how}" + (f"; continue with: {command}" if command else ""), file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+
+
+# The status of a command whose output nobody reads any more: what a shell reports for a Unix tool that
+# SIGPIPE stopped (128 + 13), as Ctrl-C and SIGTERM give 130 and 143; scripts with pipefail know it.
+CLOSED_PIPE = 141
+# Errors only a write raises: every file cnnlab writes is replaced atomically, so the earlier one is whole.
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's descriptor at /dev/null, so that the interpreter's last flush of what the closed
+    pipe refused fails no more ("Exception ignored ... BrokenPipeError")."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture): nothing is flushed at exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def continue_command(args: argparse.Namespace, argv: list[str]) -> str | None:

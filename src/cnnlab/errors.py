@@ -2,8 +2,11 @@
 
 Anything raised as :class:`CnnlabError` is a problem with the user's input (a
 file, a folder, an option); the CLI prints its message and exits with status 2,
-without a traceback unless ``--debug`` is given.
+without a traceback unless ``--debug`` is given. :func:`shown_path` is how a
+message, or a command's printed result, shows a path.
 """
+
+import os
 
 
 class CnnlabError(Exception):
@@ -22,6 +25,15 @@ class CheckpointError(CnnlabError):
     """A checkpoint cannot be loaded into the model at hand."""
 
 
+class TargetRefused(CnnlabError):
+    """A file is to be written where something stands that must be kept (a link, a device, a run's
+    checkpoint, a file nobody agreed to replace); ``replaceable`` when consent to replace it would do."""
+
+    def __init__(self, path, reason: str, replaceable: bool = False) -> None:
+        super().__init__(f"{shown_path(path)} {reason}")
+        self.path, self.reason, self.replaceable = path, reason, replaceable
+
+
 class TrainingDiverged(CnnlabError):
     """The loss became NaN or infinite."""
 
@@ -31,3 +43,11 @@ class Terminated(KeyboardInterrupt):
 
     def __init__(self) -> None:
         super().__init__("SIGTERM")
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as one line of text: as given, or quoted with its control characters escaped
+    (``'a\\nb.onnx'``) when it holds any, so a printed value never spans two lines."""
+    text = os.fspath(path)
+    text = text if isinstance(text, str) else os.fsdecode(text)
+    return text if text.isprintable() else repr(text)

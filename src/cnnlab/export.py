@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from cnnlab import __version__
-from cnnlab.errors import CnnlabError
-from cnnlab.files import atomic_open, atomic_write_bytes
+from cnnlab.errors import CnnlabError, TargetRefused, shown_path
+from cnnlab.files import atomic_open, refuse_replacing
 from cnnlab.run import RunDir
 
 FORMATS = ("onnx", "torchscript")
@@ -118,30 +118,58 @@ def cifar_export(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
     return Uint8Input(model.float().eval(), CIFAR10_MEAN, CIFAR10_STD).eval(), meta
 
 
-def export_run(study: str, run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike) -> dict:
+def export_run(study: str, run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *,
+               force: bool = False) -> dict:
     """Write the network of ``run_dir`` (a ``study`` run) to ``out`` in ``fmt``; its metadata is returned.
 
-    ``out`` is written whole or not at all: an existing file there is replaced
-    only once the new one is complete.
+    ``out`` is written whole or not at all. Something already there is kept
+    (:class:`TargetRefused`), but for a regular file when ``force``; a link, a
+    device, a FIFO, a folder and anything in a run's ``checkpoints/`` are never
+    replaced. ``out`` is checked before the export and again right before the
+    finished file takes its name.
     """
     if fmt not in FORMATS:
         raise CnnlabError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    _check_out(out, force)  # before minutes of tracing, a refusal costs nothing
     net, meta = (face_export if study == "faces" else cifar_export)(run_dir)
     meta["format"] = fmt
     size = meta["input"]["shape"][-1]
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    out = Path(out)
     with warnings.catch_warnings(), torch.no_grad():
         # Both exporters announce their successors; the files they write are what is tested.
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
-        if fmt == "onnx":
-            atomic_write_bytes(out, _onnx_bytes(net, example, meta))
-        else:
-            traced = torch.jit.trace(net, example)
-            with atomic_open(out, "wb") as f:
+        data = _onnx_bytes(net, example, meta) if fmt == "onnx" else None
+        traced = torch.jit.trace(net, example) if fmt == "torchscript" else None
+        # Without force nothing at out is replaced (a hard link takes the name); with it, only a
+        # regular file, as _check_out finds just before the rename.
+        with atomic_open(out, "wb", exclusive=not force, check=lambda: _check_out(out, force)) as f:
+            if data is not None:
+                f.write(data)
+            else:
                 torch.jit.save(traced, f, _extra_files={METADATA_KEY: json.dumps(meta)})
     return meta
+
+
+def _check_out(out: str | os.PathLike, force: bool = False) -> None:
+    """Raise :class:`TargetRefused` when ``out`` may not take an exported file (see :func:`export_run`)."""
+    run = _run_of(out)
+    if run is not None:
+        raise TargetRefused(out, f"is inside the checkpoints folder of the run {shown_path(run)}; "
+                                 "an export is never written there")
+    refuse_replacing(out, replace_file=force)
+
+
+def _run_of(out: str | os.PathLike) -> Path | None:
+    """The run folder whose ``checkpoints/`` holds ``out`` (any depth, links resolved), or None.
+
+    A run folder is known by its ``config.yaml``: a run whose first epoch has
+    not ended yet has no checkpoints folder, and is protected as well.
+    """
+    for folder in Path(os.path.realpath(out)).parents:
+        if folder.name == "checkpoints" and RunDir(folder.parent).exists():
+            return folder.parent
+    return None
 
 
 def _onnx_bytes(net: nn.Module, example: torch.Tensor, meta: dict) -> bytes:

@@ -3,12 +3,15 @@
 Everything cnnlab writes into a run folder goes through these functions: the
 data goes to a temporary file in the same folder, is flushed and fsynced, and
 is then renamed over the target, so a crash or a full disk leaves either the
-old file or the new one, never half of one.
+old file or the new one, never half of one. A write that must replace nothing
+it did not create (an export) takes the name with a hard link instead, which
+fails on anything already there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import math
@@ -17,11 +20,11 @@ import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
-from cnnlab.errors import CheckpointError
+from cnnlab.errors import CheckpointError, TargetRefused, shown_path
 
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -41,8 +44,7 @@ def not_a_regular_file(path: str | os.PathLike) -> str | None:
         return f"cannot be read ({e.strerror})"
     if stat.S_ISREG(mode):
         return None
-    kind = next((name for test, name in _KINDS if test(mode)), "not a plain file")
-    return f"is {kind}, not a regular file"
+    return f"is {_kind(mode)}, not a regular file"
 
 
 def fsync_dir(path: Path) -> None:
@@ -54,24 +56,117 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a plain file")
+
+
+def refuse_replacing(path: str | os.PathLike, replace_file: bool = False) -> None:
+    """Raise :class:`TargetRefused` when writing ``path`` would replace what must be kept.
+
+    Never replaced: a symbolic link (a write would replace the link, or land
+    wherever it points), a folder, a device node, a FIFO, a socket; a regular
+    file only when ``replace_file``. A folder on the way that is no folder (a
+    file, a link to nothing) is refused here too, rather than as "File exists".
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        _refuse_missing_folder(Path(path))
+        return
+    if stat.S_ISLNK(mode):
+        to = os.readlink(path)
+        gone = "" if os.path.exists(path) else ", which does not exist"
+        raise TargetRefused(path, f"is a symbolic link (to {shown_path(to)}{gone}); "
+                                  "a link is never replaced nor written through")
+    if not stat.S_ISREG(mode):
+        raise TargetRefused(path, f"is {_kind(mode)}, not a regular file; it is never replaced")
+    if not replace_file:
+        raise TargetRefused(path, "already exists", replaceable=True)
+
+
+def _refuse_missing_folder(path: Path) -> None:
+    """Refuse ``path`` when the nearest existing folder above it is no folder."""
+    for folder in path.parents:
+        try:
+            mode = os.stat(folder).st_mode
+        except NotADirectoryError:
+            continue
+        except FileNotFoundError:
+            if os.path.islink(folder):
+                raise TargetRefused(path, f"cannot be written: {shown_path(folder)} is a symbolic link to "
+                                          f"{shown_path(os.readlink(folder))}, which does not exist") from None
+            continue
+        if not stat.S_ISDIR(mode):
+            raise TargetRefused(path, f"cannot be written: {shown_path(folder)} is {_kind(mode)}, not a folder")
+        return
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; on a clean exit it replaces ``path``."""
-    path = Path(path)
+def atomic_open(path: str | os.PathLike, mode: str = "wb", *, exclusive: bool = False,
+                check: Callable[[], None] | None = None) -> Iterator[Any]:
+    """Open a temporary file beside ``path``; on a clean exit it takes ``path``'s name.
+
+    By default it replaces whatever has that name (a run's own files). With
+    ``exclusive`` it replaces nothing: anything at ``path`` by then is a
+    :class:`TargetRefused`. ``check()``, when given, runs once the data is on
+    disk and right before the file takes the name, to refuse (raise) what
+    appeared there meanwhile. OS errors name ``path`` as given, never the
+    temporary file.
+    """
+    given, path = os.fspath(path), Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # a read-only or full folder: about path, not the random name tried
+        raise OSError(e.errno, e.strerror, given) from e
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results should read like any other file
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if check is not None:
+            check()
+        _take_name(tmp, path, exclusive)
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
+            raise OSError(e.errno, e.strerror, given) from e  # the user never named the temporary file
         raise
     fsync_dir(path.parent)
+
+
+# Errors of a hard link that say "not on this filesystem" (FAT, some network shares), not "already there".
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
+
+
+def _take_name(tmp: str, path: Path, exclusive: bool) -> None:
+    """Give the finished temporary file ``tmp`` the name ``path``.
+
+    rename() replaces whatever has the new name, and POSIX has no portable way
+    to say "unless something is there". A hard link does: link() fails with
+    EEXIST on anything at ``path`` (a file, a symbolic link even to nothing, a
+    FIFO, a device node) that appeared since the caller checked, so an
+    exclusive write never replaces what it did not create; the temporary name
+    is then dropped. Where a filesystem has no hard links the name is checked
+    once more just before the rename: a window of microseconds, not none.
+    """
+    if not exclusive:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise TargetRefused(path, "appeared while the new file was written; it is kept as it is") from None
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(path):
+            raise TargetRefused(path, "appeared while the new file was written; it is kept as it is") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def _umask() -> int:

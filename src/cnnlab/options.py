@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence, Union
 
 from cnnlab.config import check_fields, from_dict, load_yaml
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, TargetRefused, shown_path
 
 # --- subcommands as data --------------------------------------------------------------
 
@@ -103,8 +103,20 @@ resuming and extending:
   with the best checkpoint. One process at a time works on a run folder."""
 TRAINING_OPTIONS_FILE = arg("--config", metavar="FILE", help="YAML file of training options")
 EXPORT_FILE = [arg("--format", required=True, choices=("onnx", "torchscript"), help="file format of --out"),
-               arg("--out", required=True, metavar="FILE", help="the file to write (an existing one is replaced "
-                                                                 "whole)")]
+               arg("--out", required=True, metavar="FILE", help="the file to write, a new one unless --force"),
+               arg("--force", action="store_true", help="replace a regular file already at --out (a link, device, "
+                                                        "FIFO or folder, or a file in a run's checkpoints/, never)")]
+
+
+def export_file(study: str, args: argparse.Namespace) -> dict:
+    """``cnnlab STUDY export``: the run's network written to --out; its metadata is returned."""
+    from cnnlab.export import export_run
+
+    try:
+        return export_run(study, args.run_dir, args.format, args.out, force=args.force)
+    except TargetRefused as e:
+        hint = "; give --force to replace it" if e.replaceable else ""
+        raise CnnlabError(f"--out {e}{hint}") from None
 
 
 RUN_OPTIONS = "run options (saved in the run's config.yaml)"
@@ -214,4 +226,4 @@ def print_result(summary: dict, keys: tuple[str, ...], where: dict[str, Any] | N
     if parts:
         print("  ".join(parts))
     for name, path in (where or {}).items():
-        print(f"{name}: {path}")
+        print(f"{name}: {shown_path(path)}")

@@ -65,7 +65,7 @@ def test_an_unfinished_run_is_refused_and_the_old_file_kept(run_copy, tmp_path, 
     summary = json.loads((run_copy / "summary.json").read_text())
     summary.pop("threshold")
     (run_copy / "summary.json").write_text(json.dumps(summary))
-    assert main(["faces", "export", str(run_copy), "--format", "onnx", "--out", str(out)]) == 2
+    assert main(["faces", "export", str(run_copy), "--format", "onnx", "--out", str(out), "--force"]) == 2
     assert "no decision threshold" in capsys.readouterr().err
     assert out.read_bytes() == b"an earlier export"
     with pytest.raises(SystemExit) as e:

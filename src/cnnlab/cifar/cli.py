@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 from cnnlab.config import CifarTrainConfig
+from cnnlab.errors import shown_path
 from cnnlab.options import (DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
-                            add_figures_command, arg, build_config, config_options, data_dir, print_result,
-                            run_dir, train_args, train_command)
+                            add_figures_command, arg, build_config, config_options, data_dir, export_file,
+                            print_result, run_dir, train_args, train_command)
 
 _RUN_DIR = run_dir("a run folder of cnnlab cifar train")
 
@@ -52,7 +53,7 @@ def _figures(args: argparse.Namespace) -> int:
     from cnnlab.cifar.evaluate import redraw_figures
 
     for path in redraw_figures(args.run_dir):
-        print(path)
+        print(shown_path(path))
     return 0
 
 
@@ -61,7 +62,7 @@ def _data_figures(args: argparse.Namespace) -> int:
 
     for path in data_figures(args.data_dir, args.out, seed=args.seed, val_per_class=args.val_per_class,
                              skip_bad_images=args.skip_bad_images):
-        print(path)
+        print(shown_path(path))
     return 0
 
 
@@ -98,10 +99,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from cnnlab.export import export_run
-
-    meta = export_run("cifar", args.run_dir, args.format, args.out)
-    print(f"classifier of {len(meta['classes'])} classes written to {args.out}; input uint8 RGB "
+    meta = export_file("cifar", args)
+    print(f"classifier of {len(meta['classes'])} classes written to {shown_path(args.out)}; input uint8 RGB "
           f"(batch, 3, 32, 32), output logits")
     return 0
 

@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 from cnnlab.config import FACE_ALIGNS, FaceSearchConfig, FaceTrainConfig, from_dict
+from cnnlab.errors import shown_path
 from cnnlab.options import (DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
                             add_figures_command, arg, build_config, config_options, config_overrides, data_dir,
-                            print_result, run_dir, train_args, train_command)
+                            export_file, print_result, run_dir, train_args, train_command)
 from cnnlab.search import RANKING
 
 
@@ -51,7 +52,7 @@ def _figures(args: argparse.Namespace) -> int:
     from cnnlab.faces.analyze import redraw_figures
 
     for path in redraw_figures(args.run_dir, log_far=args.log_far):
-        print(path)
+        print(shown_path(path))
     return 0
 
 
@@ -82,8 +83,8 @@ def _align(args: argparse.Namespace) -> int:
 
     r = align_folder(args.src, args.dst, size=args.size)
     done = r["aligned"] + r["kept_from_before"]
-    print(f"{done} of {r['images']} images aligned into {args.dst} ({len(r['no_face'])} without a face, "
-          f"{len(r['bad'])} unreadable: see {Path(args.dst) / 'cnnlab-aligned.json'})")
+    print(f"{done} of {r['images']} images aligned into {shown_path(args.dst)} ({len(r['no_face'])} without a face, "
+          f"{len(r['bad'])} unreadable: see {shown_path(Path(args.dst) / 'cnnlab-aligned.json')})")
     return 0
 
 
@@ -107,13 +108,11 @@ def _identify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from cnnlab.export import export_run
-
-    meta = export_run("faces", args.run_dir, args.format, args.out)
+    meta = export_file("faces", args)
     pre = meta["preprocessing"]
     how = f"centre crop {pre['crop']}" if pre["align"] == "center" else "faces aligned to the five-point template"
     print(f"embedding network ({meta['output']['shape'][1]}-d, threshold {meta['threshold']:.4f}) written to "
-          f"{args.out}; input uint8 RGB (batch, 3, {meta['input']['shape'][-1]}, {meta['input']['shape'][-1]}), "
+          f"{shown_path(args.out)}; input uint8 RGB (batch, 3, {meta['input']['shape'][-1]}, {meta['input']['shape'][-1]}), "
           f"{how}")
     return 0
 
@@ -129,8 +128,8 @@ def _search(args: argparse.Namespace) -> int:
         b = r["best"]
         print(f"best trial {b['trial']}: validation ROC AUC {b['val_roc_auc']:.4f} (best epoch {b['best_epoch']})  "
               + "  ".join(f"{k} {v}" for k, v in b["params"].items()))
-        print(f"best run: {Path(args.out) / b['run_dir']}")
-    print(f"trials: {Path(args.out) / 'trials.csv'}")
+        print(f"best run: {shown_path(Path(args.out) / b['run_dir'])}")
+    print(f"trials: {shown_path(Path(args.out) / 'trials.csv')}")
     return 0
 
 
@@ -138,7 +137,7 @@ def _download(args: argparse.Namespace) -> int:
     from cnnlab.data.lfw import LFW_URL, download_lfw
 
     path = download_lfw(args.data_dir, base_url=args.url or LFW_URL)
-    print(f"LFW is in {path}; train with --data-dir {path} --protocol lfw-view1")
+    print(f"LFW is in {shown_path(path)}; train with --data-dir {shown_path(path)} --protocol lfw-view1")
     return 0
 
 

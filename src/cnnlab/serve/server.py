@@ -10,7 +10,7 @@ import socket
 import sys
 from typing import Sequence
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, shown_path
 from cnnlab.serve.service import MB, run_study
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def serve(run: str | os.PathLike, gallery: str | os.PathLike | None = None, host
         bound = sock.getsockname()[1]
         shown = f"[{host.strip('[]')}]" if ":" in host else host
         what = "face run" if study == "faces" else "CIFAR run"
-        print(f"serving the {what} {run} at http://{shown}:{bound}/ (API docs at /docs"
+        print(f"serving the {what} {shown_path(run)} at http://{shown}:{bound}/ (API docs at /docs"
               f"{', token required' if token else ''}); Ctrl-C stops", flush=True)
         config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
         uvicorn.Server(config).run(sockets=[sock])
