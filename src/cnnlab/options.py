@@ -92,6 +92,9 @@ def data_dir(help: str, **kwargs: Any) -> Arg:
 
 
 DEVICE = arg("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+ALLOW_UNFINISHED = arg("--allow-unfinished", action="store_true",
+                       help="use a run that has not finished training (its best checkpoint so far) instead of "
+                            "refusing it")
 RESUME_NOTES = """\
 resuming and extending:
   --resume RUN_DIR continues a run from checkpoints/last.pt, whose saved configuration is the
