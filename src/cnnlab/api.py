@@ -25,7 +25,7 @@ from cnnlab.data.augment import eval_transform
 from cnnlab.data.cifar10 import CLASSES, IMAGE_SIZE
 from cnnlab.data.align import Prepared
 from cnnlab.data.images import _to_rgb, decode_rgb, resize_exact, upright
-from cnnlab.engine import infer
+from cnnlab.engine import check_finite, infer
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.faces.verify import (_gallery, check_k, face_dict, load_image, nearest_people, open_run, pair_verdict,
                                  prepare_input, to_tensor)
@@ -89,13 +89,17 @@ class FaceVerifier:
         self.align: str = opened.align
 
     @classmethod
-    def from_run(cls, path: str | os.PathLike, device: str = "auto", align: str | None = None) -> "FaceVerifier":
+    def from_run(cls, path: str | os.PathLike, device: str = "auto", align: str | None = None,
+                 allow_unfinished: bool = False) -> "FaceVerifier":
         """The best checkpoint of the finished face run at ``path``, on ``device`` (auto: a GPU if there is one).
 
         ``align`` (auto, detect, center): how faces are found, when not as the
-        run was trained (a warning says the threshold may then not fit).
+        run was trained (a warning says the threshold may then not fit). A run
+        that has not finished training is a :class:`~cnnlab.errors.UnfinishedRun`
+        unless ``allow_unfinished`` (it still needs a threshold: one chosen
+        before the run was extended).
         """
-        return cls(open_run(path, device, align))
+        return cls(open_run(path, device, align, allow_unfinished))
 
     def prepare(self, images) -> list[Prepared]:
         """Each image made ready for the network: ``.image`` (the aligned or cropped face, PIL), ``.face``
@@ -144,11 +148,12 @@ class Classifier:
         self.run, self.model, self.classes, self.device = run, model.eval(), classes, device
 
     @classmethod
-    def from_run(cls, path: str | os.PathLike, device: str = "auto") -> "Classifier":
-        """The best checkpoint of the finished CIFAR run at ``path``."""
+    def from_run(cls, path: str | os.PathLike, device: str = "auto", allow_unfinished: bool = False) -> "Classifier":
+        """The best checkpoint of the finished CIFAR run at ``path``; a run that has not finished training is a
+        :class:`~cnnlab.errors.UnfinishedRun` unless ``allow_unfinished``."""
         run = RunDir(path)
         dev = resolve_device(device)
-        model, _ = load_cifar_run(run, "best", dev)
+        model, _ = load_cifar_run(run, "best", dev, allow_unfinished)
         classes = [str(c) for c in run.read_summary().get("classes") or CLASSES]
         if len(classes) != model.fc.out_features:
             raise CnnlabError(f"{run.summary_path} names {len(classes)} classes, the network of "
@@ -161,8 +166,10 @@ class Classifier:
                             for i, im in enumerate(_as_list(images))])
 
     def probabilities(self, images) -> torch.Tensor:
-        """Class probabilities (N, C), float32 on the CPU."""
+        """Class probabilities (N, C), float32 on the CPU; a :class:`~cnnlab.errors.NonFiniteOutput` where the
+        network gives NaN, of which no class is the most probable."""
         logits = infer(self.model, self.preprocess(images), eval_transform, device=self.device)
+        check_finite(logits, "logits", f"the network of {self.run.best_checkpoint} (fp32 on {self.device})")
         return torch.softmax(logits, dim=1)
 
     def predict(self, images, k: int = 5) -> list[list[dict]]:

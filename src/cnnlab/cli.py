@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cnnlab import __version__
 from cnnlab.cifar.cli import add_cifar
-from cnnlab.errors import CnnlabError, Terminated, shown_path
+from cnnlab.errors import CnnlabError, Terminated, UnfinishedRun, shown_path
 from cnnlab.faces.cli import add_faces
 from cnnlab.serve.cli import add_serve
 
@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     except CnnlabError as e:
         if args.debug:
             raise
-        print(f"cnnlab: error: {e}", file=sys.stderr)
+        # The library cannot know the flag that lets this command use an unfinished run; the parser does.
+        hint = ("; or give --allow-unfinished to use its best checkpoint so far"
+                if isinstance(e, UnfinishedRun) and hasattr(args, "allow_unfinished") else "")
+        print(f"cnnlab: error: {e}{hint}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # whoever read the output has gone (cnnlab ... | head): stop quietly
         if args.debug:

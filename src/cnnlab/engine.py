@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import cnnlab
-from cnnlab.errors import CnnlabError, TrainingDiverged
+from cnnlab.errors import CnnlabError, NonFiniteOutput, TrainingDiverged
 from cnnlab.files import atomic_torch_save, load_checkpoint, load_model_state
 from cnnlab.run import RunDir, command_line, log_to_file
 from cnnlab.runtime import (DistInfo, PrecisionChoice, all_reduce_sum, autocast, barrier, broadcast_object,
@@ -580,3 +580,14 @@ def infer(
     out = torch.cat(outs) if outs else torch.zeros(0)
     return (out, torch.cat(feats) if feats else torch.zeros(0)) if features else out
 
+
+def check_finite(outputs: torch.Tensor, what: str, source: str) -> torch.Tensor:
+    """``outputs``, or a :class:`NonFiniteOutput` when any of them is NaN or infinite.
+
+    Whatever is computed from such outputs (a distance, a class, a score) looks like an answer and means
+    nothing; ``source`` (the network, its checkpoint and precision) and ``what`` (logits, embeddings) name
+    them in the message.
+    """
+    if not bool(torch.isfinite(outputs).all()):
+        raise NonFiniteOutput(f"{source} gave NaN or infinite {what}; no answer can be given from them")
+    return outputs

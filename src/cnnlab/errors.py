@@ -38,6 +38,14 @@ class TrainingDiverged(CnnlabError):
     """The loss became NaN or infinite."""
 
 
+class UnfinishedRun(CnnlabError):
+    """A run that has not finished training, given where a finished one is expected."""
+
+
+class NonFiniteOutput(CnnlabError):
+    """A network gave NaN or infinite outputs, from which no answer can be given."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's or ``kill``'s polite stop), handled everywhere as Ctrl-C is."""
 

@@ -78,14 +78,12 @@ def _face_preprocessing(cfg) -> dict:
             "no_face": ("the centre crop below" if cfg.align == "auto" else "the image is refused"), **crop}
 
 
-def face_export(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
+def face_export(run_dir: str | os.PathLike, allow_unfinished: bool = False) -> tuple[nn.Module, dict]:
     """The embedding network of a finished face run (best checkpoint, CPU, fp32) and its metadata."""
-    from cnnlab.faces.train import load_run_model
-    from cnnlab.faces.verify import _threshold
+    from cnnlab.faces.verify import open_run
 
-    run = RunDir(run_dir)
-    threshold = _threshold(run)
-    model, cfg = load_run_model(run, "best", "cpu")
+    r = open_run(run_dir, "cpu", allow_unfinished=allow_unfinished)
+    run, model, cfg, threshold = r.run, r.model, r.cfg, r.threshold
     mean, std = model.mean.flatten().tolist(), model.std.flatten().tolist()
     meta = {
         "cnnlab_version": __version__, "study": "faces", "run": str(run.path), "checkpoint": "best",
@@ -99,13 +97,13 @@ def face_export(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
     return Uint8Input(model.float().eval(), mean, std).eval(), meta
 
 
-def cifar_export(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
+def cifar_export(run_dir: str | os.PathLike, allow_unfinished: bool = False) -> tuple[nn.Module, dict]:
     """The classifier of a finished CIFAR run (best checkpoint, CPU, fp32) and its metadata."""
     from cnnlab.api import Classifier
     from cnnlab.data.augment import CIFAR10_MEAN, CIFAR10_STD
     from cnnlab.data.cifar10 import IMAGE_SIZE
 
-    clf = Classifier.from_run(run_dir, device="cpu")
+    clf = Classifier.from_run(run_dir, device="cpu", allow_unfinished=allow_unfinished)
     model = clf.model
     meta = {
         "cnnlab_version": __version__, "study": "cifar", "run": str(clf.run.path), "checkpoint": "best",
@@ -119,19 +117,20 @@ def cifar_export(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
 
 
 def export_run(study: str, run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *,
-               force: bool = False) -> dict:
+               force: bool = False, allow_unfinished: bool = False) -> dict:
     """Write the network of ``run_dir`` (a ``study`` run) to ``out`` in ``fmt``; its metadata is returned.
 
     ``out`` is written whole or not at all. Something already there is kept
     (:class:`TargetRefused`), but for a regular file when ``force``; a link, a
     device, a FIFO, a folder and anything in a run's ``checkpoints/`` are never
     replaced. ``out`` is checked before the export and again right before the
-    finished file takes its name.
+    finished file takes its name. A run that has not finished training is
+    refused unless ``allow_unfinished``.
     """
     if fmt not in FORMATS:
         raise CnnlabError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     _check_out(out, force)  # before minutes of tracing, a refusal costs nothing
-    net, meta = (face_export if study == "faces" else cifar_export)(run_dir)
+    net, meta = (face_export if study == "faces" else cifar_export)(run_dir, allow_unfinished)
     meta["format"] = fmt
     size = meta["input"]["shape"][-1]
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

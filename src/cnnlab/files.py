@@ -252,7 +252,25 @@ def load_model_state(model: "torch.nn.Module", state: Any, path: str | os.PathLi
         target = what or type(model).__name__
         raise CheckpointError(f"checkpoint {path} was saved from another architecture than {target} "
                               f"({'; '.join(parts)})")
+    _check_finite_state(state, list(own), path)
     model.load_state_dict(state)
+
+
+def _check_finite_state(state: dict, names: list[str], path: str | os.PathLike) -> None:
+    """A :class:`CheckpointError` naming the first weight of ``state`` (in ``names``' order) that holds a NaN or
+    an infinity: such a network answers NaN for every input, which downstream code could mistake for a value."""
+    floats = [k for k in names if isinstance(state[k], torch.Tensor) and state[k].is_floating_point()]
+    if not floats:
+        return
+    finite = torch.stack([torch.isfinite(state[k]).all() for k in floats]).tolist()  # one sync
+    bad = [k for k, ok in zip(floats, finite) if not ok]
+    if bad:
+        t = state[bad[0]]
+        kind = "NaN" if bool(torch.isnan(t).any()) else "infinite values"
+        more = f" (and {len(bad) - 1} more weight tensors)" if len(bad) > 1 else ""
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights: {bad[0]} has {kind}{more}; a network "
+                              f"with them gives no valid output (the file is damaged, or was written by a run "
+                              f"that diverged)")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -40,16 +40,17 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def _safe_sqrt(x: Tensor) -> Tensor:
-    """sqrt with a finite gradient at 0.
+    """sqrt with a finite gradient at 0; NaN stays NaN.
 
     The derivative of sqrt is infinite at 0 (two identical embeddings), and
-    ``inf * 0`` in the chain rule is NaN. Where ``x == 0`` the square root of 1
+    ``inf * 0`` in the chain rule is NaN. Where ``x <= 0`` the square root of 1
     is taken instead and then masked out, so the value there is exactly 0 and
-    its gradient 0.
+    its gradient 0. A NaN (embeddings of a broken network) is not ``<= 0`` and
+    so stays NaN: a distance of 0 would call any two faces the same person.
     """
-    positive = x > 0
-    root = torch.sqrt(torch.where(positive, x, torch.ones_like(x)))
-    return torch.where(positive, root, torch.zeros_like(x))
+    zero = x <= 0
+    root = torch.sqrt(torch.where(zero, torch.ones_like(x), x))
+    return torch.where(zero, torch.zeros_like(x), root)
 
 
 def _check_embeddings(x: Tensor, name: str) -> None:

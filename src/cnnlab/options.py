@@ -92,6 +92,9 @@ def data_dir(help: str, **kwargs: Any) -> Arg:
 
 
 DEVICE = arg("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+ALLOW_UNFINISHED = arg("--allow-unfinished", action="store_true",
+                       help="use a run that has not finished training (its best checkpoint so far) instead of "
+                            "refusing it")
 RESUME_NOTES = """\
 resuming and extending:
   --resume RUN_DIR continues a run from checkpoints/last.pt, whose saved configuration is the
@@ -113,7 +116,8 @@ def export_file(study: str, args: argparse.Namespace) -> dict:
     from cnnlab.export import export_run
 
     try:
-        return export_run(study, args.run_dir, args.format, args.out, force=args.force)
+        return export_run(study, args.run_dir, args.format, args.out, force=args.force,
+                          allow_unfinished=args.allow_unfinished)
     except TargetRefused as e:
         hint = "; give --force to replace it" if e.replaceable else ""
         raise CnnlabError(f"--out {e}{hint}") from None

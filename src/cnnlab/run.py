@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import yaml
 
 from cnnlab.config import load_yaml
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, UnfinishedRun
 from cnnlab.files import atomic_write_json, atomic_write_text, load_checkpoint, read_json
 
 logger = logging.getLogger(__name__)
@@ -308,6 +308,36 @@ class RunDir:
         summary.update(values)
         atomic_write_json(self.summary_path, summary)
         return summary
+
+    def require_finished(self, allow_unfinished: bool = False) -> None:
+        """An :class:`UnfinishedRun` naming the epoch reached and the epochs planned, unless the run has finished
+        training (``summary.json`` status ``finished``) or ``allow_unfinished`` says to use it as it is (then a
+        warning says so).
+
+        Every command and API that uses a trained run asks this first: the best checkpoint of an unfinished
+        run is not its result, training may still replace it.
+        """
+        if self.read_summary().get("status") == "finished":
+            return
+        done, planned = self._epoch_reached(), self.read_config().get("epochs")
+        of = f" of {planned}" if isinstance(planned, int) else ""
+        where = f"it stopped after epoch {done}{of}" if done is not None else f"no epoch{of} has ended yet"
+        if not allow_unfinished:
+            raise UnfinishedRun(f"{self.path} has not finished training: {where}; finish it with "
+                                f"cnnlab {self.study() or '<study>'} train --resume {self.path}")
+        best = self.best_epoch()
+        logger.warning("%s has not finished training (%s); using its best checkpoint so far (epoch %s)",
+                       self.path, where, "?" if best is None else best)
+
+    def _epoch_reached(self) -> int | None:
+        """The epochs ``checkpoints/last.pt`` has trained (None without a readable one)."""
+        if not self.last_checkpoint.is_file():
+            return None
+        try:
+            epoch = load_checkpoint(self.last_checkpoint).get("epoch")
+        except CnnlabError:
+            return None
+        return epoch if isinstance(epoch, int) else None
 
 
 def resume_config(cls: type, run_dir: str | Path, overrides: dict | None, runtime_fields: tuple[str, ...]):

@@ -352,7 +352,7 @@ def test_run_of_the_former_lite0_port_evaluates_and_resumes(face_dir, tmp_path):
         _as_port_checkpoint(old / "checkpoints" / name, model)
     assert "backbone.blocks.15.project.bn.running_var" in load_checkpoint(old / "checkpoints" / "last.pt")["model"]
 
-    loaded, _ = load_run_model(RunDir(old), "last")  # as evaluate, verify and analyze load a run
+    loaded, _ = load_run_model(RunDir(old), "last", allow_unfinished=True)  # as evaluate, verify and analyze load a run
     before = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in before.items())
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cnnlab.config import CifarTrainConfig
 from cnnlab.errors import shown_path
-from cnnlab.options import (DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
+from cnnlab.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
                             add_figures_command, arg, build_config, config_options, data_dir, export_file,
                             print_result, run_dir, train_args, train_command)
 
@@ -43,7 +43,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from cnnlab.cifar.evaluate import evaluate_run
 
     summary = evaluate_run(args.run_dir, tsne_samples=args.tsne_samples, feature_image=args.feature_image,
-                           device=args.device, data_dir=args.data_dir)
+                           device=args.device, data_dir=args.data_dir, allow_unfinished=args.allow_unfinished)
     print_result(summary, ("test_accuracy", "best_val_accuracy", "best_epoch"),
                  where={"figures": Path(args.run_dir) / "figures"})
     return 0
@@ -89,7 +89,8 @@ def _predict(args: argparse.Namespace) -> int:
     from cnnlab.files import dumps_json
 
     check_k(args.k)  # before loading the network
-    tops = Classifier.from_run(args.run_dir, device=args.device).predict(args.images, k=args.k)
+    clf = Classifier.from_run(args.run_dir, device=args.device, allow_unfinished=args.allow_unfinished)
+    tops = clf.predict(args.images, k=args.k)
     if args.json:
         print(dumps_json([{"image": im, "top": top} for im, top in zip(args.images, tops)]))
         return 0
@@ -148,7 +149,8 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
                   help="index of the test image whose feature maps are drawn (default: 0)"),
               DEVICE,
               data_dir("CIFAR-10 folder, if not where the run was trained from (default: the run's --data-dir)",
-                       default=None)])
+                       default=None),
+              ALLOW_UNFINISHED])
 
     add_figures_command(
         csub, _figures,
@@ -203,7 +205,8 @@ def _add_use_commands(csub: argparse._SubParsersAction) -> None:
               arg("images", nargs="+", metavar="IMAGE", help="image files"),
               arg("-k", type=int, default=5, help="classes per image (default: 5)"),
               arg("--json", action="store_true", help='print [{"image": .., "top": [{"class", "probability"}]}]'),
-              DEVICE])
+              DEVICE,
+              ALLOW_UNFINISHED])
 
     add_command(
         csub, "export", _export, help="the classifier as an ONNX or TorchScript file",
@@ -212,4 +215,5 @@ def _add_use_commands(csub: argparse._SubParsersAction) -> None:
                     "(cnnlab.json) records the class names, the input size, mean and std.",
         examples=["cnnlab cifar export runs/B --format torchscript --out B.pt"],
         args=[_RUN_DIR,
-              *EXPORT_FILE])
+              *EXPORT_FILE,
+              ALLOW_UNFINISHED])

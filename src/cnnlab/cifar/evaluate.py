@@ -26,7 +26,7 @@ from cnnlab.config import CifarTrainConfig, from_dict
 from cnnlab.data.augment import (AugmentConfig, affine_matrices, augment, color_jitter, draw_params, eval_transform,
                                  random_affine)
 from cnnlab.data.cifar10 import load_cifar10, stratified_split
-from cnnlab.engine import infer
+from cnnlab.engine import check_finite, infer
 from cnnlab.errors import CnnlabError, ConfigError, DataError
 from cnnlab.files import atomic_open
 from cnnlab.metrics import accuracy, confusion_matrix, per_class_accuracy
@@ -53,13 +53,13 @@ MAX_MAP_CHANNELS = 16  # per layer: enough to see what a layer responds to, smal
 
 
 def evaluate_run(run_dir: str | Path, tsne_samples: int = 2000, feature_image: int = 0, device: str = "auto",
-                 data_dir: str | Path | None = None, progress: bool = True) -> dict:
+                 data_dir: str | Path | None = None, progress: bool = True, allow_unfinished: bool = False) -> dict:
     """Test ``best.pt`` of a run once, save what the figures need, draw them; returns the summary.
 
     ``tsne_samples`` test images (a seeded random subset; 0 = all) go into the
     t-SNE; ``feature_image`` is the index of the test image whose feature maps
     are drawn. ``data_dir`` overrides the run's ``--data-dir`` (a run folder
-    moved to another machine).
+    moved to another machine). A run that has not finished training is refused unless ``allow_unfinished``.
     """
     if not isinstance(tsne_samples, int) or tsne_samples < 0:
         raise ConfigError(f"--tsne-samples: expected 0 (all test images) or a positive number, got {tsne_samples!r}")
@@ -68,20 +68,15 @@ def evaluate_run(run_dir: str | Path, tsne_samples: int = 2000, feature_image: i
     run = RunDir(run_dir)
     run.expect_study(CifarTrainConfig)
     with run.lock("cifar evaluate"):
-        return _evaluate_run(run, tsne_samples, feature_image, device, data_dir, progress)
+        return _evaluate_run(run, tsne_samples, feature_image, device, data_dir, progress, allow_unfinished)
 
 
 def _evaluate_run(run: RunDir, tsne_samples: int, feature_image: int, device: str, data_dir: str | Path | None,
-                  progress: bool) -> dict:
+                  progress: bool, allow_unfinished: bool) -> dict:
     from cnnlab.cifar.train import load_run_model
 
     cfg = from_dict(CifarTrainConfig, run.read_config(), source=str(run.config_path))
     summary = run.read_summary()
-    if summary.get("status") != "finished":
-        # A test of an unfinished run would describe a best checkpoint that training may still replace.
-        raise CnnlabError(f"{run.path} has not finished training (summary.json: status "
-                          f"{summary.get('status', 'missing')}); finish it with cnnlab cifar train --resume "
-                          f"{run.path}, then evaluate it")
     with log_to_file(run.log_path):
         dev = resolve_device(device)
         # The precision and memory format training tested with, so the test accuracy is the same number.
@@ -91,7 +86,9 @@ def _evaluate_run(run: RunDir, tsne_samples: int, feature_image: int, device: st
         if channels_last is None or precision == "auto":
             choice = select_precision(dev, precision, channels_last if channels_last is not None else cfg.channels_last)
             precision, channels_last = choice.precision, choice.channels_last
-        model, ckpt = load_run_model(run, "best", dev)
+        # A test of an unfinished run describes a best checkpoint that training may still replace: refused
+        # unless asked for.
+        model, ckpt = load_run_model(run, "best", dev, allow_unfinished)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
 
@@ -107,6 +104,9 @@ def _evaluate_run(run: RunDir, tsne_samples: int, feature_image: int, device: st
         logits, feats = infer(model, data.test_images, eval_transform, device=dev, batch_size=cfg.eval_batch_size,
                               precision=precision, channels_last=channels_last, features=True,
                               desc="test" if progress else None)
+        source = f"the network of {run.best_checkpoint} ({precision} on {dev})"
+        check_finite(logits, "logits", source)
+        check_finite(feats, "features", source)
         labels = data.test_labels.numpy()
         preds = logits.argmax(1).numpy()
         test_acc = accuracy(preds, labels)

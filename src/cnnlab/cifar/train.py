@@ -51,9 +51,12 @@ def build_optimizer(model: nn.Module, cfg: CifarTrainConfig) -> torch.optim.Opti
     return engine.build_optimizer(groups, cfg.optimizer, cfg.lr, cfg.momentum)
 
 
-def load_run_model(run: RunDir, checkpoint: str = "best", device: str | torch.device = "cpu") -> tuple[BaseCNN, dict]:
-    """The model of a finished run with the weights of ``checkpoints/<checkpoint>.pt``."""
+def load_run_model(run: RunDir, checkpoint: str = "best", device: str | torch.device = "cpu",
+                   allow_unfinished: bool = False) -> tuple[BaseCNN, dict]:
+    """The model of a finished run with the weights of ``checkpoints/<checkpoint>.pt``; an unfinished run
+    only with ``allow_unfinished`` (see :meth:`RunDir.require_finished`)."""
     run.expect_study(CifarTrainConfig)
+    run.require_finished(allow_unfinished)
     cfg = from_dict(CifarTrainConfig, run.read_config(), source=str(run.config_path))
     model = build_model(cfg)
     path = run.checkpoints / f"{checkpoint}.pt"

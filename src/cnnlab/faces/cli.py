@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cnnlab.config import FACE_ALIGNS, FaceSearchConfig, FaceTrainConfig, from_dict
 from cnnlab.errors import shown_path
-from cnnlab.options import (DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
+from cnnlab.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
                             add_figures_command, arg, build_config, config_options, config_overrides, data_dir,
                             export_file, print_result, run_dir, train_args, train_command)
 from cnnlab.search import RANKING
@@ -31,7 +31,8 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from cnnlab.faces.evaluate import evaluate_pairs
 
-    s = evaluate_pairs(args.run_dir, args.pairs, data_dir=args.data_dir, device=args.device, align=args.align)
+    s = evaluate_pairs(args.run_dir, args.pairs, data_dir=args.data_dir, device=args.device, align=args.align,
+                       allow_unfinished=args.allow_unfinished)
     print(f"LFW accuracy {s['lfw_accuracy_mean']:.4f} ± {s['lfw_accuracy_std']:.4f} (std over {s['lfw_folds']} "
           f"folds; standard error {s['lfw_accuracy_std_error']:.4f})  ROC AUC {s['lfw_roc_auc']:.4f}")
     print_result({}, (), where={"summary": Path(args.run_dir) / "summary.json"})
@@ -69,7 +70,9 @@ def _verify(args: argparse.Namespace) -> int:
     from cnnlab.api import FaceVerifier
     from cnnlab.files import dumps_json
 
-    r = FaceVerifier.from_run(args.run_dir, device=args.device, align=args.align).verify(args.image_a, args.image_b)
+    fv = FaceVerifier.from_run(args.run_dir, device=args.device, align=args.align,
+                               allow_unfinished=args.allow_unfinished)
+    r = fv.verify(args.image_a, args.image_b)
     if args.json:
         print(dumps_json(r))
     else:
@@ -94,7 +97,8 @@ def _identify(args: argparse.Namespace) -> int:
     from cnnlab.files import dumps_json
 
     check_k(args.k)  # before loading the network
-    fv = FaceVerifier.from_run(args.run_dir, device=args.device, align=args.align)
+    fv = FaceVerifier.from_run(args.run_dir, device=args.device, align=args.align,
+                               allow_unfinished=args.allow_unfinished)
     rows = fv.identify(args.probe, args.gallery, k=args.k)
     if args.json:
         print(dumps_json(rows))
@@ -193,7 +197,8 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
               arg("--pairs", required=True, metavar="FILE", help="LFW pairs file with several folds (pairs.txt)"),
               data_dir("face folder (default: the run's --data-dir)"),
               _ALIGN,
-              DEVICE])
+              DEVICE,
+              ALLOW_UNFINISHED])
 
     add_command(
         fsub, "analyze", _analyze, help="figures, retrieval scores and a report of a run",
@@ -260,7 +265,8 @@ def _add_use_commands(fsub: argparse._SubParsersAction) -> None:
               arg("--json", action="store_true",
                   help='print {"distance": .., "threshold": .., "same_person": true|false, "faces": [..]}'),
               _ALIGN,
-              DEVICE])
+              DEVICE,
+              ALLOW_UNFINISHED])
 
     add_command(
         fsub, "identify", _identify, help="the nearest people to a face in a gallery",
@@ -273,7 +279,8 @@ def _add_use_commands(fsub: argparse._SubParsersAction) -> None:
               arg("-k", type=int, default=10, help="people to list (default: 10)"),
               arg("--json", action="store_true", help="print a JSON list"),
               _ALIGN,
-              DEVICE])
+              DEVICE,
+              ALLOW_UNFINISHED])
 
     add_command(
         fsub, "export", _export, help="the embedding network as an ONNX or TorchScript file",
@@ -284,7 +291,8 @@ def _add_use_commands(fsub: argparse._SubParsersAction) -> None:
                     "embeddings are L2-normalised and the run's threshold.",
         examples=["cnnlab faces export runs/view1 --format onnx --out view1.onnx"],
         args=[_FINISHED_RUN,
-              *EXPORT_FILE])
+              *EXPORT_FILE,
+              ALLOW_UNFINISHED])
 
 
 def _add_download_command(fsub: argparse._SubParsersAction) -> None:

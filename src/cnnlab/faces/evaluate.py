@@ -29,6 +29,7 @@ from cnnlab.data.faces import load_faces
 from cnnlab.data.lfw import read_pairs, resolve_pairs
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.faces.analyze import pairs_file_name, write_run_report
+from cnnlab.engine import check_finite
 from cnnlab.faces.train import embed
 from cnnlab.metrics import pair_distances
 from cnnlab.faces.train import load_run_model
@@ -55,24 +56,26 @@ def _training_people(cfg, faces) -> set[str] | None:
 
 
 def evaluate_pairs(run_dir: str | os.PathLike, pairs: str | os.PathLike, data_dir: str | None = None,
-                   device: str = "auto", progress: bool = True, align: str | None = None) -> dict:
+                   device: str = "auto", progress: bool = True, align: str | None = None,
+                   allow_unfinished: bool = False) -> dict:
     """Score the run's best checkpoint on an LFW ``pairs.txt``; the figures go into ``summary.json``.
 
     Keys: ``lfw_accuracy_mean``, ``lfw_accuracy_std`` (sample std over
     folds), ``lfw_accuracy_std_error``, ``lfw_fold_accuracies``,
     ``lfw_roc_auc`` and ``lfw_eer`` (all pairs at once), ``lfw_num_pairs``,
     ``lfw_folds``, ``lfw_pairs_file`` and ``lfw_pairs_with_training_people``.
-    Each pair's distance is written to ``lfw_view2_pairs.csv``.
+    Each pair's distance is written to ``lfw_view2_pairs.csv``. A run that
+    has not finished training is refused unless ``allow_unfinished``.
     """
     run = RunDir(run_dir)
     with run.lock("faces evaluate"):
-        return _evaluate_pairs(run, pairs, data_dir, device, progress, align)
+        return _evaluate_pairs(run, pairs, data_dir, device, progress, align, allow_unfinished)
 
 
 def _evaluate_pairs(run: RunDir, pairs: str | os.PathLike, data_dir: str | None, device: str,
-                    progress: bool, align: str | None = None) -> dict:
+                    progress: bool, align: str | None = None, allow_unfinished: bool = False) -> dict:
     dev = resolve_device(device)
-    model, cfg = load_run_model(run, "best", dev)
+    model, cfg = load_run_model(run, "best", dev, allow_unfinished)
     if data_dir:
         cfg = replace(cfg, data_dir=str(data_dir))
     if align and align != cfg.align:
@@ -89,6 +92,7 @@ def _evaluate_pairs(run: RunDir, pairs: str | os.PathLike, data_dir: str | None,
     choice = select_precision(dev, cfg.precision, cfg.channels_last)
     emb = embed(model, faces.images[used], device=dev, batch_size=cfg.eval_batch_size, precision=choice.precision,
                 channels_last=choice.channels_last, desc="embedding the pairs' images" if progress else None)
+    check_finite(emb, "embeddings", f"the network of {run.best_checkpoint} ({choice.precision} on {dev})")
     dist = pair_distances(emb, torch.searchsorted(used, i), torch.searchsorted(used, j))
     same = pair_list.same
     kf = kfold_accuracy(dist, same, pair_list.fold)

@@ -161,10 +161,12 @@ def run_config(run: RunDir) -> FaceTrainConfig:
     return from_dict(FaceTrainConfig, run.read_config(), source=str(run.config_path))
 
 
-def load_run_model(run: RunDir, checkpoint: str = "best",
-                   device: str | torch.device = "cpu") -> tuple[SiameseNet, FaceTrainConfig]:
-    """The network of a face run with the weights of ``checkpoints/<checkpoint>.pt``, in eval mode."""
+def load_run_model(run: RunDir, checkpoint: str = "best", device: str | torch.device = "cpu",
+                   allow_unfinished: bool = False) -> tuple[SiameseNet, FaceTrainConfig]:
+    """The network of a finished face run with the weights of ``checkpoints/<checkpoint>.pt``, in eval mode; an
+    unfinished run only with ``allow_unfinished`` (see :meth:`RunDir.require_finished`)."""
     cfg = run_config(run)
+    run.require_finished(allow_unfinished)
     path = run.checkpoints / f"{checkpoint}.pt"
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; is {run.path} a finished face run?")
@@ -279,7 +281,10 @@ class _Spec:
         else:
             a, p, n = (positions(d.val, t) for t in d.val_triplets)
             loss = self.loss_fn(emb[a], emb[p], emb[n])
-        return {"val_loss": float(loss), "val_roc_auc": roc_auc(pair_distances(emb, vi, vj), d.val_pairs.same)}
+        dist = pair_distances(emb, vi, vj)
+        # NaN distances (weights that diverged this epoch) have no ROC; the engine stops on the NaN it reports.
+        auc = roc_auc(dist, d.val_pairs.same) if bool(torch.isfinite(dist).all()) else float("nan")
+        return {"val_loss": float(loss), "val_roc_auc": auc}
 
 
 # --------------------------------------------------------------------------- testing

@@ -22,6 +22,7 @@ from cnnlab.data.cache import cache_dir, fingerprint, load_checked, save_checked
 from cnnlab.data.align import NoFace, Prepared, check_align, prepare
 from cnnlab.data.faces import load_faces
 from cnnlab.data.images import decode_rgb
+from cnnlab.engine import check_finite
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.faces.train import embed, load_run_model, run_config
 from cnnlab.files import not_a_regular_file
@@ -102,22 +103,31 @@ class FaceRun(NamedTuple):
     align: str  # how inputs are made ready: the run's --align unless told otherwise
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Embeddings (N, D), float32 on the CPU, of uint8 images (N, 3, S, S) decoded as in training."""
-        return embed(self.model, images, device=self.device, batch_size=self.cfg.eval_batch_size,
-                     precision=self.precision, channels_last=self.channels_last)
+        """Embeddings (N, D), float32 on the CPU, of uint8 images (N, 3, S, S) decoded as in training; a
+        :class:`~cnnlab.errors.NonFiniteOutput` rather than a NaN embedding, from which any distance would be meaningless."""
+        return check_finite(embed(self.model, images, device=self.device, batch_size=self.cfg.eval_batch_size,
+                                  precision=self.precision, channels_last=self.channels_last),
+                            "embeddings", _source(self.run, self.precision, self.device))
 
 
-def open_run(run_dir: str | os.PathLike, device: str = "auto", align: str | None = None) -> FaceRun:
+def _source(run: RunDir, precision: str, device: torch.device) -> str:
+    return f"the network of {run.best_checkpoint} ({precision} on {device})"
+
+
+def open_run(run_dir: str | os.PathLike, device: str = "auto", align: str | None = None,
+             allow_unfinished: bool = False) -> FaceRun:
     """The best checkpoint of a finished face run, with its threshold; an error saying what to do otherwise.
 
     ``align``: how inputs are made ready, when not as the run was trained
     (``--align``); a warning says that distances may then not match the
-    run's threshold.
+    run's threshold. ``allow_unfinished``: use a run that has not finished
+    training, with the threshold it has (one chosen before the run was
+    extended); one that never finished has none and is refused.
     """
     run = RunDir(run_dir)
-    threshold = _threshold(run)
     dev = resolve_device(device)
-    model, cfg = load_run_model(run, "best", dev)
+    model, cfg = load_run_model(run, "best", dev, allow_unfinished)
+    threshold = _threshold(run)
     if align is not None and check_align(align) != cfg.align:
         logger.warning("%s was trained with --align %s; using --align %s, so distances may not be on the scale of "
                        "its threshold", run.path, cfg.align, align)
@@ -131,7 +141,7 @@ def pair_verdict(e: torch.Tensor, threshold: float) -> dict:
 
 
 def verify(run_dir: str | os.PathLike, image_a: str | os.PathLike, image_b: str | os.PathLike,
-           device: str = "auto", align: str | None = None) -> dict:
+           device: str = "auto", align: str | None = None, allow_unfinished: bool = False) -> dict:
     """``{"distance", "threshold", "same_person", "faces"}`` for two image files, with the run's best checkpoint.
 
     The threshold is the one training chose on its validation pairs; the two
@@ -140,7 +150,7 @@ def verify(run_dir: str | os.PathLike, image_a: str | os.PathLike, image_b: str 
     where the run centre-crops. :class:`cnnlab.FaceVerifier` does the same for
     PIL images and arrays too.
     """
-    r = open_run(run_dir, device, align)
+    r = open_run(run_dir, device, align, allow_unfinished)
     prepared = [load_image(p, r.cfg, r.align) for p in (image_a, image_b)]
     x = torch.stack([to_tensor(p.image) for p in prepared])  # (2, 3, S, S)
     return {**pair_verdict(r.embed(x), r.threshold), "faces": [face_dict(p) for p in prepared]}
@@ -173,8 +183,9 @@ def _gallery(run: RunDir, model, cfg, gallery: str | os.PathLike, dev: torch.dev
     if cached is not None:
         logger.info("gallery embeddings from the cache %s", path)
         return cached
-    emb = embed(model, faces.images, device=dev, batch_size=cfg.eval_batch_size, precision=precision,
-                channels_last=channels_last, desc="embedding the gallery")
+    emb = check_finite(embed(model, faces.images, device=dev, batch_size=cfg.eval_batch_size, precision=precision,
+                             channels_last=channels_last, desc="embedding the gallery"),
+                       "embeddings of the gallery", _source(run, precision, dev))
     out = {"embeddings": emb, "labels": faces.labels, "names": list(faces.names), "files": list(faces.files),
            "root": str(faces.root)}
     save_checked(path, out, key=key, meta=meta, what="gallery cache")
@@ -200,10 +211,10 @@ def check_k(k) -> None:
 
 
 def identify(run_dir: str | os.PathLike, probe: str | os.PathLike, gallery: str | os.PathLike, k: int = 10,
-             device: str = "auto", align: str | None = None) -> list[dict]:
+             device: str = "auto", align: str | None = None, allow_unfinished: bool = False) -> list[dict]:
     """The ``k`` gallery people nearest to ``probe``, nearest first (see :func:`nearest_people`)."""
     check_k(k)
-    r = open_run(run_dir, device, align)
+    r = open_run(run_dir, device, align, allow_unfinished)
     g = _gallery(r.run, r.model, r.cfg, gallery, r.device, r.precision, r.channels_last, r.align)
     return nearest_people(r.embed(to_tensor(load_image(probe, r.cfg, r.align).image)[None]), g, k, r.threshold)
 

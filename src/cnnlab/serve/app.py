@@ -163,7 +163,7 @@ def _page(path: str) -> Response:
 def create_app(run: str | os.PathLike, gallery: str | os.PathLike | None = None, token: str | None = None,
                max_upload_bytes: int = 10 * MB, *, device: str = "auto", cors_origins: Sequence[str] = (),
                max_images: int = 16, max_batch: int = 64, batch_wait_ms: float = 5.0,
-               max_image_pixels: int = MAX_IMAGE_PIXELS) -> FastAPI:
+               max_image_pixels: int = MAX_IMAGE_PIXELS, allow_unfinished: bool = False) -> FastAPI:
     """The FastAPI app serving the finished run at ``run`` (a face run or a CIFAR run; the folder says which).
 
     The network is loaded once; concurrent requests share its calls (see
@@ -173,7 +173,8 @@ def create_app(run: str | os.PathLike, gallery: str | os.PathLike | None = None,
     request but ``/health`` needs it as a bearer token. Uploads are limited to
     ``max_upload_bytes`` each and ``max_image_pixels`` decoded; ``/predict``
     takes at most ``max_images`` images. ``cors_origins``: origins allowed to
-    call the API from their pages (none by default).
+    call the API from their pages (none by default). A run that has not
+    finished training is refused unless ``allow_unfinished``.
     """
     if max_upload_bytes < 1:
         raise CnnlabError(f"max_upload_bytes must be at least 1, got {max_upload_bytes}")
@@ -183,12 +184,12 @@ def create_app(run: str | os.PathLike, gallery: str | os.PathLike | None = None,
     limits = dict(max_upload_bytes=max_upload_bytes, max_images=max_images, max_image_pixels=max_image_pixels)
     batching = dict(device=device, max_batch=max_batch, max_wait=batch_wait_ms / 1000)
     if study == "faces":
-        service: Service = FaceService(run, gallery, **limits, **batching)
+        service: Service = FaceService(run, gallery, allow_unfinished=allow_unfinished, **limits, **batching)
         add_routes = add_face_routes
     else:
         if gallery is not None:
             raise CnnlabError(f"{run} is a CIFAR run; a gallery is for face runs (leave out --gallery)")
-        service = CifarService(run, **limits, **batching)
+        service = CifarService(run, allow_unfinished=allow_unfinished, **limits, **batching)
         add_routes = add_cifar_routes
 
     app = FastAPI(title=f"cnnlab serve: {service.run.path.name}", redoc_url=None,

@@ -19,11 +19,11 @@ from cnnlab.serve.uploads import UploadError
 class CifarService(Service):
     study = "cifar"
 
-    def __init__(self, run, *, device: str, max_batch: int, max_wait: float, **limits):
+    def __init__(self, run, *, device: str, max_batch: int, max_wait: float, allow_unfinished: bool, **limits):
         from cnnlab.api import Classifier
 
         super().__init__(run, **limits)
-        clf = self.classifier = Classifier.from_run(run, device=device)
+        clf = self.classifier = Classifier.from_run(run, device=device, allow_unfinished=allow_unfinished)
         # The batch runs the API's own probabilities on the images it preprocessed, (N, 3, 32, 32) as
         # (N, 32, 32, 3) arrays, which its preprocessing leaves as they are; predict() then reaches the
         # batched network through this instance attribute.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.options import DEVICE, add_command, arg
+from cnnlab.options import ALLOW_UNFINISHED, DEVICE, add_command, arg
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -12,7 +12,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(args.run_dir, gallery=args.gallery, host=args.host, port=args.port, token=args.token,
           max_upload_mb=args.max_upload_mb, cors=args.cors or (), device=args.device, max_batch=args.max_batch,
-          batch_wait_ms=args.batch_wait_ms, max_images=args.max_images)
+          batch_wait_ms=args.batch_wait_ms, max_images=args.max_images, allow_unfinished=args.allow_unfinished)
     return 0
 
 
@@ -54,6 +54,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                                                                      "http://localhost:3000) to call the API; "
                                                                      "repeat for several (default: none)"),
               DEVICE,
+              ALLOW_UNFINISHED,
               arg("--max-batch", type=int, default=64, help="most images one network call takes from "
                                                             "concurrent requests (default: 64)"),
               arg("--batch-wait-ms", type=float, default=5.0, help="longest a network call waits for requests "

@@ -109,11 +109,12 @@ def png_data_url(image: torch.Tensor) -> str:
 class FaceService(Service):
     study = "faces"
 
-    def __init__(self, run, gallery, *, device: str, max_batch: int, max_wait: float, **limits):
+    def __init__(self, run, gallery, *, device: str, max_batch: int, max_wait: float, allow_unfinished: bool,
+                 **limits):
         from cnnlab.api import FaceVerifier
 
         super().__init__(run, **limits)
-        self.fv = FaceVerifier.from_run(run, device=device)
+        self.fv = FaceVerifier.from_run(run, device=device, allow_unfinished=allow_unfinished)
         self.batcher = Batcher(self.fv._run.embed, max_batch=max_batch, max_wait=max_wait, name="cnnlab-faces")
         self.fv._run = self.batched = _BatchedRun(self.fv._run, self.batcher)
         self.gallery = Gallery(gallery, self.fv) if gallery is not None else None

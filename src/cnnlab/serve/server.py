@@ -67,7 +67,8 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def serve(run: str | os.PathLike, gallery: str | os.PathLike | None = None, host: str = "127.0.0.1",
           port: int = 8000, token: str | None = None, max_upload_mb: float = 10.0, cors: Sequence[str] = (),
-          device: str = "auto", max_batch: int = 64, batch_wait_ms: float = 5.0, max_images: int = 16) -> None:
+          device: str = "auto", max_batch: int = 64, batch_wait_ms: float = 5.0, max_images: int = 16,
+          allow_unfinished: bool = False) -> None:
     """Serve the finished run at ``run`` on ``host``:``port`` until Ctrl-C (see
     :func:`cnnlab.serve.app.create_app`)."""
     require_extra()
@@ -82,7 +83,8 @@ def serve(run: str | os.PathLike, gallery: str | os.PathLike | None = None, host
     sock = _listen(host, port)
     try:
         app = create_app(run, gallery, token, int(max_upload_mb * MB), device=device, cors_origins=cors,
-                         max_images=max_images, max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+                         max_images=max_images, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                         allow_unfinished=allow_unfinished)
         bound = sock.getsockname()[1]
         shown = f"[{host.strip('[]')}]" if ":" in host else host
         what = "face run" if study == "faces" else "CIFAR run"

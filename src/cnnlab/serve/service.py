@@ -3,17 +3,19 @@ how the Python API's errors and non-finite numbers reach a client."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Sequence
 
-
-from cnnlab.errors import CnnlabError, DataError
+from cnnlab.errors import CnnlabError, DataError, NonFiniteOutput
 from cnnlab.files import json_ready
 from cnnlab.run import RunDir
 from cnnlab.serve.uploads import UploadError, decode_upload
 
 MB = 1024 * 1024
+logger = logging.getLogger(__name__)
+
 STUDY_NAMES = {"faces": "a face run", "cifar": "a CIFAR run"}
 # Every study's endpoints, so a request for another study's endpoint is told what this run serves.
 ENDPOINTS = {"faces": ("POST /verify", "POST /identify", "POST /embed"), "cifar": ("POST /predict",)}
@@ -61,11 +63,16 @@ class Service:
         pass
 
 
+_NO_ANSWER = ("the run's network gave NaN or infinite outputs for these images, so there is no answer (no distance, "
+              "verdict or class); the service log has the details")
+
+
 def api_errors(fields: Sequence[str]):
     """Context: a :class:`CnnlabError` of the Python API becomes an :class:`UploadError`, its images named by field.
 
     The API names an image it was given as a PIL image ``image 0``, ``image 1``;
-    the client knows them by their form fields.
+    the client knows them by their form fields. A network that gives NaN is no
+    fault of the request: a 500 that says there is no answer, never a verdict.
     """
     return _ApiErrors(fields)
 
@@ -80,6 +87,9 @@ class _ApiErrors:
     def __exit__(self, kind, e, tb):
         if e is None or not isinstance(e, CnnlabError):
             return False
+        if isinstance(e, NonFiniteOutput):  # the message names files of the server: logged, not sent
+            logger.error("%s", e)
+            raise UploadError(500, _NO_ANSWER) from None
 
         def field(m: re.Match) -> str:
             i = int(m.group(1))
