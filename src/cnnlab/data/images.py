@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 MIN_SIDE = 8
 """Images smaller than this on either side are refused: they hold no picture worth training on."""
+
+MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
+"""Images with more pixels are refused (PIL's decompression-bomb limit, about 89 megapixels): checked from a
+file's header before any pixel is decoded, so a small file that claims a huge picture costs nothing."""
 
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 
@@ -76,18 +81,44 @@ def upright(img: Image.Image, path: str | os.PathLike) -> Image.Image:
         return img
 
 
-def decode_rgb(path: str | os.PathLike, min_side: int = MIN_SIDE) -> Image.Image:
-    """Open ``path`` and return a fully decoded, upright 8-bit RGB image, or raise :class:`BadImage`."""
+def _megapixels(n: int) -> str:
+    return f"{n / 1e6:.1f} megapixels"
+
+
+def check_size(size: tuple[int, int], name: str | os.PathLike, min_side: int = MIN_SIDE,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """A :class:`BadImage` naming ``name`` unless an image of ``size`` (width, height) is at least
+    ``min_side`` on each side and at most ``max_pixels`` in all: the limits of every image cnnlab takes,
+    from a file or from the Python API."""
+    w, h = size
+    if w * h > max_pixels:
+        raise BadImage(name, f"is {w}x{h} pixels ({_megapixels(w * h)}), more than the limit of "
+                             f"{_megapixels(max_pixels)}")
+    if min(w, h) < min_side:
+        raise BadImage(name, f"is {w}x{h} pixels, smaller than {min_side}x{min_side}")
+
+
+def decode_rgb(path: str | os.PathLike, min_side: int = MIN_SIDE, file=None) -> Image.Image:
+    """Open ``path`` and return a fully decoded, upright 8-bit RGB image, or raise :class:`BadImage`.
+
+    ``file``: a binary file already opened (and checked) by the caller, read instead of ``path``, which
+    then only names it in messages.
+    """
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # PIL warns between its limit and twice it, and raises above; check_size decides, from the header.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path if file is None else file)
+        with img:
+            check_size(img.size, path, min_side=0)
             img.load()  # decodes now, so a truncated file fails here and not later
             img = upright(img, path)
-            w, h = img.size
-            if min(w, h) < min_side:
-                raise BadImage(path, f"is {w}x{h} pixels, smaller than {min_side}x{min_side}")
+            check_size(img.size, path, min_side)
             return _to_rgb(img)
     except BadImage:
         raise
+    except Image.DecompressionBombError as e:  # over twice the limit: PIL refuses it before check_size can
+        raise BadImage(path, f"is larger than the limit of {_megapixels(MAX_IMAGE_PIXELS)} ({e})") from None
     except UnidentifiedImageError:
         raise BadImage(path, "is not an image file PIL can read") from None
     except Exception as e:  # noqa: BLE001 -- a damaged file: OSError, SyntaxError, struct.error, ...
