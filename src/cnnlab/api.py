@@ -5,7 +5,8 @@
     fv.verify("a.jpg", "b.jpg")          # {"distance": .., "threshold": .., "same_person": .., "faces": ..}
 
 Images may be given as file paths, PIL images or uint8 numpy arrays (H, W, 3)
-in RGB order; each is decoded exactly as in training (upright 8-bit RGB; for
+in RGB order, each at least 8x8 pixels and at most about 89 megapixels, as
+files must be; each is decoded exactly as in training (upright 8-bit RGB; for
 faces the run's ``--align``: the face detected and aligned, or the centre
 crop, at the run's size; 32x32 for CIFAR). The CLI's ``faces verify``,
 ``faces identify`` and ``cifar predict`` are built on these classes.
@@ -24,7 +25,7 @@ from cnnlab.cifar.train import load_run_model as load_cifar_run
 from cnnlab.data.augment import eval_transform
 from cnnlab.data.cifar10 import CLASSES, IMAGE_SIZE
 from cnnlab.data.align import Prepared
-from cnnlab.data.images import _to_rgb, decode_rgb, resize_exact, upright
+from cnnlab.data.images import _to_rgb, check_size, decode_rgb, resize_exact, upright
 from cnnlab.engine import check_finite, infer
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.faces.verify import (_gallery, check_k, face_dict, load_image, nearest_people, open_run, pair_verdict,
@@ -42,11 +43,15 @@ def _rgb(image, what: str) -> Image.Image:
             raise DataError(f"image {image} {problem}")
         return decode_rgb(image)
     if isinstance(image, Image.Image):
-        return _to_rgb(upright(image, what))  # as a file would be decoded: EXIF orientation applied
+        check_size(image.size, what)  # the limits of a file; checked again once upright, as a file's are
+        img = upright(image, what)  # as a file would be decoded: EXIF orientation applied
+        check_size(img.size, what)
+        return _to_rgb(img)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise DataError(f"{what}: expected a uint8 array of shape (H, W, 3) in RGB order, got "
                             f"{image.dtype} {tuple(image.shape)}")
+        check_size((image.shape[1], image.shape[0]), what)
         return Image.fromarray(np.ascontiguousarray(image), mode="RGB")
     raise DataError(f"{what}: expected a file path, a PIL image or a uint8 numpy array (H, W, 3), "
                     f"got {type(image).__name__}")
@@ -57,6 +62,8 @@ def _as_list(images) -> list:
     if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim == 3):
         return [images]
     if isinstance(images, np.ndarray) and images.ndim == 4:
+        if not len(images):
+            raise DataError(f"images: expected at least one image, got an array of shape {tuple(images.shape)}")
         return list(images)
     if not isinstance(images, Sequence) or not images:
         raise DataError("images: expected an image or a non-empty list of them")

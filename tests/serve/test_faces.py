@@ -170,7 +170,7 @@ def test_a_link_out_of_the_gallery_is_never_served(finished_run, tmp_path):
     with TestClient(create_app(finished_run, gallery=gallery, device="cpu")) as client:
         service = client.app.state.service
         linked = service.gallery.embedded["files"].index("Person_A/Person_A_0009.jpg")
-        assert client.get(f"/gallery/{linked}/thumbnail").status_code == 404
+        assert client.get(f"/gallery/{linked}/thumbnail").status_code == 403  # there, and not served
         assert client.get(f"/gallery/{linked + 1}/thumbnail").status_code == 200  # its neighbour is served
         r = client.post("/identify?k=13", files={"image": ("p.jpg", secret.read_bytes())}).json()
         row = next(m for m in r["matches"] if m["image"] == "Person_A/Person_A_0009.jpg")

@@ -25,9 +25,9 @@ def test_any_other_address_needs_a_token(monkeypatch):
     with pytest.raises(CnnlabError, match=r"--host 0.0.0.0 lets other machines connect.*--token TOKEN \(or set "
                                           r"CNNLAB_SERVE_TOKEN\)"):
         resolve_token("0.0.0.0", None)
-    assert resolve_token("0.0.0.0", "t0ken") == "t0ken"
-    monkeypatch.setenv(TOKEN_ENV, "from-env")
-    assert resolve_token("0.0.0.0", None) == "from-env" and resolve_token("127.0.0.1", None) == "from-env"
+    assert resolve_token("0.0.0.0", "t0ken-of-16-chars") == "t0ken-of-16-chars"
+    monkeypatch.setenv(TOKEN_ENV, "from-env-16-chars")
+    assert resolve_token("0.0.0.0", None) == resolve_token("127.0.0.1", None) == "from-env-16-chars"
 
 
 @needs_extra

@@ -34,8 +34,8 @@ MIN_SIDE = 8
 """Images smaller than this on either side are refused: they hold no picture worth training on."""
 
 MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
-"""PIL's decompression-bomb limit (about 89 megapixels, a 9460x9460 picture): larger images are refused
-before they are decoded."""
+"""Images with more pixels are refused (PIL's decompression-bomb limit, about 89 megapixels): checked from a
+file's header before any pixel is decoded, so a small file that claims a huge picture costs nothing."""
 
 MAX_ASPECT = 20.0
 """Images whose longer side is more than this many times the shorter are refused. The longest photos cameras
@@ -116,32 +116,43 @@ def size_problem(w: int, h: int, max_pixels: int = MAX_IMAGE_PIXELS) -> str | No
     return aspect_problem(w, h)
 
 
-def decode_rgb(path: str | os.PathLike, min_side: int = MIN_SIDE) -> Image.Image:
+def check_size(size: tuple[int, int], name: str | os.PathLike, min_side: int = MIN_SIDE,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """A :class:`BadImage` naming ``name`` unless an image of ``size`` (width, height) is within
+    :func:`size_problem`'s limits and at least ``min_side`` on each side: the limits of every image cnnlab
+    takes, from a file or from the Python API."""
+    w, h = size
+    problem = size_problem(w, h, max_pixels)
+    if problem:
+        raise BadImage(name, problem)
+    if min(w, h) < min_side:
+        raise BadImage(name, f"is {w}x{h} pixels, smaller than {min_side}x{min_side}")
+
+
+def decode_rgb(path: str | os.PathLike, min_side: int = MIN_SIDE, file=None) -> Image.Image:
     """Open ``path`` and return a fully decoded, upright 8-bit RGB image, or raise :class:`BadImage`.
 
-    An image over the limits of :func:`size_problem` is refused before its pixels are decoded.
+    An image over the limits of :func:`size_problem` is refused from its header, before its pixels are
+    decoded. ``file``: a binary file already opened (and checked) by the caller, read instead of ``path``,
+    which then only names it in messages.
     """
     try:
         with warnings.catch_warnings():
-            # PIL warns between its limit and twice it, and raises above; the check below decides.
+            # PIL warns between its limit and twice it, and raises above; check_size decides, from the header.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
-        with opened as img:
-            problem = size_problem(*img.size)
-            if problem:
-                raise BadImage(path, problem)
+            img = Image.open(path if file is None else file)
+        with img:
+            check_size(img.size, path, min_side=0)
             img.load()  # decodes now, so a truncated file fails here and not later
             img = upright(img, path)
-            w, h = img.size
-            if min(w, h) < min_side:
-                raise BadImage(path, f"is {w}x{h} pixels, smaller than {min_side}x{min_side}")
+            check_size(img.size, path, min_side)
             return _to_rgb(img)
     except BadImage:
         raise
+    except Image.DecompressionBombError as e:  # over twice the limit: PIL refuses it before check_size can
+        raise BadImage(path, f"is larger than the limit of {megapixels(MAX_IMAGE_PIXELS)} ({e})") from None
     except UnidentifiedImageError:
         raise BadImage(path, "is not an image file PIL can read") from None
-    except Image.DecompressionBombError as e:
-        raise BadImage(path, f"is larger than the limit of {megapixels(MAX_IMAGE_PIXELS)} ({e})") from None
     except Exception as e:  # noqa: BLE001 -- a damaged file: OSError, SyntaxError, struct.error, ...
         raise BadImage(path, f"cannot be decoded ({e})") from None
 

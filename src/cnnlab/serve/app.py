@@ -14,6 +14,7 @@ import logging
 import os
 from importlib import resources
 from typing import Any, Sequence
+from urllib.parse import parse_qs, quote, unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cnnlab.errors import CnnlabError
 from cnnlab.serve.cifar import CifarService, add_cifar_routes
 from cnnlab.serve.faces import FaceService, add_face_routes
-from cnnlab.serve.service import ENDPOINTS, MB, STUDY_NAMES, Service, finite, run_study
+from cnnlab.serve.service import ENDPOINTS, MB, STUDY_NAMES, Service, finite, run_study, token_problem
 from cnnlab.serve.uploads import MAX_IMAGE_PIXELS, UploadError
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,8 @@ class Guard:
                 return await response(scope, receive, send)
             if from_query:  # the page opened as /?token=T: keep it in a cookie, drop it from the address bar
                 response = RedirectResponse("/", status_code=303)
-                response.set_cookie(TOKEN_COOKIE, self.token.decode(), httponly=True, samesite="strict")
+                # URL-quoted, as _given reads it back: a cookie value cannot hold spaces, ';' or ',' as they are.
+                response.set_cookie(TOKEN_COOKIE, quote(self.token, safe=""), httponly=True, samesite="strict")
                 return await response(scope, receive, send)
         length = dict(scope.get("headers") or ()).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
@@ -144,10 +146,8 @@ class Guard:
         for part in headers.get(b"cookie", b"").split(b";"):
             name, _, value = part.strip().partition(b"=")
             if name == TOKEN_COOKIE.encode():
-                return value, False
+                return unquote_to_bytes(value), False
         if scope["path"] == "/" and scope["method"] == "GET":
-            from urllib.parse import parse_qs
-
             values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
             if values:
                 return values[0].encode(), True
@@ -180,6 +180,8 @@ def create_app(run: str | os.PathLike, gallery: str | os.PathLike | None = None,
         raise CnnlabError(f"max_upload_bytes must be at least 1, got {max_upload_bytes}")
     if max_images < 1:
         raise CnnlabError(f"max_images must be at least 1, got {max_images}")
+    if token and token_problem(token):
+        raise CnnlabError(f"the token {token_problem(token)}")
     study = run_study(run)
     limits = dict(max_upload_bytes=max_upload_bytes, max_images=max_images, max_image_pixels=max_image_pixels)
     batching = dict(device=device, max_batch=max_batch, max_wait=batch_wait_ms / 1000)

@@ -19,10 +19,10 @@ def _serve(args: argparse.Namespace) -> int:
 NOTES = """\
 security:
   The service listens on 127.0.0.1 (this machine only) unless --host says otherwise; any other
-  address needs --token (or CNNLAB_SERVE_TOKEN), sent by clients as 'Authorization: Bearer TOKEN'
-  on every request but /health (a browser opens the page once as /?token=TOKEN). Uploads are
-  decoded as images whatever their name says, each at most --max-upload-mb, about 89 megapixels
-  and 20:1 in aspect ratio.
+  address needs --token (or CNNLAB_SERVE_TOKEN) of at least 16 characters other than whitespace,
+  sent by clients as 'Authorization: Bearer TOKEN' on every request but /health (a browser opens
+  the page once as /?token=TOKEN). Uploads are decoded as images whatever their name says, each at
+  most --max-upload-mb, about 89 megapixels and 20:1 in aspect ratio.
   No other web page may call the API (no CORS) unless --cors names its origin.
 
 Needs the optional packages: pip install "cnnlab[serve]"."""

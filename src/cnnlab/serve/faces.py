@@ -15,8 +15,9 @@ import contextlib
 import io
 import logging
 import os
+import stat
 import threading
-from functools import lru_cache
+from collections import OrderedDict
 from pathlib import Path
 from typing import Annotated, Any, Iterator
 
@@ -35,6 +36,7 @@ from cnnlab.serve.uploads import UploadError
 logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 128
+THUMBNAIL_CACHE = 1024  # thumbnails kept in memory, the least recently asked for dropped first
 
 
 class _BatchedRun:
@@ -63,9 +65,25 @@ class _BatchedRun:
             self._local.seen = None
 
 
+class GalleryRefused(Exception):
+    """A gallery image the service will not send, with the HTTP status and the reason."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
 class Gallery:
     """A gallery folder embedded once, its images known by index: a client names a thumbnail by number, never
-    by path. The gallery is read when the service starts; restart it to see images added since."""
+    by path. The gallery is read when the service starts; restart it to see images added since.
+
+    A file is sent only when it lies inside the gallery folder, checked at every read and not only at start
+    (a file may be replaced by a link after the service started): the file is opened first, then the path
+    it was opened by is resolved and must lie inside the folder and be that very file (same device and
+    inode as the open one). Whatever is swapped in before, during or after the open, what is read is the
+    file that was checked. (O_NOFOLLOW alone would not do: it guards the last part of a path only, and
+    would refuse links that stay inside the gallery, which the service serves.)
+    """
 
     def __init__(self, folder: str | os.PathLike, fv):
         from cnnlab.faces.verify import _gallery
@@ -78,21 +96,82 @@ class Gallery:
         # gallery's cache for each request would cost more than the request.
         self.embedded = _gallery(r.run, r.model, r.cfg, self.folder, r.device, r.precision, r.channels_last,
                                  r.align)
-        root, inside = Path(self.embedded["root"]), self.folder.resolve()
-        self.files = [(root / f).resolve() for f in self.embedded["files"]]
-        self.ids = {f: i for i, f in enumerate(self.embedded["files"]) if self.files[i].is_relative_to(inside)}
+        root, self.inside = Path(self.embedded["root"]), self.folder.resolve()
+        self.names: list[str] = list(self.embedded["files"])
+        self.files = [root / f for f in self.names]
+        self.ids = {f: i for i, f in enumerate(self.names) if self._within(self.files[i].resolve())}
         self.servable = set(self.ids.values())
         self.people = len(self.embedded["names"])
-        self.thumbnail = lru_cache(maxsize=1024)(self._thumbnail)
+        self._thumbnails: OrderedDict[tuple, bytes] = OrderedDict()  # (index, file identity) -> JPEG
+        self._lock = threading.Lock()
+
+    def _within(self, path: Path) -> bool:
+        return path.is_relative_to(self.inside)
 
     def url(self, image: str) -> tuple[int | None, str | None]:
         i = self.ids.get(image)
         return (None, None) if i is None else (i, f"/gallery/{i}/thumbnail")
 
-    def _thumbnail(self, i: int) -> bytes:
-        from cnnlab.data.images import decode_rgb
+    def thumbnail(self, i: int) -> bytes:
+        """Image ``i`` as a JPEG at most :data:`THUMBNAIL_SIDE` pixels a side, or a :class:`GalleryRefused`."""
+        n = len(self.files)
+        if not 0 <= i < n:
+            raise GalleryRefused(404, f"no gallery image {i}: the gallery holds " +
+                                 (f"{n} images, numbered 0 to {n - 1}" if n else "no images"))
+        what = f"gallery image {i} ({self.names[i]})"
+        if i not in self.servable:
+            raise GalleryRefused(403, f"{what} is not served: it leads, through a link, to a file outside "
+                                      "the gallery folder")
+        with self._open(i, what) as f:
+            st = os.fstat(f.fileno())
+            key = (i, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)  # a changed file is read again
+            with self._lock:
+                if key in self._thumbnails:
+                    self._thumbnails.move_to_end(key)
+                    return self._thumbnails[key]
+            data = self._jpeg(i, f, what)
+        with self._lock:
+            self._thumbnails[key] = data
+            while len(self._thumbnails) > THUMBNAIL_CACHE:
+                self._thumbnails.popitem(last=False)
+        return data
 
-        img = decode_rgb(self.files[i])
+    def _open(self, i: int, what: str):
+        """Image ``i``'s file, opened, once it is known to be a regular file inside the gallery folder."""
+        path = self.files[i]
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO put in its place cannot block
+        except FileNotFoundError:
+            raise GalleryRefused(404, f"{what} no longer exists (the gallery is read when the service starts; "
+                                      "restart it to see changes)") from None
+        except OSError as e:
+            raise GalleryRefused(404, f"{what} cannot be opened ({e.strerror})") from None
+        f = os.fdopen(fd, "rb")
+        try:
+            real = path.resolve()
+            if not self._within(real):
+                raise GalleryRefused(403, f"{what} is not served: it now leads to a file outside the gallery "
+                                          "folder (a link was put on its path since the service started)")
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode):
+                raise GalleryRefused(404, f"{what} is no longer a regular file")
+            if not os.path.samestat(opened, os.stat(real)):
+                raise GalleryRefused(409, f"{what} was replaced while it was being read; ask again")
+        except (OSError, RuntimeError) as e:  # the path changed between the open and the checks (or loops)
+            f.close()
+            raise GalleryRefused(409, f"{what} was replaced while it was being read ({e}); ask again") from None
+        except GalleryRefused:
+            f.close()
+            raise
+        return f
+
+    def _jpeg(self, i: int, f, what: str) -> bytes:
+        from cnnlab.data.images import BadImage, decode_rgb
+
+        try:
+            img = decode_rgb(self.files[i], file=f)
+        except BadImage as e:
+            raise GalleryRefused(404, f"{what} {e.why}") from None
         img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=85)
@@ -197,11 +276,11 @@ def add_face_routes(app: FastAPI, s: FaceService) -> None:
 
     @app.get("/gallery/{index}/thumbnail", summary="a gallery image, small, by its index in /identify's matches")
     def thumbnail(index: int) -> Response:
-        if s.gallery is None or not 0 <= index < len(s.gallery.files) or index not in s.gallery.servable:
-            raise UploadError(404, f"no gallery image {index}" + ("" if s.gallery is None else
-                                                                   f" (it holds {len(s.gallery.files)})"))
+        if s.gallery is None:
+            raise UploadError(404, f"no gallery image {index}: this service has no gallery (start it with "
+                                   "cnnlab serve RUN --gallery DIR)")
         try:
             data = s.gallery.thumbnail(index)
-        except CnnlabError as e:
-            raise UploadError(404, f"gallery image {index} cannot be read ({e.__class__.__name__})") from None
+        except GalleryRefused as e:
+            raise UploadError(e.status, e.message) from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

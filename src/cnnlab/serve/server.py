@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from cnnlab.errors import CnnlabError, shown_path
-from cnnlab.serve.service import MB, run_study
+from cnnlab.serve.service import MB, MIN_NETWORK_TOKEN, run_study, token_problem
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +40,25 @@ def is_loopback(host: str) -> bool:
 
 def resolve_token(host: str, token: str | None) -> str | None:
     """The token to require: ``token``, else $CNNLAB_SERVE_TOKEN; a :class:`CnnlabError` when ``host`` is not
-    loopback and there is none, since anyone who reaches that address could then use the run."""
+    loopback and there is none or a weak one (under :data:`MIN_NETWORK_TOKEN` characters other than
+    whitespace), since anyone who reaches that address could then use the run, and for a token no HTTP
+    header can carry."""
+    given = "--token" if token else TOKEN_ENV
     token = token or os.environ.get(TOKEN_ENV) or None
-    if token is None and not is_loopback(host):
-        raise CnnlabError(f"--host {host} lets other machines connect, so the service needs a token: give "
-                          f"--token TOKEN (or set {TOKEN_ENV}); clients then send 'Authorization: Bearer TOKEN'. "
-                          "Without a token, keep the default --host 127.0.0.1")
+    if token is None:
+        if not is_loopback(host):
+            raise CnnlabError(f"--host {host} lets other machines connect, so the service needs a token: give "
+                              f"--token TOKEN (or set {TOKEN_ENV}); clients then send 'Authorization: Bearer "
+                              "TOKEN'. Without a token, keep the default --host 127.0.0.1")
+        return None
+    problem = token_problem(token)
+    if problem:
+        raise CnnlabError(f"the token given by {given} {problem}; give one without")
+    strength = len("".join(token.split()))
+    if strength < MIN_NETWORK_TOKEN and not is_loopback(host):
+        raise CnnlabError(f"--host {host} lets other machines connect, so the token given by {given} needs at least "
+                          f"{MIN_NETWORK_TOKEN} characters other than whitespace, and it has {strength}: make one "
+                          f"with e.g. openssl rand -hex 16")
     return token
 
 

@@ -16,6 +16,8 @@ from cnnlab.serve.uploads import UploadError, decode_upload
 MB = 1024 * 1024
 logger = logging.getLogger(__name__)
 
+MIN_NETWORK_TOKEN = 16
+"""Characters (other than whitespace) a token needs when other machines can connect: guessing it must not pay."""
 STUDY_NAMES = {"faces": "a face run", "cifar": "a CIFAR run"}
 # Every study's endpoints, so a request for another study's endpoint is told what this run serves.
 ENDPOINTS = {"faces": ("POST /verify", "POST /identify", "POST /embed"), "cifar": ("POST /predict",)}
@@ -36,6 +38,18 @@ def run_study(path: str | os.PathLike) -> str:
         raise CnnlabError(f"{run.config_path} is neither a face run's config (no 'backbone') nor a CIFAR run's "
                           "(no 'blocks'); cnnlab serve serves runs made by cnnlab faces train or cnnlab cifar train")
     return study
+
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be sent as ``Authorization: Bearer TOKEN`` (None: it can). HTTP drops the
+    whitespace around a header's value and no header may hold control characters, so such a token could
+    never be given back."""
+    if token != token.strip():
+        return "starts or ends with whitespace, which an HTTP header cannot carry"
+    bad = sorted({c for c in token if (ord(c) < 32 and c != "\t") or ord(c) == 127})
+    if bad:
+        return f"holds control characters ({', '.join(map(repr, bad))}), which an HTTP header cannot carry"
+    return None
 
 
 class Service:
