@@ -149,8 +149,8 @@ def test_a_fifo_that_appears_during_the_export_is_kept(previous_run, tmp_path, c
     out = tmp_path / "B.pt"
     real = cnnlab.export.cifar_export
 
-    def then_a_fifo(run_dir):  # out is checked before this, free; a FIFO takes the name while the export runs
-        result = real(run_dir)
+    def then_a_fifo(run_dir, *args):  # out is checked before this, free; a FIFO takes the name while the export runs
+        result = real(run_dir, *args)
         os.mkfifo(out)
         return result
 
