@@ -338,16 +338,28 @@ def dist_local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group when started by torchrun; a no-op for one process."""
+@contextlib.contextmanager
+def distributed(device: torch.device) -> Iterator[DistInfo]:
+    """The process group of a torchrun launch, for the body; a world of one, without a group, otherwise.
+
+    A group this call creates is destroyed when the body ends, also when it raises: one left
+    open holds its backend's threads and connections (NCCL's watchdog among them) until the
+    process exits, and can hold up that exit. A group that existed before (the caller's own)
+    is used and left to its creator.
+    """
     if not is_distributed():
-        return DistInfo()
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), dist_local_rank())
+        yield DistInfo()
+        return
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        yield DistInfo(dist.get_rank(), dist.get_world_size(), dist_local_rank())
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
@@ -369,8 +381,3 @@ def broadcast_object(obj, info: DistInfo):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def cleanup_distributed(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
