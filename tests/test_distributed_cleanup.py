@@ -97,3 +97,31 @@ def test_a_training_run_stopped_by_an_error_leaves_no_group(torchrun_env, tmp_pa
         train_until(train, cfg, tmp_path / "run", epoch=1)  # raises after epoch 1, as a crash would
     assert joined == [True] and not dist.is_initialized()
     assert RunDir(tmp_path / "run").last_checkpoint.is_file()  # it stopped after epoch 1, not at the start
+
+
+# tests/cuda/conftest.py: what the CUDA suite stops after its last test.
+
+
+def test_the_cuda_suites_teardown_destroys_a_group_left_open(tmp_path):
+    from tests.cuda.conftest import stop_background_work
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    stop_background_work()
+    assert not dist.is_initialized()
+    stop_background_work()  # nothing left to stop: no error
+
+
+def test_the_cuda_suites_teardown_shuts_compile_workers_down_only_where_a_test_compiled(monkeypatch):
+    import sys
+    import types
+
+    from tests.cuda.conftest import stop_background_work
+
+    monkeypatch.delitem(sys.modules, "torch._inductor.async_compile", raising=False)
+    stop_background_work()
+    assert "torch._inductor.async_compile" not in sys.modules  # stopping starts no pool of its own
+    stopped = []
+    fake = types.SimpleNamespace(shutdown_compile_workers=lambda: stopped.append(True))
+    monkeypatch.setitem(sys.modules, "torch._inductor.async_compile", fake)
+    stop_background_work()
+    assert stopped == [True]
