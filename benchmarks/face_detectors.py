@@ -127,7 +127,8 @@ def measure(name: str, detect, root: Path, originals: Path | None, files: list[s
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__[__doc__.index("Time:"):].split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=__doc__[__doc__.index("Time:"):].split("\n\n")[0])
     p.add_argument("data_dir", type=Path)
     p.add_argument("--images", type=int, default=300, help="images in the sample (default: 300)")
     p.add_argument("--max-seconds", type=float, default=180,
