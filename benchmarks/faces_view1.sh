@@ -25,6 +25,12 @@
 # On a machine other jobs share, torch's default of one thread per core can be several times slower
 # than one thread (threads wait for each other at every layer); the measured report ran each job
 # with OMP_NUM_THREADS=1, two jobs side by side on a 2-core CPU.
+#
+# Time: about 1 to 1.5 hours on 2 idle cores with AVX512-BF16 (the contrastive run alone took 16
+# minutes, and --align auto detects every face once, about 10 minutes, cached afterwards); about
+# 1.4x that on a CPU that trains in fp32, and more on a machine other jobs share. Every run has a
+# fixed number of epochs, so nothing grows past that; the script can be stopped at any time and run
+# again with the same OUT_DIR: finished runs are kept, an unfinished one resumes.
 set -euo pipefail
 data=${1:?usage: faces_view1.sh DATA_DIR [OUT_DIR] [options]}
 out=${2:-studies/faces-view1-$(date +%Y%m%d-%H%M%S)}

@@ -14,9 +14,9 @@
 # part taking at most three times its own):
 #   info     15 s  nvidia-smi, torch, CUDA and cuDNN versions, CPU count
 #   unpack   30 s  both archives (~60 MB of xz)
-#   tests    90 s  python -m pytest -q -m cuda tests/cuda (their --durations lines measure the cost of
-#                  torch.compile and of cuDNN autotuning, for the next budget)
-#   cifar   260 s  the six variants A,B,C,D,D-sep,E at full width on the complete CIFAR-10: batch 256,
+#   tests    60 s  python -m pytest -q -m cuda --durations=10 tests/cuda (their --durations lines
+#                  measure the cost of torch.compile and of cuDNN autotuning, for the next budget)
+#   cifar   290 s  the six variants A,B,C,D,D-sep,E at full width on the complete CIFAR-10: batch 256,
 #                  lr 0.1 as in gpu_study.sh, but CIFAR_EPOCHS=10 epochs (gamma 0.65, so the last
 #                  learning rate is ~1% of the first, as 0.83 over 24 epochs), t-SNE of 500 test
 #                  images only (0 would mean all 10,000, minutes of CPU per variant). Estimate: ~1.4
@@ -36,6 +36,9 @@
 # --dry-run: the same parts on the CPU, tiny: width 0.125, one epoch, 300 training images, 20
 # validation images a class, t-SNE of 200, no CUDA-only flags (the CUDA tests run and skip
 # themselves). It checks the whole script except CUDA in a few minutes.
+#
+# Time: at most 9 minutes on a GPU (each part under `timeout`, the whole within 540 s and a few
+# seconds to stop a part that overran); --dry-run about 3 minutes on 2 cores.
 # Environment: PYTHON (default python), SCRATCH, CIFAR_EPOCHS, COMPILE=1.
 set -uo pipefail
 
@@ -142,8 +145,8 @@ export py out scratch cifar_tar lfw_tar
 export -f info unpack tables  # so that timeout can run them, through bash
 part info 15 525 bash -c info
 part unpack 30 495 bash -c unpack
-part tests 90 405 "$py" -m pytest -q -m cuda --durations=10 tests/cuda
-part cifar 260 145 "$py" -m cnnlab cifar compare --blocks A,B,C,D,D-sep,E --data-dir "$scratch/cifar10" \
+part tests 60 435 "$py" -m pytest -q -m cuda --durations=10 tests/cuda
+part cifar 290 145 "$py" -m cnnlab cifar compare --blocks A,B,C,D,D-sep,E --data-dir "$scratch/cifar10" \
   --out "$out/cifar" --device "$device" "${cifar_opts[@]}"
 part faces 100 45 "$py" -m cnnlab faces train --data-dir "$scratch/lfw" --protocol lfw-view1 --crop 1.0 \
   --image-size 112 --backbone efficientnet_lite0 --device "$device" "${faces_opts[@]}" --out "$out/faces/contrastive"

@@ -13,6 +13,9 @@
 # 8.0+ (fp16 with gradient scaling on a T4 or V100); this script
 # adds torch.compile and a larger batch (learning rate scaled linearly from the
 # defaults' 0.05 at batch 128).
+#
+# Time: 10 minutes or less on one H200 (the target above); on a machine without a CUDA GPU
+# (2 CPU cores, say) it stops at once, before anything is written.
 set -euo pipefail
 data=${1:?usage: gpu_study.sh DATA_DIR [STUDY_DIR] [options]}
 out=${2:-studies/gpu-$(date +%Y%m%d-%H%M%S)}

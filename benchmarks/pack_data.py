@@ -17,6 +17,10 @@ Both are written under temporary names and only kept when their total is within 
 ``--invent-view1`` writes View-1-like protocol files (half the people train, half test, pairs among
 the test people) when the folder has none, for a dry run on a small sample; never for real figures.
 Nothing this script makes belongs in git.
+
+Time: 1 to 3 minutes on 2 cores for the complete CIFAR-10 and LFW (60,000 and 13,233 images, xz
+at its default level); about 10 seconds for the samples in ../shared/datasets (3,000 and 344). The
+work is bounded by the input: one pass over each image, no repeats.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class PackError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=__doc__[__doc__.index("Time:"):].split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--cifar-dir", type=Path, required=True,
                    help="CIFAR-10 image folders: holds train/<class>/* and test/<class>/*")

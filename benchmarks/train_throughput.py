@@ -19,6 +19,23 @@ configuration once, then every configuration again) so that load from other
 processes spreads over all of them, and the table shows the median. The
 spread line says how noisy the machine was.
 
+A column the device would only emulate (the precision policy warns about it:
+bf16 on a CPU without AVX512-BF16 or AMX, or with oneDNN capped below them by
+ONEDNN_MAX_CPU_ISA; bf16 on a GPU before compute capability 8.0) runs up to 10x
+slower than fp32 there and would take most of the time: it is skipped, and a
+note under the table says why (--emulated once measures it on the first
+repeat only, marked *).
+
+Time: with the defaults about 8 minutes on 2 idle cores (a repeat of the 16
+configurations takes some 2.5 minutes, most of it at width 1). A repeat is
+only started when the one before it says it ends within --max-seconds
+(default 600), so a busy or slow machine does fewer repeats instead of taking
+longer (--blocks A --steps 6 --warmup 2 with oneDNN capped to AVX2, on 2
+cores shared with other jobs: one repeat, 325 s); a first repeat that outruns
+it stops after the configuration that was running, and the table says what
+was left out. A run ends within --max-seconds plus one configuration
+(--steps + --warmup training steps).
+
     python benchmarks/train_throughput.py --blocks A,E --width 1,0.25 --json throughput.json
 """
 
@@ -39,7 +56,8 @@ from torchvision import transforms as T
 from cnnlab.data.augment import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, train_transform
 from cnnlab.models.basecnn import BaseCNN
 from cnnlab.models.blocks import format_blocks, parse_blocks
-from cnnlab.runtime import autocast, cpu_features, grad_scaler, resolve_device, select_precision
+from cnnlab.runtime import (autocast, choose_precision, cpu_features, cpu_isa_cap, grad_scaler, probe_hardware,
+                            resolve_device)
 
 COLUMNS = {  # name -> (precision, channels_last); None: the notebook pipeline
     "notebook fp32": None,
@@ -151,7 +169,9 @@ def _list(values: list[str], parse, option: str) -> list:
 def machine_lines(device: torch.device) -> list[str]:
     """What the numbers were measured on, for the lines above the table."""
     name, features = cpu_features()
-    lines = [f"CPU: {name}; vector extensions: {', '.join(features) or 'none of AVX2/AVX512/AVX512-BF16/AMX'}"]
+    cap = cpu_isa_cap()
+    lines = [f"CPU: {name}; vector extensions: {', '.join(features) or 'none of AVX2/AVX512/AVX512-BF16/AMX'}"
+             + (f"; oneDNN capped by {cap}" if cap else "")]
     if device.type == "cuda":
         lines.append(f"GPU: {torch.cuda.get_device_name(device)}")
     threads = torch.get_num_threads()
@@ -180,16 +200,91 @@ def _parser() -> argparse.ArgumentParser:
                         "CPU only, not with --workers) (default: wall)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--data-dir", default=None, help="real CIFAR-10 images instead of random ones (default: random)")
+    p.add_argument("--emulated", choices=("skip", "once"), default="skip",
+                   help="columns this device only emulates (the precision policy warns about them): skip them, "
+                        "or measure them on the first repeat only (default: skip)")
+    p.add_argument("--max-seconds", type=float, default=600,
+                   help="start no repeat that would end after this many seconds; 0: no limit (default: 600)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results here (default: none)")
     return p
 
 
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
 def _row(b: str, w: float, times: dict, columns: dict, auto_column: str) -> dict:
-    med = {c: statistics.median(times[b, w, c]) for c in columns}
-    best = max(med[c] for c in ("cnnlab fp32", "fp32+CL", "bf16+CL"))
+    med = {c: _median(times[b, w, c]) for c in columns}
+    measured = [med[c] for c, config in columns.items() if config is not None and med[c] is not None]
+    best = max(measured, default=None)
     return {"blocks": b, "width": w, **{f"{c} img/s": med[c] for c in columns}, "auto": auto_column,
-            "auto img/s": med[auto_column], "auto/notebook": med[auto_column] / med["notebook fp32"],
-            "auto/best": med[auto_column] / best, "repeats": {c: times[b, w, c] for c in columns}}
+            "auto img/s": med[auto_column], "auto/notebook": _ratio(med[auto_column], med["notebook fp32"]),
+            "auto/best": _ratio(med[auto_column], best), "repeats": {c: times[b, w, c] for c in columns}}
+
+
+def _columns(choice) -> tuple[dict, str]:
+    """The columns to measure, and which of them is ``auto`` (a column of its own, e.g. fp16 on an older GPU)."""
+    columns = dict(COLUMNS)
+    auto_column = next((k for k, v in columns.items() if v == (choice.precision, choice.channels_last)), None)
+    if auto_column is None:
+        auto_column = f"{choice.precision}{'+CL' if choice.channels_last else ''}"
+        columns[auto_column] = (choice.precision, choice.channels_last)
+    return columns, auto_column
+
+
+def emulated_columns(columns: dict, hw) -> dict[str, str]:
+    """The columns ``hw`` only emulates, each with the precision policy's warning about it."""
+    warnings = {c: choose_precision(config[0], config[1], hw).warning for c, config in columns.items() if config}
+    return {c: w for c, w in warnings.items() if w}
+
+
+def measure(configs: list[tuple], repeats: int, run, max_seconds: float, once: frozenset = frozenset(),
+            now=None) -> tuple[dict, int, str]:
+    """``run(config)`` for every config, ``repeats`` times interleaved (those in ``once``: the first time only).
+
+    Returns the measurements per config, the repeats done and why it stopped early ("" if it did not):
+    a repeat starts only if the one before it would still end within ``max_seconds`` (0: no limit),
+    and the first stops before a configuration once the time is up.
+    """
+    now = now or time.perf_counter  # the wall clock, whatever --clock measures with
+    times: dict[tuple, list[float]] = {c: [] for c in configs}
+    start, last = now(), 0.0
+    for r in range(repeats):
+        t0 = now()
+        if r and max_seconds and t0 - start + last > max_seconds:
+            return times, r, f"{r} of {repeats} repeats: another would pass --max-seconds {max_seconds:g}"
+        for config in configs:
+            if r and config in once:
+                continue
+            if max_seconds and now() - start > max_seconds:
+                return times, r, f"stopped in repeat {r + 1} of {repeats} at --max-seconds {max_seconds:g}"
+            times[config].append(run(config))
+        last = now() - t0
+    return times, repeats, ""
+
+
+def _print_table(results: list[dict], notes: dict[str, str], emulated: str) -> None:
+    head = ["blocks", "width", *COLUMNS, "auto", "auto/notebook", "auto/best"]
+    print(("{:<8}{:>6}" + "{:>15}" * (len(head) - 2)).format(*head))
+
+    def cell(value, column=None, fmt="{:.1f}"):
+        if value is None:
+            return "skipped" if column in notes and emulated == "skip" else "-"
+        return fmt.format(value) + ("*" if column in notes else "")
+
+    for r in results:
+        cells = [cell(r[c + " img/s"], c) for c in COLUMNS] + [
+            cell(r["auto img/s"]), cell(r["auto/notebook"], fmt="{:.2f}x"), cell(r["auto/best"], fmt="{:.2f}x")]
+        print(("{:<8}{:>6}" + "{:>15}" * len(cells)).format(r["blocks"], f"{r['width']:g}", *cells))
+    for c, why in notes.items():
+        if emulated == "skip":
+            print(f"{c}: skipped: {why} (--emulated once measures it on one repeat)")
+        else:
+            print(f"* {c}: one repeat only: {why}")
 
 
 def main(argv=None) -> dict:
@@ -202,12 +297,10 @@ def main(argv=None) -> dict:
     if a.clock == "cpu" and (a.workers or device.type != "cpu"):
         raise SystemExit("--clock cpu: counts only this process's CPU time; use it with --workers 0 on the CPU")
     clock = time.process_time if a.clock == "cpu" else time.perf_counter
-    choice = select_precision(device, "auto", None)
-    columns = dict(COLUMNS)
-    auto_column = next((k for k, v in columns.items() if v == (choice.precision, choice.channels_last)), None)
-    if auto_column is None:  # e.g. fp16 on an older GPU: a column of its own
-        auto_column = f"{choice.precision}{'+CL' if choice.channels_last else ''}"
-        columns[auto_column] = (choice.precision, choice.channels_last)
+    hw = probe_hardware(device)
+    choice = choose_precision("auto", None, hw)
+    columns, auto_column = _columns(choice)
+    notes = emulated_columns(columns, hw)
 
     images, labels = _data(a.batch_size * (a.steps + a.warmup), a.data_dir)
     pil = _PILDataset(images, labels)
@@ -216,30 +309,33 @@ def main(argv=None) -> dict:
     print(f"auto = {auto_column} ({choice.reason}); batch {a.batch_size}, {a.steps} timed steps after {a.warmup}, "
           f"{a.clock} clock, median of {a.repeats} interleaved repeats", flush=True)
 
-    rows = [(b, w) for b in blocks for w in widths]
-    times: dict[tuple, list[float]] = {(b, w, c): [] for b, w in rows for c in columns}
-    for _ in range(a.repeats):
-        for b, w in rows:
-            for c, config in columns.items():
-                if config is None:
-                    v = notebook(b, w, pil, a.batch_size, a.steps, a.warmup, a.workers, device, clock)
-                else:
-                    v = cnnlab(b, w, images, labels, a.batch_size, a.steps, a.warmup, device, *config, clock)
-                times[b, w, c].append(v)
+    def run(config) -> float:
+        b, w, c = config
+        if columns[c] is None:
+            return notebook(b, w, pil, a.batch_size, a.steps, a.warmup, a.workers, device, clock)
+        return cnnlab(b, w, images, labels, a.batch_size, a.steps, a.warmup, device, *columns[c], clock)
 
-    head = ["blocks", "width", *COLUMNS, "auto", "auto/notebook", "auto/best"]
-    print(("{:<8}{:>6}" + "{:>15}" * (len(head) - 2)).format(*head))
+    t0 = time.perf_counter()
+    rows = [(b, w) for b in blocks for w in widths]
+    configs = [(b, w, c) for b, w in rows for c in columns if not (c in notes and a.emulated == "skip")]
+    once = frozenset(k for k in configs if k[2] in notes)
+    measured, done, stopped = measure(configs, a.repeats, run, a.max_seconds, once)
+    times = {(b, w, c): measured.get((b, w, c), []) for b, w in rows for c in columns}
     results = [_row(b, w, times, columns, auto_column) for b, w in rows]
-    for r in results:
-        cells = [f"{r[c + ' img/s']:.1f}" for c in COLUMNS] + [
-            f"{r['auto img/s']:.1f}", f"{r['auto/notebook']:.2f}x", f"{r['auto/best']:.2f}x"]
-        print(("{:<8}{:>6}" + "{:>15}" * len(cells)).format(r["blocks"], f"{r['width']:g}", *cells))
-    spreads = [(max(v) - min(v)) / statistics.median(v) for v in times.values()]
-    print(f"spread of the repeats, (max - min) / median: median {statistics.median(spreads):.0%}, "
-          f"largest {max(spreads):.0%}")
+    _print_table(results, notes, a.emulated)
+    spreads = [(max(v) - min(v)) / statistics.median(v) for v in times.values() if len(v) > 1]
+    if spreads:
+        print(f"spread of the repeats, (max - min) / median: median {statistics.median(spreads):.0%}, "
+              f"largest {max(spreads):.0%}")
+    if stopped:
+        print(f"time limit: {stopped}; '-': not measured")
+    seconds = time.perf_counter() - t0
+    print(f"measured in {seconds:.0f} s")
     out = {"machine": machine_lines(device), "auto": {"column": auto_column, "reason": choice.reason},
            "clock": a.clock, "batch_size": a.batch_size, "steps": a.steps, "warmup": a.warmup, "repeats": a.repeats,
-           "rows": results, "spread_median": statistics.median(spreads), "spread_max": max(spreads)}
+           "repeats_done": done, "stopped": stopped, "emulated": {"mode": a.emulated, "columns": notes},
+           "rows": results, "spread_median": statistics.median(spreads) if spreads else None,
+           "spread_max": max(spreads, default=None), "seconds": seconds}
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cnnlab.runtime import cpu_features, select_precision
+from cnnlab.runtime import Hardware, choose_precision, cpu_features, cpu_isa_cap, select_precision
 from tests.conftest import load_benchmark
 
 
@@ -33,8 +34,106 @@ def test_rows_are_blocks_by_widths_and_auto_is_the_policys_choice(throughput, tm
     printed = capsys.readouterr().out
     name, features = cpu_features()
     extensions = ", ".join(features) or "none of AVX2/AVX512/AVX512-BF16/AMX"
-    assert printed.startswith(f"CPU: {name}; vector extensions: {extensions}\n")  # the machine before its numbers
+    cap = f"; oneDNN capped by {cpu_isa_cap()}" if cpu_isa_cap() else ""
+    assert printed.startswith(f"CPU: {name}; vector extensions: {extensions}{cap}\n")  # the machine before its numbers
     assert "torch " in printed and "thread" in printed
+
+
+# A CPU without native bf16 (AVX2 only), as the precision policy sees one.
+_AVX2_CPU = Hardware("cpu", "test CPU, AVX2 only", cpu_features=("AVX2",))
+_TOY = ["--blocks", "A", "--width", "0.125", "--batch-size", "4", "--steps", "1", "--warmup", "0", "--clock", "cpu"]
+
+
+@pytest.fixture
+def avx2_only(throughput, monkeypatch):
+    """The benchmark on :data:`_AVX2_CPU`; returns the precisions it trained, one entry per measurement."""
+    trained = []
+    real = throughput.cnnlab
+
+    def recording(*args, **kw):
+        trained.append(args[8])  # the precision
+        return real(*args, **kw)
+
+    monkeypatch.setattr(throughput, "probe_hardware", lambda device: _AVX2_CPU)
+    monkeypatch.setattr(throughput, "cnnlab", recording)
+    return trained
+
+
+def test_a_column_the_cpu_only_emulates_is_skipped_with_a_note(throughput, avx2_only, tmp_path, capsys):
+    out = throughput.main(_TOY + ["--repeats", "2", "--json", str(tmp_path / "t.json")])
+    printed = capsys.readouterr().out
+    assert "bf16" not in avx2_only and avx2_only.count("fp32") == 4  # two columns, two repeats
+    row = out["rows"][0]
+    assert row["bf16+CL img/s"] is None and row["repeats"]["bf16+CL"] == []
+    assert out["auto"]["column"] == "fp32+CL" and row["auto img/s"] == row["fp32+CL img/s"] > 0
+    assert row["auto/best"] is not None and row["auto/best"] <= 1
+    warning = choose_precision("bf16", True, _AVX2_CPU).warning
+    assert out["emulated"] == {"mode": "skip", "columns": {"bf16+CL": warning}}
+    table_row = next(line for line in printed.splitlines() if line.startswith("A "))
+    assert "skipped" in table_row
+    assert f"bf16+CL: skipped: {warning}" in printed and "is emulated" in warning
+    assert json.loads((tmp_path / "t.json").read_text())["rows"][0]["bf16+CL img/s"] is None
+
+
+def test_an_emulated_column_can_be_measured_once_and_is_marked(throughput, avx2_only, capsys):
+    out = throughput.main(_TOY + ["--repeats", "2", "--emulated", "once"])
+    printed = capsys.readouterr().out
+    assert avx2_only.count("bf16") == 1 and avx2_only.count("fp32") == 4
+    row = out["rows"][0]
+    assert len(row["repeats"]["bf16+CL"]) == 1 and len(row["repeats"]["fp32+CL"]) == 2
+    assert f"{row['bf16+CL img/s']:.1f}*" in printed and "* bf16+CL: one repeat only: bf16 on this CPU" in printed
+
+
+def test_a_cpu_with_native_bf16_or_a_modern_gpu_emulates_no_column(throughput):
+    columns = dict(throughput.COLUMNS)
+    zen4 = Hardware("cpu", "AMD EPYC", cpu_bf16=True, cpu_features=("AVX2", "AVX512", "AVX512-BF16"))
+    assert throughput.emulated_columns(columns, zen4) == {}
+    assert throughput.emulated_columns(columns, Hardware("cuda", "NVIDIA H200", (9, 0))) == {}
+    assert list(throughput.emulated_columns(columns, Hardware("cuda", "Tesla T4", (7, 5)))) == ["bf16+CL"]
+    capped = Hardware("cpu", "AMD EPYC", cpu_features=("AVX2",), cpu_limit="ONEDNN_MAX_CPU_ISA=AVX2")
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in throughput.emulated_columns(columns, capped)["bf16+CL"]
+
+
+class _Clock:
+    """A clock that each measurement advances by ``cost[config]`` seconds."""
+
+    def __init__(self, cost):
+        self.t, self.cost, self.ran = 0.0, cost, []
+
+    def run(self, config):
+        self.t += self.cost[config]
+        self.ran.append(config)
+        return 1.0
+
+
+def test_repeats_stop_before_one_would_pass_max_seconds(throughput):
+    clock = _Clock({"a": 10, "b": 10, "slow": 30})
+    times, done, stopped = throughput.measure(["a", "b"], 3, clock.run, 45, now=lambda: clock.t)
+    assert done == 2 and clock.ran == ["a", "b"] * 2 and "2 of 3 repeats" in stopped and "--max-seconds 45" in stopped
+    clock = _Clock({"a": 10, "b": 10, "slow": 30})
+    times, done, stopped = throughput.measure(["slow", "a", "b"], 3, clock.run, 25, now=lambda: clock.t)
+    assert clock.ran == ["slow"] and times == {"slow": [1.0], "a": [], "b": []} and "repeat 1 of 3" in stopped
+    clock = _Clock({"a": 10, "b": 10, "slow": 30})
+    times, done, stopped = throughput.measure(["a", "slow"], 3, clock.run, 0, once=frozenset({"slow"}),
+                                              now=lambda: clock.t)
+    assert done == 3 and stopped == "" and times == {"a": [1.0] * 3, "slow": [1.0]}
+
+
+def test_the_default_run_stops_within_its_max_seconds(throughput, monkeypatch, capsys):
+    clock = _Clock({})
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: clock.t)
+
+    def fake_cnnlab(*args, **kw):
+        clock.t += 100  # each configuration 100 s: the first repeat alone is 1600 s
+        return 50.0
+
+    monkeypatch.setattr(throughput, "cnnlab", fake_cnnlab)
+    monkeypatch.setattr(throughput, "notebook", fake_cnnlab)
+    monkeypatch.setattr(throughput, "_PILDataset", lambda images, labels: None)
+    out = throughput.main(["--batch-size", "2", "--steps", "1", "--warmup", "0"])
+    assert out["seconds"] <= 600 + 100 and out["repeats_done"] == 0
+    assert "--max-seconds 600" in out["stopped"] and "time limit:" in capsys.readouterr().out
+    assert any(r["auto img/s"] is None for r in out["rows"])
 
 
 def test_comma_and_space_lists_mean_the_same(throughput):
@@ -246,3 +345,75 @@ def test_photos_are_larger_cluttered_canvases_stored_upright_or_with_exif(photos
     a = np.asarray(decode_rgb(tmp_path / "out" / files[0]))
     photos.make_photos(root, files[:1], tmp_path / "again")
     assert np.array_equal(a, np.asarray(decode_rgb(tmp_path / "again" / files[0])))
+
+
+# Every script under benchmarks/ says how long it takes, and those that could run long stop in time.
+
+_SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.*"))
+
+
+@pytest.mark.parametrize("script", [p.name for p in _SCRIPTS if p.suffix == ".sh"])
+def test_every_shell_benchmark_states_its_time_in_its_header(script):
+    header = [line for line in (_SCRIPTS[0].parent / script).read_text().splitlines() if line.startswith("#")]
+    assert any(line.startswith("# Time: ") for line in header), f"{script}: no '# Time:' line in its header"
+
+
+@pytest.mark.parametrize("script", [p.stem for p in _SCRIPTS if p.suffix == ".py"])
+def test_every_python_benchmark_states_its_time_in_help(script, capsys):
+    module = load_benchmark(script)
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--help"])
+    assert stop.value.code == 0
+    printed = " ".join(capsys.readouterr().out.split())  # as argparse wraps it
+    assert re.search(r"Time: .*\b2 (idle )?cores", printed), f"{script} --help says nothing of its time on 2 cores"
+    assert "Time: " in module.__doc__
+
+
+def test_serve_load_sends_no_request_after_max_seconds():
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            time.sleep(0.05)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        row = load_benchmark("serve_load").load(url, "/verify", [(b"x", "text/plain")], 2, 10_000, max_seconds=0.3)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 2 <= row["requests"] < 100 and row["errors"] == 0  # at most 0.3 s of 50 ms answers on two connections
+    assert row["seconds"] < 2
+
+
+def test_face_detectors_stop_taking_images_at_max_seconds(tmp_path):
+    import time
+
+    from PIL import Image
+
+    detectors = load_benchmark("face_detectors")
+    (tmp_path / "Ann").mkdir()
+    files = []
+    for k in range(20):
+        Image.new("RGB", (60, 60), (200, 150, 120)).save(tmp_path / "Ann" / f"Ann_{k:04d}.jpg")
+        files.append(f"Ann/Ann_{k:04d}.jpg")
+
+    def slow_nothing(rgb):
+        time.sleep(0.02)
+        return []
+
+    row = detectors.measure("slow", slow_nothing, tmp_path, None, files, max_seconds=0.15)
+    assert 1 <= row["images"] < 20 and row["found in photo"] == 0.0
+    assert detectors.measure("slow", slow_nothing, tmp_path, None, files[:2])["images"] == 2  # 0: no limit

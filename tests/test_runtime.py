@@ -118,7 +118,14 @@ def test_select_precision_logs_the_warning_once(monkeypatch, caplog):
     assert caplog.records == []
 
 
-def test_probe_reads_this_cpu():
+@pytest.fixture
+def uncapped(monkeypatch):
+    """No cap on oneDNN's instructions from the environment the tests were started in."""
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_probe_reads_this_cpu(uncapped):
     hw = probe_hardware(torch.device("cpu"))
     assert hw.device_type == "cpu" and hw.name
     assert hw.cpu_bf16 == any(f in hw.cpu_features for f in ("AVX512-BF16", "AMX-BF16"))
@@ -127,7 +134,7 @@ def test_probe_reads_this_cpu():
     assert runtime.device_name(torch.device("cpu")) == f"cpu ({hw.name})"
 
 
-def test_probe_falls_back_on_proc_cpuinfo_without_torch_capabilities(monkeypatch):
+def test_probe_falls_back_on_proc_cpuinfo_without_torch_capabilities(monkeypatch, uncapped):
     monkeypatch.delattr(torch.cpu, "get_capabilities")
     monkeypatch.setattr(runtime, "_cpuinfo", lambda: ("AMD EPYC 9654", {"avx2", "avx512f", "avx512_bf16", "sse2"}))
     hw = probe_hardware(torch.device("cpu"))
@@ -177,3 +184,52 @@ def test_fp16_is_a_precision_of_both_configs():
         fields = {f.name: f.metadata["help"] for f in cls.__dataclass_fields__.values()}
         assert "fp16" in fields["precision"] and "auto" in fields["precision"]
         assert "auto" in fields["channels_last"] or "default" in fields["channels_last"]
+
+
+@pytest.mark.parametrize("cap, usable", [
+    ("", ("AVX2", "AVX512", "AVX512-BF16", "AMX-BF16")),
+    ("ONEDNN_MAX_CPU_ISA=AVX2", ("AVX2",)),
+    ("ONEDNN_MAX_CPU_ISA=avx2_vnni", ("AVX2",)),
+    ("ONEDNN_MAX_CPU_ISA=AVX512_CORE", ("AVX2", "AVX512")),
+    ("DNNL_MAX_CPU_ISA=AVX512_CORE_BF16", ("AVX2", "AVX512", "AVX512-BF16")),
+    ("ONEDNN_MAX_CPU_ISA=AVX512_CORE_AMX", ("AVX2", "AVX512", "AVX512-BF16", "AMX-BF16")),
+    ("ONEDNN_MAX_CPU_ISA=SSE41", ()),
+    ("ONEDNN_MAX_CPU_ISA=ALL", ("AVX2", "AVX512", "AVX512-BF16", "AMX-BF16")),
+])
+def test_a_onednn_cap_takes_away_the_extensions_above_it(cap, usable):
+    assert runtime.capped_features(("AVX2", "AVX512", "AVX512-BF16", "AMX-BF16"), cap) == usable
+
+
+def test_the_cap_is_read_from_onednns_variables():
+    assert runtime.cpu_isa_cap({"ONEDNN_MAX_CPU_ISA": " AVX2 "}) == "ONEDNN_MAX_CPU_ISA=AVX2"
+    assert runtime.cpu_isa_cap({"DNNL_MAX_CPU_ISA": "AVX512_CORE"}) == "DNNL_MAX_CPU_ISA=AVX512_CORE"
+    assert runtime.cpu_isa_cap({"ONEDNN_MAX_CPU_ISA": "", "ATEN_CPU_CAPABILITY": "avx2"}) == ""
+
+
+@pytest.fixture
+def zen4(monkeypatch, uncapped):
+    """This process on an AMD EPYC with AVX512-BF16, as /proc/cpuinfo describes it."""
+    monkeypatch.delattr(torch.cpu, "get_capabilities")
+    monkeypatch.setattr(runtime, "_cpuinfo", lambda: ("AMD EPYC 9654", {"avx2", "avx512f", "avx512_bf16"}))
+    return monkeypatch
+
+
+def test_with_onednn_capped_to_avx2_the_policy_sees_no_native_bf16(zen4):
+    zen4.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    hw = probe_hardware(torch.device("cpu"))
+    assert hw == Hardware("cpu", "AMD EPYC 9654", cpu_bf16=False, cpu_features=("AVX2",),
+                          cpu_limit="ONEDNN_MAX_CPU_ISA=AVX2")
+    auto = choose_precision("auto", None, hw)
+    assert auto.precision == "fp32" and "(ONEDNN_MAX_CPU_ISA=AVX2)" in auto.reason
+    bf16 = choose_precision("bf16", None, hw)
+    assert "no AVX512-BF16 or AMX under ONEDNN_MAX_CPU_ISA=AVX2" in bf16.warning and "up to 10x" in bf16.warning
+    zen4.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    assert "about 2x" in choose_precision("bf16", None, probe_hardware(torch.device("cpu"))).warning
+
+
+def test_a_cap_that_takes_nothing_away_and_atens_own_cap_change_nothing(zen4):
+    zen4.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    zen4.setenv("ATEN_CPU_CAPABILITY", "avx2")  # ATen's elementwise kernels; the convolutions are oneDNN's
+    hw = probe_hardware(torch.device("cpu"))
+    assert hw == Hardware("cpu", "AMD EPYC 9654", cpu_bf16=True, cpu_features=("AVX2", "AVX512", "AVX512-BF16"))
+    assert choose_precision("auto", None, hw).precision == "bf16"

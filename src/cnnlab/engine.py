@@ -32,8 +32,8 @@ from cnnlab.errors import CnnlabError, NonFiniteOutput, TrainingDiverged
 from cnnlab.files import atomic_torch_save, load_checkpoint, load_model_state
 from cnnlab.run import RunDir, command_line, log_to_file
 from cnnlab.runtime import (DistInfo, PrecisionChoice, all_reduce_sum, autocast, barrier, broadcast_object,
-                            cleanup_distributed, device_name, enable_fast_kernels, grad_scaler, init_distributed,
-                            resolve_device, rng_state, select_precision, set_rng_state)
+                            device_name, distributed, enable_fast_kernels, grad_scaler, resolve_device, rng_state,
+                            select_precision, set_rng_state)
 
 logger = logging.getLogger(__name__)
 
@@ -135,38 +135,37 @@ def session(cfg: Any, out: str | Path, body: Callable[[Session], dict], *, resum
 
     run = RunDir(out)
     device = resolve_device(cfg.device)
-    dinfo = init_distributed(device)
-    stub = None
-    try:
-        choice = select_precision(device, cfg.precision, cfg.channels_last)
-        enable_fast_kernels(device)
-        with contextlib.ExitStack() as held:
-            changes, stub = _open_run(run, to_dict(cfg), resume, runtime_fields, dinfo, held)
-            with log_to_file(run.log_path, enabled=dinfo.is_main):
-                if changes:
-                    logger.info("resuming %s with changed options: %s", run.path, "; ".join(changes))
-                summary = run.read_summary()
-                if resume and summary.get("status") == "finished":
-                    if not cfg.epochs > summary.get("epochs", cfg.epochs):
-                        logger.info("%s is already finished; nothing to do", run.path)
-                        return summary
-                    barrier(dinfo)  # every rank has read the summary before rank 0 reopens it
-                    if dinfo.is_main:
-                        _reopen(run, summary, cfg.epochs, evaluation_keys)
-                if not dinfo.is_main:
-                    logging.getLogger("cnnlab").setLevel(logging.WARNING)
-                s = Session(run, device, dinfo, choice, progress, resuming=resume and run.last_checkpoint.is_file())
-                if resume and not s.resuming:
-                    logger.info("%s has no checkpoint yet; starting from the beginning", run.path)
-                return body(s)
-    except CnnlabError as e:
-        # A start refused for its input (data not found, a download that failed, options the model refuses)
-        # leaves no run folder behind, or the same command would then find "a run" in it.
-        if stub is not None and not isinstance(e, TrainingDiverged) and not run.last_checkpoint.exists():
-            run.remove_new_run_files(stub)
-        raise
-    finally:
-        cleanup_distributed(dinfo)
+    with distributed(device) as dinfo:  # the process group, if this call made one, ends with the run
+        stub = None
+        try:
+            choice = select_precision(device, cfg.precision, cfg.channels_last)
+            enable_fast_kernels(device)
+            with contextlib.ExitStack() as held:
+                changes, stub = _open_run(run, to_dict(cfg), resume, runtime_fields, dinfo, held)
+                with log_to_file(run.log_path, enabled=dinfo.is_main):
+                    if changes:
+                        logger.info("resuming %s with changed options: %s", run.path, "; ".join(changes))
+                    summary = run.read_summary()
+                    if resume and summary.get("status") == "finished":
+                        if not cfg.epochs > summary.get("epochs", cfg.epochs):
+                            logger.info("%s is already finished; nothing to do", run.path)
+                            return summary
+                        barrier(dinfo)  # every rank has read the summary before rank 0 reopens it
+                        if dinfo.is_main:
+                            _reopen(run, summary, cfg.epochs, evaluation_keys)
+                    if not dinfo.is_main:
+                        logging.getLogger("cnnlab").setLevel(logging.WARNING)
+                    s = Session(run, device, dinfo, choice, progress,
+                                resuming=resume and run.last_checkpoint.is_file())
+                    if resume and not s.resuming:
+                        logger.info("%s has no checkpoint yet; starting from the beginning", run.path)
+                    return body(s)
+        except CnnlabError as e:
+            # A start refused for its input (data not found, a download that failed, options the model refuses)
+            # leaves no run folder behind, or the same command would then find "a run" in it.
+            if stub is not None and not isinstance(e, TrainingDiverged) and not run.last_checkpoint.exists():
+                run.remove_new_run_files(stub)
+            raise
 
 
 def _open_run(run: RunDir, config: dict, resume: bool, runtime_fields: tuple[str, ...], dinfo: DistInfo,

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +64,9 @@ class Hardware:
     device_type: str  # "cpu", "cuda" or "mps"
     name: str = ""
     cuda_capability: tuple[int, int] | None = None
-    cpu_bf16: bool = False  # native bf16 instructions (AVX512-BF16 or AMX)
-    cpu_features: tuple[str, ...] = ()  # vector extensions, e.g. ("AVX2", "AVX512", "AVX512-BF16")
+    cpu_bf16: bool = False  # native bf16 instructions (AVX512-BF16 or AMX) that oneDNN may use
+    cpu_features: tuple[str, ...] = ()  # vector extensions oneDNN may use, e.g. ("AVX2", "AVX512", "AVX512-BF16")
+    cpu_limit: str = ""  # what capped them below the processor's, e.g. "ONEDNN_MAX_CPU_ISA=AVX2"
 
 
 @dataclass(frozen=True)
@@ -125,13 +127,46 @@ def cpu_features() -> tuple[str, tuple[str, ...]]:
     return name, have
 
 
+# oneDNN runs the convolutions and matmuls, where bf16's speed comes from, and ONEDNN_MAX_CPU_ISA
+# (DNNL_MAX_CPU_ISA in oneDNN 1.x) caps the instructions it may use: each cap -> how many of
+# _CPU_FEATURES, in their order, it still allows. A value not here (ALL, DEFAULT, a newer or
+# mistyped ISA) caps nothing. Measured on the AMD EPYC of _CPU_FP32_CHANNELS_LAST (block A,
+# width 0.25, one thread, img/s of CPU time): bf16 + channels-last 308 uncapped, 14.5 with
+# ONEDNN_MAX_CPU_ISA=AVX2 (fp32 + channels-last: 168), but 287 with ATEN_CPU_CAPABILITY=avx2,
+# which caps only ATen's own vector kernels: the policy follows oneDNN's cap alone.
+_ONEDNN_ISA_CAP = {
+    "SSE41": 0, "AVX": 0, "AVX2": 1, "AVX2_VNNI": 1, "AVX2_VNNI_2": 1, "AVX512_CORE": 2, "AVX512_CORE_VNNI": 2,
+    "AVX512_CORE_BF16": 3, "AVX512_CORE_FP16": 4, "AVX10_1_512": 4, "AVX10_2_512": 4,
+    "AVX512_CORE_AMX": 5, "AVX10_1_512_AMX": 5,
+}
+_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def cpu_isa_cap(environ=os.environ) -> str:
+    """``NAME=VALUE`` of the variable that caps oneDNN's instructions in ``environ`` ("" where none does)."""
+    for var in _ISA_ENV:
+        if environ.get(var, "").strip():
+            return f"{var}={environ[var].strip()}"
+    return ""
+
+
+def capped_features(features: tuple[str, ...], cap: str) -> tuple[str, ...]:
+    """The extensions of ``features`` that oneDNN may still use under ``cap`` (as :func:`cpu_isa_cap` says it)."""
+    allowed = _ONEDNN_ISA_CAP.get(cap.partition("=")[2].upper(), len(_CPU_FEATURES))
+    keep = {label for label, _, _ in _CPU_FEATURES[:allowed]}
+    return tuple(f for f in features if f in keep)
+
+
 def probe_hardware(device: torch.device) -> Hardware:
-    """The facts :func:`choose_precision` needs, read from ``device``."""
+    """The facts :func:`choose_precision` needs, read from ``device`` (and, for a CPU, oneDNN's cap)."""
     if device.type == "cuda":
         return Hardware("cuda", torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device))
     if device.type == "cpu":
         name, features = cpu_features()
-        return Hardware("cpu", name, cpu_bf16=any(f in features for f in _NATIVE_BF16), cpu_features=features)
+        cap = cpu_isa_cap()
+        usable = capped_features(features, cap)
+        return Hardware("cpu", name, cpu_bf16=any(f in usable for f in _NATIVE_BF16), cpu_features=usable,
+                        cpu_limit=cap if usable != features else "")
     return Hardware(device.type, "Apple GPU" if device.type == "mps" else device.type)
 
 
@@ -164,7 +199,7 @@ def _auto_precision(hw: Hardware) -> tuple[str, str]:
         if hw.cpu_bf16:
             native = " and ".join(f for f in hw.cpu_features if f in _NATIVE_BF16) or "native bf16"
             return "bf16", f"CPU with {native}"
-        return "fp32", "CPU without AVX512-BF16 or AMX"
+        return "fp32", "CPU without AVX512-BF16 or AMX" + (f" ({hw.cpu_limit})" if hw.cpu_limit else "")
     if hw.device_type == "mps":
         # fp16 autocast runs on MPS (torch >= 2.0) but needs gradient scaling, bf16 needs
         # macOS 14, and neither speed-up has been measured for these networks: fp32 is the
@@ -181,7 +216,8 @@ def _slow_warning(precision: str, auto: str, hw: Hardware) -> str | None:
             # Measured by limiting oneDNN on an AMD EPYC (see _CPU_FP32_CHANNELS_LAST): bf16 was
             # 1.6-2.1x slower than fp32 with AVX512 and 7-11x slower with AVX2 only.
             times = "about 2x" if "AVX512" in hw.cpu_features else "up to 10x"
-            slow = f"bf16 on this CPU (no AVX512-BF16 or AMX) is emulated and typically {times} slower than fp32"
+            without = "no AVX512-BF16 or AMX" + (f" under {hw.cpu_limit}" if hw.cpu_limit else "")
+            slow = f"bf16 on this CPU ({without}) is emulated and typically {times} slower than fp32"
         elif precision == "fp16" and "AMX-FP16" not in hw.cpu_features:
             # On the same EPYC (no AVX512-FP16 or AMX-FP16) fp16 + channels-last trained 6-11x
             # slower than fp32 + channels-last (blocks E and A, width 0.25).
@@ -302,16 +338,28 @@ def dist_local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group when started by torchrun; a no-op for one process."""
+@contextlib.contextmanager
+def distributed(device: torch.device) -> Iterator[DistInfo]:
+    """The process group of a torchrun launch, for the body; a world of one, without a group, otherwise.
+
+    A group this call creates is destroyed when the body ends, also when it raises: one left
+    open holds its backend's threads and connections (NCCL's watchdog among them) until the
+    process exits, and can hold up that exit. A group that existed before (the caller's own)
+    is used and left to its creator.
+    """
     if not is_distributed():
-        return DistInfo()
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), dist_local_rank())
+        yield DistInfo()
+        return
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        yield DistInfo(dist.get_rank(), dist.get_world_size(), dist_local_rank())
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
@@ -333,8 +381,3 @@ def broadcast_object(obj, info: DistInfo):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def cleanup_distributed(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()

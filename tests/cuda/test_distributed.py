@@ -37,7 +37,7 @@ def _torchrun(args, tmp_path, nproc):
 
 
 def _args(data, out):
-    return ["cifar", "train", "--blocks", "D", "--width", "0.25", "--epochs", "1", "--batch-size", "16",
+    return ["cifar", "train", "--blocks", "D", "--width", "0.125", "--epochs", "1", "--batch-size", "16",
             "--data-dir", str(data), "--device", "cuda", "--out", str(out)]
 
 
