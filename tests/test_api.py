@@ -13,6 +13,9 @@ from cnnlab.config import CifarTrainConfig
 from cnnlab.errors import DataError
 from tests.conftest import CLASSES, write_cifar_batches
 
+# Floats compared across paths or with a reference: run again with the CPU kernels limited to AVX2 (.ci/run).
+pytestmark = pytest.mark.numerics
+
 
 @pytest.fixture(scope="module")
 def cifar_run(tmp_path_factory):

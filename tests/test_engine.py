@@ -97,6 +97,7 @@ def _plain_cifar_rows(cfg: CifarTrainConfig) -> list[dict[str, float]]:
     return rows
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("blocks", ["A", "E"])
 def test_cifar_metrics_are_those_of_a_plain_training_loop(blocks, tmp_path):
     """The engine (schedule per step, non-finite checks, checkpoints, batched validation) trains exactly what a
@@ -154,6 +155,7 @@ def _plain_face_rows(cfg: FaceTrainConfig) -> list[dict[str, float]]:
     return rows
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("loss", ["contrastive", "triplet"])
 def test_faces_metrics_are_those_of_a_plain_training_loop(loss, tmp_path):
     faces = make_people(tmp_path / "f")

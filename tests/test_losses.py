@@ -14,6 +14,9 @@ from cnnlab.losses import (
     reduce_losses,
 )
 
+# Floats compared across paths or with a reference: run again with the CPU kernels limited to AVX2 (.ci/run).
+pytestmark = pytest.mark.numerics
+
 
 def _dist(u, v):
     return math.sqrt(sum((float(a) - float(b)) ** 2 for a, b in zip(u, v)))

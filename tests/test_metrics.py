@@ -7,6 +7,9 @@ import torch
 
 from cnnlab import metrics
 
+# Floats compared across paths or with a reference: run again with the CPU kernels limited to AVX2 (.ci/run).
+pytestmark = pytest.mark.numerics
+
 
 # --------------------------------------------------------------------------- classification
 

@@ -13,6 +13,9 @@ from cnnlab.cli import main
 from cnnlab.errors import CnnlabError, DataError
 from tests.conftest import ACROSS_PATHS, NEAR_ZERO_DISTANCE
 
+# Floats compared across paths or with a reference: run again with the CPU kernels limited to AVX2 (.ci/run).
+pytestmark = pytest.mark.numerics
+
 
 def _faces(finished_run):
     return finished_run.parent / "faces"

@@ -1,9 +1,13 @@
+import pytest
 import torch
 
 from cnnlab.faces.train import embed
 from cnnlab.metrics import pair_distances
 from cnnlab.models.siamese import build_siamese
 from tests.conftest import ACROSS_PATHS
+
+# Floats compared across paths or with a reference: run again with the CPU kernels limited to AVX2 (.ci/run).
+pytestmark = pytest.mark.numerics
 
 
 def _model(normalize=True):

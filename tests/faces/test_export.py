@@ -9,6 +9,9 @@ import torch
 from cnnlab.cli import main
 from cnnlab.export import read_metadata
 
+# Floats compared across paths or with a reference: run again with the CPU kernels limited to AVX2 (.ci/run).
+pytestmark = pytest.mark.numerics
+
 
 def _batch(finished_run):
     """Five faces as uint8 (5, 3, S, S), decoded as in training, and their fp32 PyTorch embeddings."""

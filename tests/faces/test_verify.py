@@ -11,6 +11,9 @@ from cnnlab.faces.verify import identify, load_image, to_tensor, verify
 from tests.faces.conftest import tiny_config
 from tests.conftest import ACROSS_PATHS, NEAR_ZERO_DISTANCE
 
+# Floats compared across paths or with a reference: run again with the CPU kernels limited to AVX2 (.ci/run).
+pytestmark = pytest.mark.numerics
+
 
 def _faces(finished_run):
     return finished_run.parent / "faces"

@@ -27,6 +27,9 @@ from cnnlab.models.siamese import (
 )
 from cnnlab.models.timm_backbone import TimmBackbone
 
+# Floats compared across paths or with a reference: run again with the CPU kernels limited to AVX2 (.ci/run).
+pytestmark = pytest.mark.numerics
+
 B0_FILE = "efficientnet_b0_rwightman-7f5810bc.pth"
 
 

@@ -9,6 +9,9 @@ from cnnlab.errors import CheckpointError, CnnlabError, ConfigError
 from cnnlab.models.efficientnet_lite import efficientnet_lite0
 from cnnlab.models.timm_backbone import TimmBackbone, create_timm_backbone, input_stats, timm_layers
 
+# Floats compared across paths or with a reference: run again with the CPU kernels limited to AVX2 (.ci/run).
+pytestmark = pytest.mark.numerics
+
 OFFLINE = "[Errno -3] Temporary failure in name resolution"
 
 

@@ -8,6 +8,9 @@ import torch
 
 from cnnlab.serve.batching import Batcher
 
+# Floats compared across paths or with a reference: run again with the CPU kernels limited to AVX2 (.ci/run).
+pytestmark = pytest.mark.numerics
+
 
 class Recorder:
     """A batched function that remembers the batch sizes it saw (and can be slow or fail)."""

@@ -7,7 +7,7 @@ import pytest
 from tests.serve.conftest import image_bytes, needs_extra
 from tests.conftest import ACROSS_PATHS
 
-pytestmark = needs_extra
+pytestmark = [pytest.mark.numerics, needs_extra]
 
 
 @pytest.fixture(scope="module")

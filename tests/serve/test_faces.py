@@ -12,7 +12,7 @@ from PIL import Image
 from tests.serve.conftest import faces_of, image_bytes, needs_extra
 from tests.conftest import ACROSS_PATHS, NEAR_ZERO_DISTANCE
 
-pytestmark = needs_extra
+pytestmark = [pytest.mark.numerics, needs_extra]
 
 
 @pytest.fixture(scope="module")
