@@ -136,12 +136,12 @@ def session(cfg: Any, out: str | Path, body: Callable[[Session], dict], *, resum
     run = RunDir(out)
     device = resolve_device(cfg.device)
     dinfo = init_distributed(device)
-    stub = None
+    stub: list[Path] = []  # what this new run created (rank 0), removed again when its start fails
     try:
         choice = select_precision(device, cfg.precision, cfg.channels_last)
         enable_fast_kernels(device)
         with contextlib.ExitStack() as held:
-            changes, stub = _open_run(run, to_dict(cfg), resume, runtime_fields, dinfo, held)
+            changes = _open_run(run, to_dict(cfg), resume, runtime_fields, dinfo, held, stub)
             with log_to_file(run.log_path, enabled=dinfo.is_main):
                 if changes:
                     logger.info("resuming %s with changed options: %s", run.path, "; ".join(changes))
@@ -159,10 +159,11 @@ def session(cfg: Any, out: str | Path, body: Callable[[Session], dict], *, resum
                 if resume and not s.resuming:
                     logger.info("%s has no checkpoint yet; starting from the beginning", run.path)
                 return body(s)
-    except CnnlabError as e:
-        # A start refused for its input (data not found, a download that failed, options the model refuses)
-        # leaves no run folder behind, or the same command would then find "a run" in it.
-        if stub is not None and not isinstance(e, TrainingDiverged) and not run.last_checkpoint.exists():
+    except Exception as e:
+        # A start that fails before its first checkpoint (data not found, a download that failed, options the
+        # model refuses, a full disk, out of memory) leaves no run folder behind, or the same command would
+        # then find "a run" in it. Ctrl-C and SIGTERM keep it: --resume continues an interrupted start.
+        if stub and not isinstance(e, TrainingDiverged) and not run.last_checkpoint.exists():
             run.remove_new_run_files(stub)
         raise
     finally:
@@ -170,28 +171,29 @@ def session(cfg: Any, out: str | Path, body: Callable[[Session], dict], *, resum
 
 
 def _open_run(run: RunDir, config: dict, resume: bool, runtime_fields: tuple[str, ...], dinfo: DistInfo,
-              held: contextlib.ExitStack) -> tuple[list[str], list | None]:
+              held: contextlib.ExitStack, stub: list[Path]) -> list[str]:
     """Rank 0 takes the run folder's lock (kept in ``held``) and prepares it; every rank learns whether
     that failed, so all of them stop with rank 0's message instead of waiting for it.
 
-    Returns the options a resume changed, and the paths a new run creates (to remove them again
-    when the start fails for its input), or None for an existing run."""
-    changes, failure, stub = [], None, None
+    Returns the options a resume changed. Once the lock is held, ``stub`` lists the paths a new run
+    creates, to remove them again when its start fails (before it, they may be another process's)."""
+    changes, failure = [], None
     if dinfo.is_main:
         try:
-            stub = run.new_run_files() if not run.exists() else None
+            created = run.new_run_files() if not run.exists() else []
             held.enter_context(run.lock("train", create=True))
+            stub.extend(created)
             changes = run.prepare(config, resume, ignore=runtime_fields)
             if resume:
                 run.set_aside_bad_summary()
-        except CnnlabError as e:
+        except Exception as e:  # noqa: BLE001 -- every rank must learn of it; raised below
             failure = e
     message = broadcast_object(None if failure is None else str(failure), dinfo)
     if failure is not None:
         raise failure
     if message is not None:
         raise CnnlabError(message)
-    return changes, stub
+    return changes
 
 
 def _reopen(run: RunDir, summary: dict, epochs: int, evaluation_keys: tuple[str, ...]) -> None:
