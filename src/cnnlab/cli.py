@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cnnlab import __version__
 from cnnlab.cifar.cli import add_cifar
-from cnnlab.errors import CnnlabError, Terminated
+from cnnlab.errors import CnnlabError, OutOfMemory, Terminated
 from cnnlab.faces.cli import add_faces
 from cnnlab.serve.cli import add_serve
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except CnnlabError as e:
         if args.debug:
             raise
-        print(f"cnnlab: error: {e}", file=sys.stderr)
+        print(f"cnnlab: error: {e}{_hint(e, args, argv)}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a read-only folder, a file that vanished
         if args.debug:
@@ -65,6 +65,19 @@ def main(argv: list[str] | None = None) -> int:
         command = continue_command(args, argv)
         print(f"cnnlab: interrupted by {how}" + (f"; continue with: {command}" if command else ""), file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+
+
+def _hint(error: CnnlabError, args: argparse.Namespace, argv: list[str]) -> str:
+    """What the command line can do about ``error``, in its own flags ("" when nothing)."""
+    # Training commands take --eval-batch-size (train, and cifar compare and faces search for every run).
+    trains = hasattr(args, "resume") or getattr(args, "rerun_continues", False)
+    if not isinstance(error, OutOfMemory) or not trains:
+        return ""
+    smaller = max(1, error.batch_size // 4)
+    command = continue_command(args, argv)
+    if command and not getattr(args, "rerun_continues", False):
+        return f"; give a smaller --eval-batch-size, e.g. {command} --eval-batch-size {smaller}"
+    return f"; give a smaller --eval-batch-size (it was {error.batch_size}), e.g. --eval-batch-size {smaller}"
 
 
 def continue_command(args: argparse.Namespace, argv: list[str]) -> str | None:
