@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cnnlab import __version__
 from cnnlab.cifar.cli import add_cifar
-from cnnlab.errors import CnnlabError, Terminated, UnfinishedRun, shown_path
+from cnnlab.errors import CnnlabError, OutOfMemory, Terminated, UnfinishedRun, shown_path
 from cnnlab.faces.cli import add_faces
 from cnnlab.serve.cli import add_serve
 
@@ -53,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except CnnlabError as e:
         if args.debug:
             raise
-        # The library cannot know the flag that lets this command use an unfinished run; the parser does.
-        hint = ("; or give --allow-unfinished to use its best checkpoint so far"
-                if isinstance(e, UnfinishedRun) and hasattr(args, "allow_unfinished") else "")
-        print(f"cnnlab: error: {e}{hint}", file=sys.stderr)
+        print(f"cnnlab: error: {e}{_hint(e, args, argv)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # whoever read the output has gone (cnnlab ... | head): stop quietly
         if args.debug:
@@ -97,6 +94,22 @@ def _stdout_to_devnull() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, fd)
     os.close(devnull)
+
+
+def _hint(error: CnnlabError, args: argparse.Namespace, argv: list[str]) -> str:
+    """What the command line can do about ``error``, in its own flags ("" when nothing)."""
+    # Training commands take --eval-batch-size (train, and cifar compare and faces search for every run).
+    trains = hasattr(args, "resume") or getattr(args, "rerun_continues", False)
+    if isinstance(error, UnfinishedRun) and hasattr(args, "allow_unfinished"):
+        # The library cannot know the flag that lets this command use an unfinished run; the parser does.
+        return "; or give --allow-unfinished to use its best checkpoint so far"
+    if not isinstance(error, OutOfMemory) or not trains:
+        return ""
+    smaller = max(1, error.batch_size // 4)
+    command = continue_command(args, argv)
+    if command and not getattr(args, "rerun_continues", False):
+        return f"; give a smaller --eval-batch-size, e.g. {command} --eval-batch-size {smaller}"
+    return f"; give a smaller --eval-batch-size (it was {error.batch_size}), e.g. --eval-batch-size {smaller}"
 
 
 def continue_command(args: argparse.Namespace, argv: list[str]) -> str | None:

@@ -24,6 +24,16 @@ C = TypeVar("C")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw", "adam")
+MAX_LR = 10.0
+"""The largest learning rate taken. The studies train at 0.05 (SGD) and 1e-3 (Adam); a rate above 10 is a
+typo (``1e3`` for ``1e-3``) that diverges at once, and above float32's range torch cannot even apply it."""
+MAX_WEIGHT_DECAY = 1.0
+"""The largest weight decay taken: a decay of 1 already removes a weight's whole size every unit step of the
+rate; more is a typo (``5e4`` for ``5e-4``), and above float32's range torch cannot apply it."""
+MAX_SEED = 2**32 - 1
+"""Seeds go to torch and to numpy's and scikit-learn's generators (t-SNE); numpy takes 0 .. 2**32 - 1."""
+INT_RANGE = (-2**63, 2**63 - 1)
+"""What torch takes as an integer (int64): a count or seed beyond it overflows inside torch."""
 # Both studies' options.
 PRECISION_HELP = ("fp32, or bf16 or fp16 autocast (fp16 with gradient scaling); auto picks what the hardware runs "
                   "fast: bf16 on CUDA GPUs of compute capability 8.0+ and on CPUs with AVX512-BF16 or AMX, fp16 on "
@@ -50,9 +60,12 @@ def check_common(cfg: Any) -> None:
             v = getattr(cfg, name)
             _require(isinstance(v, int) and v >= 1, name, "a positive integer", v)
     if hasattr(cfg, "lr"):
-        _require(cfg.lr > 0, "lr", "a positive learning rate", cfg.lr)
+        _require(0 < cfg.lr <= MAX_LR, "lr", f"a learning rate in (0, {MAX_LR:g}]", cfg.lr)
     if hasattr(cfg, "weight_decay"):
-        _require(cfg.weight_decay >= 0, "weight_decay", "a value >= 0", cfg.weight_decay)
+        _require(0 <= cfg.weight_decay <= MAX_WEIGHT_DECAY, "weight_decay",
+                 f"a value in [0, {MAX_WEIGHT_DECAY:g}]", cfg.weight_decay)
+    if hasattr(cfg, "seed"):
+        _require(0 <= cfg.seed <= MAX_SEED, "seed", f"an integer in [0, {MAX_SEED}]", cfg.seed)
     if hasattr(cfg, "gamma"):
         _require(0 < cfg.gamma <= 1, "gamma", "a value in (0, 1]", cfg.gamma)
     if hasattr(cfg, "device"):
@@ -103,6 +116,7 @@ class CifarTrainConfig:
 
         parse_blocks(self.blocks)
         _require(self.width > 0, "width", "a positive number", self.width)
+        _check_width(self.width)
         _require(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", "a positive integer", self.epochs)
         if self.val_per_class is not None:
             _require(self.val_per_class >= 1, "val_per_class", "a positive integer", self.val_per_class)
@@ -110,23 +124,49 @@ class CifarTrainConfig:
             _require(self.max_train_samples >= 1, "max_train_samples", "a positive integer",
                      self.max_train_samples)
         _require(0 <= self.label_smoothing < 1, "label_smoothing", "a value in [0, 1)", self.label_smoothing)
-        _require(self.momentum >= 0, "momentum", "a value >= 0", self.momentum)
+        # Momentum 1 or more never forgets a gradient: the steps grow without bound and training diverges.
+        _require(0 <= self.momentum < 1, "momentum", "a value in [0, 1)", self.momentum)
         _require(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", "a value in [0, --epochs]",
                  self.warmup_epochs)
         check_common(self)
+
+
+def _check_width(width: float) -> None:
+    """Refuse a width at which every layer is at the minimum channel count: the width then no longer
+    scales the network (1e-9 and 0.02 train the same network), so the value asked for is not the one run."""
+    from cnnlab.models.basecnn import MIN_CHANNELS, min_width
+
+    if width < min_width():
+        raise ConfigError(f"--width: expected a width of at least {min_width():g}, got {width!r}: it makes "
+                          f"every layer the minimum {MIN_CHANNELS} channels wide, the same network as any "
+                          f"smaller width")
 
 
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls: type[C], data: dict, source: str = "config") -> C:
+def from_dict(cls: type[C], data: dict, source: str = "config", sources: dict[str, str] | None = None) -> C:
     """``cls(**data)``, every value first checked against the field's declared type.
 
     ``source`` names where the values come from: a YAML file (messages say
-    ``FILE: key``) or ``"options"``, the command line (messages say ``--key``).
+    ``FILE: key``) or ``"options"``, the command line (messages say ``--key``);
+    ``sources`` names it per key where ``data`` mixes a file and options.
     """
-    return cls(**check_fields(cls, data, source))
+    checked = check_fields(cls, data, source)
+    try:
+        return cls(**checked)
+    except ConfigError as e:
+        raise _named_by_source(e, {k: (sources or {}).get(k, source) for k in data}) from None
+
+
+def _named_by_source(error: ConfigError, sources: dict[str, str]) -> ConfigError:
+    """A range check's ``--key: expected ...`` as ``FILE: key: expected ...`` when the value came from a file."""
+    m = re.match(r"--([a-z0-9-]+): ", str(error))
+    key = m.group(1).replace("-", "_") if m else None
+    if key is None or sources.get(key, "options") == "options":
+        return error
+    return ConfigError(f"{sources[key]}: {key}: {str(error)[m.end():]}")
 
 
 def check_fields(cls: type, data: dict, source: str = "config") -> dict:
@@ -195,6 +235,9 @@ def _check_one(value: Any, hint: Any, where: str, expected: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise refuse()
+        if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+            raise ConfigError(f"{where}: expected {expected} in [-2**63, 2**63 - 1] (what torch takes), "
+                              f"got {given!r}")
         return value
     if hint is float:
         if isinstance(value, str):
@@ -348,12 +391,14 @@ class FaceTrainConfig:
                      "batch_size", f"a multiple of --pk-images ({self.pk_images}) holding at least two people",
                      self.batch_size)
         _require(isinstance(self.epochs, int) and self.epochs >= 0, "epochs", "an integer >= 0", self.epochs)
-        _require(self.backbone_lr_mult >= 0, "backbone_lr_mult", "a value >= 0", self.backbone_lr_mult)
         _require(isinstance(self.freeze_epochs, int) and self.freeze_epochs >= 0, "freeze_epochs",
                  "an integer >= 0", self.freeze_epochs)
         _require(isinstance(self.step_size, int) and self.step_size >= 1, "step_size", "a positive integer",
                  self.step_size)
         check_common(self)
+        _require(0 <= self.backbone_lr_mult and self.lr * self.backbone_lr_mult <= MAX_LR, "backbone_lr_mult",
+                 f"a value >= 0 that keeps the backbone's rate (--lr x this) at most {MAX_LR:g}",
+                 self.backbone_lr_mult)
 
 
 @dataclass
@@ -372,3 +417,5 @@ class FaceSearchConfig:
     def __post_init__(self) -> None:
         _require(isinstance(self.trials, int) and self.trials >= 1, "trials", "a positive integer", self.trials)
         _require(isinstance(self.study, str) and bool(self.study.strip()), "study", "a non-empty name", self.study)
+        _require(0 <= self.search_seed <= MAX_SEED, "search_seed", f"an integer in [0, {MAX_SEED}]",
+                 self.search_seed)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import cnnlab
-from cnnlab.errors import CnnlabError, NonFiniteOutput, TrainingDiverged
+from cnnlab.errors import CheckpointError, CnnlabError, NonFiniteOutput, OutOfMemory, TrainingDiverged
 from cnnlab.files import atomic_torch_save, load_checkpoint, load_model_state
 from cnnlab.run import RunDir, command_line, log_to_file
 from cnnlab.runtime import (DistInfo, PrecisionChoice, all_reduce_sum, autocast, barrier, broadcast_object,
@@ -136,12 +137,12 @@ def session(cfg: Any, out: str | Path, body: Callable[[Session], dict], *, resum
     run = RunDir(out)
     device = resolve_device(cfg.device)
     with distributed(device) as dinfo:  # the process group, if this call made one, ends with the run
-        stub = None
+        stub: list[Path] = []  # what this new run created (rank 0), removed again when its start fails
         try:
             choice = select_precision(device, cfg.precision, cfg.channels_last)
             enable_fast_kernels(device)
             with contextlib.ExitStack() as held:
-                changes, stub = _open_run(run, to_dict(cfg), resume, runtime_fields, dinfo, held)
+                changes = _open_run(run, to_dict(cfg), resume, runtime_fields, dinfo, held, stub)
                 with log_to_file(run.log_path, enabled=dinfo.is_main):
                     if changes:
                         logger.info("resuming %s with changed options: %s", run.path, "; ".join(changes))
@@ -160,37 +161,39 @@ def session(cfg: Any, out: str | Path, body: Callable[[Session], dict], *, resum
                     if resume and not s.resuming:
                         logger.info("%s has no checkpoint yet; starting from the beginning", run.path)
                     return body(s)
-        except CnnlabError as e:
-            # A start refused for its input (data not found, a download that failed, options the model refuses)
-            # leaves no run folder behind, or the same command would then find "a run" in it.
-            if stub is not None and not isinstance(e, TrainingDiverged) and not run.last_checkpoint.exists():
+        except Exception as e:
+            # A start that fails before its first checkpoint (data not found, a download that failed, options the
+            # model refuses, a full disk, out of memory) leaves no run folder behind, or the same command would
+            # then find "a run" in it. Ctrl-C and SIGTERM keep it: --resume continues an interrupted start.
+            if stub and not isinstance(e, TrainingDiverged) and not run.last_checkpoint.exists():
                 run.remove_new_run_files(stub)
             raise
 
 
 def _open_run(run: RunDir, config: dict, resume: bool, runtime_fields: tuple[str, ...], dinfo: DistInfo,
-              held: contextlib.ExitStack) -> tuple[list[str], list | None]:
+              held: contextlib.ExitStack, stub: list[Path]) -> list[str]:
     """Rank 0 takes the run folder's lock (kept in ``held``) and prepares it; every rank learns whether
     that failed, so all of them stop with rank 0's message instead of waiting for it.
 
-    Returns the options a resume changed, and the paths a new run creates (to remove them again
-    when the start fails for its input), or None for an existing run."""
-    changes, failure, stub = [], None, None
+    Returns the options a resume changed. Once the lock is held, ``stub`` lists the paths a new run
+    creates, to remove them again when its start fails (before it, they may be another process's)."""
+    changes, failure = [], None
     if dinfo.is_main:
         try:
-            stub = run.new_run_files() if not run.exists() else None
+            created = run.new_run_files() if not run.exists() else []
             held.enter_context(run.lock("train", create=True))
+            stub.extend(created)
             changes = run.prepare(config, resume, ignore=runtime_fields)
             if resume:
                 run.set_aside_bad_summary()
-        except CnnlabError as e:
+        except Exception as e:  # noqa: BLE001 -- every rank must learn of it; raised below
             failure = e
     message = broadcast_object(None if failure is None else str(failure), dinfo)
     if failure is not None:
         raise failure
     if message is not None:
         raise CnnlabError(message)
-    return changes, stub
+    return changes
 
 
 def _reopen(run: RunDir, summary: dict, epochs: int, evaluation_keys: tuple[str, ...]) -> None:
@@ -318,7 +321,7 @@ def fit(s: Session, spec: TrainSpec, model: nn.Module, optimizer: torch.optim.Op
     st = _State(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step)),
                 grad_scaler(s.device, s.precision.precision), best={spec.best_key: -math.inf, "epoch": -1})
     if s.resuming:
-        _resume(s, spec, st, schedule)
+        _resume(s, spec, st, schedule, epochs)
     logger.info("%s; precision: %s", banner or "training", s.precision.reason)
     save = _Checkpoints(s, spec, st, kind, config)
     if validate_untrained and not st.history:
@@ -497,22 +500,40 @@ def _gather(state: dict, dinfo: DistInfo) -> list[dict]:
     return states
 
 
-def _resume(s: Session, spec: TrainSpec, st: _State, schedule: Schedule) -> None:
+def _resume(s: Session, spec: TrainSpec, st: _State, schedule: Schedule, epochs: int) -> None:
+    """Continue from ``last.pt``, checked first (:meth:`RunDir.load_last`): a damaged or mismatched
+    checkpoint is refused naming the file and the key, never half loaded."""
     path = s.run.last_checkpoint
-    ckpt = load_checkpoint(path)
-    load_model_state(st.model, ckpt.get("model"), path, "this run's network")
-    st.optimizer.load_state_dict(ckpt["optimizer"])
+    ckpt = s.run.load_last()
+    best = ckpt["best"]
+    if spec.best_key not in best:
+        raise CheckpointError(f"checkpoint {path} cannot be resumed: its 'best' holds no {spec.best_key}")
+    if ckpt["epoch"] > epochs:
+        raise CheckpointError(f"checkpoint {path} cannot be resumed: its 'epoch' is {ckpt['epoch']}, more than "
+                              f"the run's {epochs} epochs")
+    load_model_state(st.model, ckpt["model"], path, "this run's network")
     sched = ckpt["scheduler"]
     if "lr_lambdas" not in sched:  # an epoch scheduler of cnnlab 0.1: its count was epochs, not steps
-        sched = {**sched, "last_epoch": int(ckpt["epoch"]) * schedule.steps_per_epoch, "lr_lambdas": [None]}
+        sched = {**sched, "last_epoch": ckpt["epoch"] * schedule.steps_per_epoch, "lr_lambdas": [None]}
         sched = {k: v for k, v in sched.items() if k in st.scheduler.state_dict()}
-    st.scheduler.load_state_dict(sched)
-    if "scaler" in ckpt:
-        st.scaler.load_state_dict(ckpt["scaler"])
     rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
-    set_rng_state(rngs[min(s.dist.rank, len(rngs) - 1)], *spec.generators)
-    st.history, st.best, st.start = ckpt["history"], ckpt["best"], int(ckpt["epoch"])
+    _restore(path, "optimizer", lambda: st.optimizer.load_state_dict(ckpt["optimizer"]))
+    _restore(path, "scheduler", lambda: st.scheduler.load_state_dict(sched))
+    if "scaler" in ckpt:
+        _restore(path, "scaler", lambda: st.scaler.load_state_dict(ckpt["scaler"]))
+    _restore(path, "rng", lambda: set_rng_state(rngs[min(s.dist.rank, len(rngs) - 1)], *spec.generators))
+    st.history, st.best, st.start = ckpt["history"], best, ckpt["epoch"]
     logger.info("resuming %s after epoch %d", s.run.path, st.start)
+
+
+def _restore(path: Path, key: str, load: Callable[[], Any]) -> None:
+    """``load()`` (a ``load_state_dict`` of the checkpoint's ``key``), or a :class:`CheckpointError` naming both."""
+    try:
+        load()
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        text = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be resumed: its '{key}' does not fit this run "
+                              f"({text})") from None
 
 
 def load_best(s: Session, model: nn.Module, what: str = "this run's network") -> None:
@@ -520,7 +541,7 @@ def load_best(s: Session, model: nn.Module, what: str = "this run's network") ->
     barrier(s.dist)
     if not s.run.best_checkpoint.is_file():
         raise CnnlabError(f"{s.run.best_checkpoint} is missing; the run cannot be tested")
-    load_model_state(model, load_checkpoint(s.run.best_checkpoint)["model"], s.run.best_checkpoint, what)
+    load_model_state(model, load_checkpoint(s.run.best_checkpoint).get("model"), s.run.best_checkpoint, what)
 
 
 def ranks_in_sync(model: nn.Module, dinfo: DistInfo) -> bool:
@@ -560,8 +581,31 @@ def infer(
     """The network's outputs (N, C) as float32 on the CPU, in eval mode, no augmentation.
 
     With ``features`` also what ``forward_features`` returns (N, F), the input
-    of ``forward_head``, from the same pass. Nothing is scored here.
+    of ``forward_head``, from the same pass. Nothing is scored here. Running out
+    of memory is an :class:`~cnnlab.errors.OutOfMemory` naming ``batch_size``.
     """
+    try:
+        return _infer(model, images, transform, device, batch_size, precision, channels_last, features, desc)
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        text = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise OutOfMemory(f"out of memory running the network on batches of {batch_size} images on {device} "
+                          f"({text}); smaller batches need less memory", batch_size) from None
+
+
+_OOM_TEXT = re.compile(r"out of memory|can't allocate memory|cannot allocate memory|not enough memory", re.I)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says memory ran out: MemoryError, torch's OutOfMemoryError (CUDA), or the RuntimeError
+    of a CPU or MPS allocation that failed (``DefaultCPUAllocator: can't allocate memory``)."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(e, (MemoryError, oom)) or bool(_OOM_TEXT.search(str(e)))
+
+
+def _infer(model: nn.Module, images: torch.Tensor, transform: Transform, device: torch.device, batch_size: int,
+           precision: str, channels_last: bool, features: bool, desc: str | None):
     model.eval()
     net = getattr(model, "module", model)
     outs, feats = [], []

@@ -34,6 +34,14 @@ class TargetRefused(CnnlabError):
         self.path, self.reason, self.replaceable = path, reason, replaceable
 
 
+class OutOfMemory(CnnlabError):
+    """The network ran out of memory scoring batches of ``batch_size`` images; smaller batches need less."""
+
+    def __init__(self, message: str, batch_size: int):
+        super().__init__(message)
+        self.batch_size = batch_size
+
+
 class TrainingDiverged(CnnlabError):
     """The loss became NaN or infinite."""
 

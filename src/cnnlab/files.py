@@ -273,8 +273,13 @@ def _check_finite_state(state: dict, names: list[str], path: str | os.PathLike) 
                               f"that diverged)")
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint without running any code it might carry (``weights_only=True``)."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    require: dict[str, type | tuple[type, ...]] | None = None) -> dict:
+    """Load a checkpoint without running any code it might carry (``weights_only=True``).
+
+    ``require`` maps the keys the caller reads to the types their values must have: a
+    :class:`CheckpointError` naming the file and the key when one is missing or of another type.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -291,4 +296,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    for key, kind in (require or {}).items():
+        problem = _key_problem(obj, key, kind)
+        if problem:
+            raise CheckpointError(f"checkpoint {path} is damaged or not of this version of cnnlab: {problem}")
     return obj
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", dict: "a mapping", list: "a list", str: "a string"}
+
+
+def _key_problem(obj: dict, key: str, kind: type | tuple[type, ...]) -> str | None:
+    """Why ``obj[key]`` is not a ``kind`` (a key that is missing, a boolean where an integer is expected), or None."""
+    if key not in obj:
+        return f"it has no '{key}'"
+    value, kinds = obj[key], kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+        return None
+    expected = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
+    shown = repr(value) if isinstance(value, (str, int, float, bool)) or value is None else type(value).__name__
+    return f"its '{key}' is {shown[:60]}, expected {expected}"

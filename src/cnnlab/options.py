@@ -194,8 +194,9 @@ def build_config(cls: type, args: argparse.Namespace) -> Any:
     # written, and a bad file is refused even where an option overrides its value.
     if getattr(args, "config", None):
         values.update(check_fields(cls, load_yaml(args.config), source=args.config))
-    values.update(check_fields(cls, config_overrides(args, cls), source="options"))
-    return from_dict(cls, values, source=args.config or "options")
+    options = check_fields(cls, config_overrides(args, cls), source="options")
+    values.update(options)
+    return from_dict(cls, values, source=args.config or "options", sources=dict.fromkeys(options, "options"))
 
 
 # --- running and printing -------------------------------------------------------------

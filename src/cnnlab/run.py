@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import yaml
 
 from cnnlab.config import load_yaml
-from cnnlab.errors import CnnlabError, UnfinishedRun
+from cnnlab.errors import CheckpointError, CnnlabError, UnfinishedRun
 from cnnlab.files import atomic_write_json, atomic_write_text, load_checkpoint, read_json
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 # follows them, so the folder always says where the run is going.
 EXTENDABLE = ("epochs",)
 LOCK_FILE = ".lock"
+RESUME_KEYS = {"model": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "rng": (list, dict),
+               "history": list, "best": dict}
+"""What a resume reads from ``checkpoints/last.pt``, and the type of each."""
 
 
 class SummaryError(CnnlabError):
@@ -102,6 +105,8 @@ class RunDir:
                     f"--resume {self.path}: the options differ from the run's ({'; '.join(diff)}); "
                     "a resumed run keeps the options it was started with"
                 )
+            if self.last_checkpoint.is_file():
+                self.load_last()  # before anything is written: a resume that cannot go on changes nothing
             self._check_extension(config)
             changes = _differences(self._truth() or saved, config, "this command", only=may_differ)
         elif self.path.is_dir() and any(p for p in self.path.iterdir() if p.name not in ("train.log", LOCK_FILE)):
@@ -119,6 +124,31 @@ class RunDir:
                 atomic_write_text(self.config_path, yaml.safe_dump({**saved, **extended}, sort_keys=False))
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         return changes
+
+    def load_last(self) -> dict:
+        """``checkpoints/last.pt`` as a resume reads it, checked first: every key of :data:`RESUME_KEYS`, of
+        its type; an ``epoch`` of 0 or more that its ``history`` covers row by row; and no epoch in
+        ``metrics.csv`` that this history lacks (resuming would rewrite metrics.csv without it).
+        A :class:`CheckpointError` naming the file and what is amiss."""
+        path = self.last_checkpoint
+        ckpt = load_checkpoint(path, require=RESUME_KEYS)
+        problem = (history_problem(ckpt["epoch"], ckpt["history"]) or _best_problem(ckpt["best"])
+                   or self._metrics_problem(ckpt["history"]))
+        if problem:
+            raise CheckpointError(f"checkpoint {path} cannot be resumed: {problem}")
+        return ckpt
+
+    def _metrics_problem(self, history: list[dict]) -> str | None:
+        try:
+            done = [r.get("epoch") for r in self.read_metrics()] if self.metrics_path.is_file() else []
+        except (ValueError, OSError):  # unreadable: it is rewritten from the history anyway
+            return None
+        kept = [float(r["epoch"]) for r in history]
+        if done == kept[:len(done)]:  # one row fewer: a run killed between last.pt and metrics.csv
+            return None
+        return (f"{self.metrics_path} holds {_epochs(done)}, the checkpoint's 'history' {_epochs(kept)}; "
+                f"resuming would rewrite metrics.csv without the epochs the checkpoint lacks (is last.pt an older "
+                f"copy?)")
 
     def best_epoch(self) -> int | None:
         """The epoch of the run's best checkpoint now (None without a readable one)."""
@@ -364,6 +394,39 @@ def resume_config(cls: type, run_dir: str | Path, overrides: dict | None, runtim
         )
     cfg = from_dict(cls, saved, source=str(run.config_path))
     return replace(cfg, **{k: v for k, v in overrides.items() if k in may_change})
+
+
+def history_problem(epoch: int, history: list) -> str | None:
+    """Why ``history`` (a checkpoint's metrics rows) is not that of a run ``epoch`` epochs in, or None.
+
+    Rows are numbered 1..epoch, after an epoch-0 row where the untrained network was scored."""
+    if epoch < 0:
+        return f"its 'epoch' is {epoch}, expected the number of epochs trained (0 or more)"
+    bad = next((i for i, r in enumerate(history) if not isinstance(r, dict) or type(r.get("epoch")) is not int), None)
+    if bad is not None:
+        return f"row {bad} of its 'history' has no epoch number"
+    numbers = [r["epoch"] for r in history]
+    first = 0 if numbers[:1] == [0] else 1
+    if numbers != list(range(first, epoch + 1)):
+        return f"its 'epoch' is {epoch} but its 'history' holds {_epochs(numbers)}, expected epochs {first}..{epoch}"
+    return None
+
+
+def _best_problem(best: dict) -> str | None:
+    """Why a checkpoint's ``best`` is not ``{figure: value, "epoch": n}`` (the best validation so far), or None."""
+    figures = [k for k, v in best.items() if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if type(best.get("epoch")) is not int or len(figures) != 1:
+        return f"its 'best' is {sorted(map(str, best))[:4]}, expected a validation figure and its epoch"
+    return None
+
+
+def _epochs(numbers: list) -> str:
+    """``"3 epochs (1, 2, 3)"``, ``"no epochs"``: a column of epoch numbers, for messages."""
+    if not numbers:
+        return "no epochs"
+    shown = [f"{int(n)}" if isinstance(n, (int, float)) and float(n).is_integer() else repr(n) for n in numbers]
+    listed = ", ".join(shown) if len(shown) <= 6 else f"{', '.join(shown[:3])}, ..., {shown[-1]}"
+    return f"{len(numbers)} epoch{'s' if len(numbers) != 1 else ''} ({listed})"
 
 
 def _read_holder(fd: int) -> str:

@@ -412,8 +412,12 @@ def test_weights_blown_up_by_an_epochs_last_step_stop_the_run_as_diverged(tmp_pa
     assert len((out / "metrics.csv").read_text().splitlines()) == 2  # the header and epoch 1
 
 
-def test_a_huge_learning_rate_in_a_one_step_epoch_is_diverged_not_finished(tmp_path, capsys):
-    """The issue's case: one step an epoch at an absurd rate; only the training loss was checked."""
+def test_a_huge_learning_rate_in_a_one_step_epoch_is_diverged_not_finished(tmp_path, capsys, monkeypatch):
+    """The issue's case: one step an epoch at an absurd rate; only the training loss was checked.
+    The config refuses such a rate now; the divergence check must still stand on its own."""
+    import cnnlab.config
+
+    monkeypatch.setattr(cnnlab.config, "MAX_LR", float("inf"))
     root = write_cifar_batches(tmp_path / "b").parent
     out = tmp_path / "run"
     rc = main(TRAIN + ["--batch-size", "256", "--lr", "1e30", "--data-dir", str(root), "--out", str(out)])

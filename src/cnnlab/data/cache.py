@@ -90,15 +90,20 @@ def save_checked(path: Path, data: dict[str, Any], *, key: str, meta: dict[str, 
     """Write ``data`` (tensors, lists of strings, plain values) with its digest, description, ``key`` and ``meta``.
 
     Written straight into the atomic temporary file: buffering first would hold
-    a second copy of every image. A folder that cannot take it only costs speed.
+    a second copy of every image. A folder that cannot take it (full, read-only)
+    only costs speed: one warning, no file, no temporary file left. torch's writer
+    reports a failed write (a full disk) as a RuntimeError (``unexpected pos``),
+    not as the OSError beneath it.
     """
     record = {"format": _FORMAT, "version": _FORMAT_VERSION, "key": key, "meta": meta,
               "description": describe(data), "digest": digest(data), "data": data}
     try:
         with atomic_open(path, "wb") as f:
             torch.save(record, f)
-    except OSError as e:
-        logger.warning("could not write the %s %s (%s); the next run builds it again", what, path, e)
+    except (OSError, RuntimeError) as e:
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        logger.warning("could not write the %s %s (%s); going on without it, the next run builds it again",
+                       what, path, text)
 
 
 def load_checked(path: Path, *, key: str, meta: dict[str, Any], what: str,

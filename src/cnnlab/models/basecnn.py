@@ -13,9 +13,24 @@ BLOCK_CHANNELS = (128, 128, 128, 256, 256, 256, 512, 512, 512)
 POOL_AFTER = (3, 5, 8)  # 1-based block indices followed by MaxPool(2): 32 -> 16 -> 8 -> 4
 
 
+MIN_CHANNELS = 8
+
+
 def _scaled(c: int, width: float) -> int:
     # Multiples of 8 keep block E's groups (in/8) whole at every width.
-    return max(8, int(round(c * width / 8)) * 8)
+    return max(MIN_CHANNELS, int(round(c * width / 8)) * 8)
+
+
+def scaled_channels(width: float) -> list[int]:
+    """The channel count of every layer (stem, then blocks) at ``width``."""
+    return [_scaled(c, width) for c in (*STEM_CHANNELS, *BLOCK_CHANNELS)]
+
+
+def min_width() -> float:
+    """The smallest width at which the widest layer is above :data:`MIN_CHANNELS`: below it every layer has
+    the minimum and the width no longer changes the network. ``round`` takes 1.5 to 2, so the widest
+    layer leaves the minimum where ``widest * width / 8`` reaches 1.5."""
+    return 1.5 * 8 / max(BLOCK_CHANNELS)
 
 
 class BaseCNN(nn.Module):
