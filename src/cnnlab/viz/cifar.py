@@ -17,7 +17,7 @@ from matplotlib import colormaps
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from cnnlab.run import read_metrics
-from cnnlab.viz.common import STYLE, epoch_ticks, figure, plt, round_ticks, save
+from cnnlab.viz.common import STYLE, epoch_ticks, figure, plt, round_ticks, save, suptitle
 
 __all__ = [
     "plot_curves",
@@ -154,7 +154,7 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: str | Pa
                              "Normalised by true class", "fraction of the true class", fig)
         total = int(cm.sum())
         acc = np.trace(cm) / total if total else float("nan")
-        fig.suptitle(title or f"Confusion matrix: {total:,} test images, accuracy {acc:.1%}", fontsize=12)
+        suptitle(fig, title or f"Confusion matrix: {total:,} test images, accuracy {acc:.1%}", fontsize=12)
         fig.tight_layout()
     return save(fig, path)
 

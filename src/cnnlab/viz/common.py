@@ -34,6 +34,16 @@ def figure(*args, **kwargs):
         return plt.subplots(*args, **kwargs)
 
 
+def suptitle(fig, text: str, **kwargs):
+    """A figure title at the very top edge, for ``fig.tight_layout`` to follow.
+
+    ``tight_layout`` leaves one pad between the figure's top edge plus the title's
+    height and the panels' own titles; matplotlib's default title position
+    (2% below the edge) eats most of that pad, so the two titles crowd each other.
+    """
+    return fig.suptitle(text, y=1.0, va="top", **kwargs)
+
+
 def save(fig, path: str | Path) -> Path:
     """Write ``fig`` as a PNG atomically and close it."""
     path = Path(path)

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import TextToPath
 from matplotlib.ticker import PercentFormatter
 
-from cnnlab.viz.common import epoch_ticks, figure, histogram_bins, round_ticks, save, series_style
+from cnnlab.viz.common import epoch_ticks, figure, histogram_bins, round_ticks, save, series_style, suptitle
 
 SAME_COLOUR = "#2a7ab9"
 DIFF_COLOUR = "#d9661f"
@@ -73,8 +75,12 @@ def plot_loss_curves(rows: Sequence[dict], path: str | Path, title: str = "") ->
     for ax in (ax1, ax2):
         epoch_ticks(ax)
         round_ticks(ax.yaxis)
+        # The best epoch is often the last and the highest point: leave room for the star's
+        # half-width beyond it, on both panels so that their epochs line up.
+        ax.margins(x=0.08)
+    ax2.margins(y=0.12)
     if title:
-        fig.suptitle(title)
+        suptitle(fig, title)
     fig.tight_layout()  # room for the title above the panels' own titles
     return save(fig, path)
 
@@ -201,16 +207,28 @@ def _markevery(n: int) -> int:
     return max(1, n // 10)
 
 
+# The neighbour grid, in inches: a column per image, each row a square image under its titles.
+CELL = 1.25  # column pitch
+IMAGE = 1.1  # image side; the rest of the pitch is the gap between images
+NAME_SIZE, QUERY_SIZE = 6.0, 6.5  # points
+TITLE_PAD = 4.0  # points between a title and its image (clear of its 3-point frame)
+HEAD = 0.32  # the figure title's band above the first row's titles
+ROW_GAP = 0.08  # between a row's images and the titles of the row below
+
+
 def plot_neighbours(thumbs: np.ndarray, query_names: Sequence[str], neighbour_names: Sequence[Sequence[str]],
                     correct: np.ndarray, distances: np.ndarray, path: str | Path) -> Path:
     """An image grid: each row a query image, then its nearest neighbours, nearest first.
 
     ``thumbs`` is uint8 (Q, 1 + K, 3, S, S), the query first in each row;
     a neighbour of the query's own person gets a green frame, anyone else a red one.
+    Every name is shown whole (:func:`fit_name`), above its image.
     """
     thumbs = np.asarray(thumbs)
     q, cols = thumbs.shape[:2]
-    fig, axes = figure(q, cols, figsize=(1.25 * cols, 1.5 * q), squeeze=False)
+    titles = [[_cell_title(r, c, query_names, neighbour_names, distances) for c in range(cols)] for r in range(q)]
+    lines = max(text.count("\n") + 1 for row in titles for text, _ in row)
+    fig, axes = figure(q, cols, squeeze=False, **_grid_geometry(q, cols, lines))
     for r in range(q):
         for c in range(cols):
             ax = axes[r][c]
@@ -218,25 +236,62 @@ def plot_neighbours(thumbs: np.ndarray, query_names: Sequence[str], neighbour_na
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
-            if c == 0:
-                name, colour, width = query_names[r], "black", 2.5
-                ax.set_title(_short(name), fontsize=6.5, fontweight="bold")
-            else:
-                ok = bool(correct[r, c - 1])
-                name, colour, width = neighbour_names[r][c - 1], GOOD if ok else BAD, 3.0
-                ax.set_title(f"{_short(name)}\n{distances[r, c - 1]:.3f}", fontsize=6)
+            text, size = titles[r][c]
+            ax.set_title(text, fontsize=size, fontweight="bold" if c == 0 else "normal", pad=TITLE_PAD)
+            colour, lw = ("black", 2.5) if c == 0 else ((GOOD if correct[r, c - 1] else BAD), 3.0)
             for spine in ax.spines.values():
                 spine.set_visible(True)
                 spine.set_color(colour)
-                spine.set_linewidth(width)
+                spine.set_linewidth(lw)
     fig.suptitle("nearest neighbours among the test images (first column: query; green: same person)",
-                 fontsize=9)
+                 fontsize=9, y=1 - 0.06 / fig.get_figheight(), va="top")
     return save(fig, path)
 
 
-def _short(name: str, width: int = 16) -> str:
-    name = name.replace("_", " ")
-    return name if len(name) <= width else name[: width - 1] + "…"
+def _grid_geometry(rows: int, cols: int, lines: int) -> dict:
+    """Figure size and subplot spacing of the neighbour grid, from its measures in inches: the
+    images ``CELL`` apart, each row's titles (``lines`` high) just above it, the figure title just above all."""
+    band = (lines * 1.2 * QUERY_SIZE + TITLE_PAD) / 72  # inches of titles above each row
+    width, height = cols * CELL, HEAD + rows * (band + IMAGE) + (rows - 1) * ROW_GAP
+    side = (CELL - IMAGE) / 2 / width
+    return {"figsize": (width, height), "gridspec_kw": {
+        "left": side, "right": 1 - side, "wspace": (CELL - IMAGE) / IMAGE,
+        "top": 1 - (HEAD + band) / height, "bottom": 0.0, "hspace": (band + ROW_GAP) / IMAGE}}
+
+
+def _cell_title(r: int, c: int, query_names, neighbour_names, distances) -> tuple[str, float]:
+    """The title of one grid cell and its font size: the query's name, or a neighbour's name and distance."""
+    room = CELL * 72 - 8  # points: a name may reach into the gap beside its image, not to the next name
+    if c == 0:
+        return fit_name(query_names[r], room, QUERY_SIZE, "bold")
+    name, size = fit_name(neighbour_names[r][c - 1], room, NAME_SIZE)
+    return f"{name}\n{distances[r, c - 1]:.3f}", size
+
+
+def fit_name(name: str, width: float, size: float, weight: str = "normal") -> tuple[str, float]:
+    """A person's whole name as text at most ``width`` points wide, and its font size.
+
+    LFW writes names with underscores ("Gloria_Macapagal_Arroyo"). A name that
+    does not fit on one line at ``size`` is split onto two at the space that
+    balances the lines best; only a line that still does not fit shrinks the font.
+    A name is never cut short: the surname is what tells two people apart.
+    """
+    text = " ".join(name.replace("_", " ").split())
+    if _text_width(text, size, weight) <= width:
+        return text, size
+    words = text.split(" ")
+    if len(words) > 1:
+        splits = [(" ".join(words[:i]), " ".join(words[i:])) for i in range(1, len(words))]
+        first, rest = min(splits, key=lambda pair: max(_text_width(t, size, weight) for t in pair))
+        text = f"{first}\n{rest}"
+    widest = max(_text_width(line, size, weight) for line in text.split("\n"))
+    return text, size * min(1.0, width / widest)
+
+
+def _text_width(text: str, size: float, weight: str) -> float:
+    """Width in points of one line of ``text`` in the default font."""
+    prop = FontProperties(size=size, weight=weight)
+    return TextToPath().get_text_width_height_descent(text, prop, ismath=False)[0]
 
 
 def plot_val_auc_curves(histories: Sequence[tuple[str, Sequence[dict]]], path: str | Path) -> Path:
