@@ -90,12 +90,12 @@ def _predict(args: argparse.Namespace) -> int:
 
     check_k(args.k)  # before loading the network
     clf = Classifier.from_run(args.run_dir, device=args.device, allow_unfinished=args.allow_unfinished)
-    tops = clf.predict(args.images, k=args.k)
+    results = clf.predict(args.images, k=args.k)  # a list of {"image", "top"}, as --json prints it
     if args.json:
-        print(dumps_json([{"image": im, "top": top} for im, top in zip(args.images, tops)]))
+        print(dumps_json(results))
         return 0
-    for im, top in zip(args.images, tops):
-        print(f"{im}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top))
+    for r in results:
+        print(f"{r['image']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"]))
     return 0
 
 
