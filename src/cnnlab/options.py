@@ -170,6 +170,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[s
             help_text = f"{help_text} (default: {shown})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         t = _base_type(hints[f.name])
+        if t is bool and f.metadata.get("auto"):
+            _add_auto_switch(group, flag, help_text, kw)
+            continue
         if t is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text, **kw)
             continue
@@ -181,6 +184,22 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[s
             kw["type"] = t if t in (int, float, str) else str
         kw["metavar"] = f.name.upper() if "choices" not in kw else None
         group.add_argument(flag, help=help_text, **kw)
+
+
+# A switch whose None means auto (a field with metadata "auto"): --x {auto,on,off}, --x alone (on), --no-x.
+_SWITCH = {"auto": None, "on": True, "off": False}
+
+
+def _switch(text: str) -> bool | None:
+    if text not in _SWITCH:
+        raise argparse.ArgumentTypeError(f"expected auto, on or off, got {text!r}")
+    return _SWITCH[text]
+
+
+def _add_auto_switch(group: argparse._ArgumentGroup, flag: str, help_text: str, kw: dict) -> None:
+    group.add_argument(flag, nargs="?", const=True, type=_switch, metavar="{auto,on,off}",
+                       help=f"{help_text}; {flag} alone: on", **kw)
+    group.add_argument("--no-" + flag[2:], action="store_const", const=False, help=f"the same as {flag} off", **kw)
 
 
 def config_overrides(args: argparse.Namespace, cls: type) -> dict:
