@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, Union
 
 from cnnlab.config import check_fields, from_dict, load_yaml
@@ -231,22 +233,29 @@ def train_command(args: argparse.Namespace, cls: type, resume_config: Callable, 
     return train(build_config(cls, args), args.out)
 
 
-def print_result(summary: dict, keys: tuple[str, ...], where: dict[str, Any] | None = None) -> None:
+def print_result(summary: dict, keys: tuple[str, ...], where: dict[str, Any] | None = None,
+                 notes: dict[str, str | None] | None = None) -> None:
     """How a command ends, once: its headline numbers on one line, then where its results went.
 
-    Counts print as integers with thousands separators, seconds rounded, other
-    numbers to four decimals without padding zeros; ``where`` maps a name
-    (``run``, ``figures``, ``report``) to a path, one line each.
+    Each number as :func:`cnnlab.report.headline` writes it, as the reports do (counts and seconds
+    as integers with thousands separators, other numbers to four decimals without padding zeros).
+    ``notes`` maps a key to a caveat printed under the line (``key: caveat``) when that key's number
+    is printed. ``where`` maps a name (``run``, ``figures``, ``report``) to a path, or to several
+    (shown on one line, comma-separated), one line each.
     """
-    from cnnlab.report import fmt
+    from cnnlab.report import headline
 
-    parts = []
-    for k in keys:
-        v = summary.get(k)
-        if isinstance(v, bool) or v is None:
-            continue
-        parts.append(f"{k} {round(v):,}" if k.endswith("_seconds") and isinstance(v, (int, float)) else f"{k} {fmt(v)}")
-    if parts:
-        print("  ".join(parts))
-    for name, path in (where or {}).items():
-        print(f"{name}: {shown_path(path)}")
+    shown = [k for k in keys if not isinstance(summary.get(k), bool) and summary.get(k) is not None]
+    if shown:
+        print("  ".join(f"{k} {headline(k, summary[k])}" for k in shown))
+    for k, note in (notes or {}).items():
+        if note and k in shown:
+            print(f"{k}: {note}")
+    for name, paths in (where or {}).items():
+        paths = paths if isinstance(paths, (list, tuple)) else [paths]
+        print(f"{name}: " + ", ".join(shown_path(p) for p in paths))
+
+
+def report_files(folder: str | os.PathLike) -> tuple[Path, Path]:
+    """Where a command's report went: ``report.md`` and the self-contained ``report.html`` of ``folder``."""
+    return Path(folder) / "report.md", Path(folder) / "report.html"
