@@ -44,14 +44,16 @@ def classifier(cifar_run):
 
 def test_predict_gives_the_top_k_classes_by_probability(classifier, cifar_run):
     _, images = cifar_run
-    tops = classifier.predict(images, k=3)
+    results = classifier.predict(images, k=3)
+    assert [r["image"] for r in results] == [str(p) for p in images]
+    tops = [r["top"] for r in results]
     assert len(tops) == 3 and all(len(t) == 3 for t in tops)
     p = classifier.probabilities(images)
     assert p.shape == (3, 10) and torch.allclose(p.sum(1), torch.ones(3), atol=1e-5)
     for row, top in zip(p, tops):
         assert [t["class"] for t in top] == [CLASSES[i] for i in torch.argsort(row, descending=True)[:3]]
         assert [t["probability"] for t in top] == pytest.approx(sorted(row.tolist(), reverse=True)[:3])
-    assert len(classifier.predict(images[0], k=50)[0]) == 10  # k beyond the classes: all of them
+    assert len(classifier.predict(images[0], k=50)["top"]) == 10  # k beyond the classes: all of them
 
 
 def test_paths_pil_images_and_arrays_predict_alike(classifier, cifar_run):
@@ -63,14 +65,29 @@ def test_paths_pil_images_and_arrays_predict_alike(classifier, cifar_run):
         classifier.predict(np.zeros((4, 4, 4), dtype=np.uint8))
 
 
+def test_one_image_or_a_list_predicts_as_the_json_of_the_predict_command(cifar_run, classifier, capsys):
+    run, images = cifar_run
+    path = str(images[1])
+    assert main(["cifar", "predict", str(run), path, "-k", "3", "--json", "--device", "cpu"]) == 0
+    (printed,) = json.loads(capsys.readouterr().out)
+    one = classifier.predict(path, k=3)
+    assert set(one) == {"image", "top"} and one["image"] == path
+    assert [set(t) for t in one["top"]] == [{"class", "probability"}] * 3
+    # The same image through the same network, in one process: the same numbers, as JSON carries them.
+    assert json.loads(json.dumps(one)) == printed
+    assert classifier.predict([path], k=3) == [one]
+    assert classifier.predict(images[1], k=3) == one  # a Path is given back as the str of it
+    pil = classifier.predict(Image.open(path), k=3)  # an image that is no file has no name
+    assert pil["image"] is None and [t["class"] for t in pil["top"]] == [t["class"] for t in one["top"]]
+
+
 def test_the_predict_command(cifar_run, classifier, capsys, tmp_path):
     run, images = cifar_run
     assert main(["cifar", "predict", str(run), *map(str, images), "-k", "2", "--json", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [o["image"] for o in out] == [str(p) for p in images]
-    assert [o["top"] for o in out] == classifier.predict(images, k=2)
+    assert out == classifier.predict([str(p) for p in images], k=2)
     assert main(["cifar", "predict", str(run), str(images[0]), "-k", "1"]) == 0
-    top = classifier.predict(images[0], k=1)[0][0]
+    top = classifier.predict(images[0], k=1)["top"][0]
     assert capsys.readouterr().out == f"{images[0]}: {top['class']} {top['probability']:.3f}\n"
     assert main(["cifar", "predict", str(run), str(tmp_path / "nope.png")]) == 2
     assert "nope.png does not exist" in capsys.readouterr().err

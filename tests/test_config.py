@@ -20,7 +20,7 @@ from cnnlab.errors import ConfigError
     ("compile", "false", "true or false"),  # a quoted boolean is a string
     ("augment", "no", "true or false"),
     ("augment", 0, "true or false"),
-    ("channels_last", "yes", "true or false or null"),
+    ("channels_last", "yes", "auto or true or false or null"),
     ("width", float("inf"), "a finite number"),
     ("lr", float("nan"), "a finite number"),
     ("lr", "-inf", "a finite number"),
@@ -86,3 +86,16 @@ def test_a_config_path_that_is_not_a_file_says_what_it_is(make, problem, tmp_pat
     make(tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match=f"c.yaml {problem}"):
         load_yaml(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("value, taken", [("auto", None), (None, None), (True, True), (False, False)])
+def test_channels_last_takes_auto_true_false_and_null(value, taken, tmp_path):
+    from cnnlab.config import load_yaml
+
+    f = tmp_path / "c.yaml"
+    f.write_text(f"channels_last: {'null' if value is None else str(value).lower()}\n")
+    for cls in (CifarTrainConfig, FaceTrainConfig):
+        assert from_dict(cls, load_yaml(f), source=str(f)).channels_last is taken
+    assert CifarTrainConfig(channels_last=value).channels_last is taken  # from Python too
+    with pytest.raises(ConfigError, match=r"--channels-last: expected auto, true or false, got 'yes'"):
+        CifarTrainConfig(channels_last="yes")

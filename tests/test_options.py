@@ -111,3 +111,69 @@ def test_print_result_ends_with_where_the_results_went(capsys):
     print_result({"n": 488594.0, "margin": 1.0, "train_seconds": 1823.4}, ("n", "margin", "train_seconds"),
                  where={"run": "runs/a", "report": "runs/a/report.html"})
     assert capsys.readouterr().out == "n 488,594  margin 1  train_seconds 1,823\nrun: runs/a\nreport: runs/a/report.html\n"
+
+
+def test_headline_numbers_print_as_the_reports_write_them(capsys):
+    from cnnlab.report import seconds
+
+    for s in (13.4, 1851.2):  # one format, short run or long: whole seconds, thousands separated
+        print_result({"train_seconds": s, "roc_auc": 0.90001}, ("roc_auc", "train_seconds"))
+        line = capsys.readouterr().out
+        assert line == f"roc_auc 0.9  train_seconds {seconds(s).split(' s')[0]}\n"
+    assert seconds(1851.2).startswith("1,851 s") and seconds(13.4) == "13 s"
+
+
+def test_a_note_prints_under_the_number_it_qualifies(capsys):
+    notes = {"tar": "cannot be resolved here", "absent": "never printed"}
+    print_result({"tar": 0.0, "auc": 0.5}, ("auc", "tar"), where={"run": "runs/a"}, notes=notes)
+    assert capsys.readouterr().out == "auc 0.5  tar 0\ntar: cannot be resolved here\nrun: runs/a\n"
+    print_result({"auc": 0.5}, ("auc",), notes={"tar": "unprinted number: no note"})
+    assert capsys.readouterr().out == "auc 0.5\n"
+
+
+def test_a_place_may_be_several_files(capsys):
+    print_result({}, (), where={"report": ("r/report.md", "r/report.html"), "figures": "r/figures"})
+    assert capsys.readouterr().out == "report: r/report.md, r/report.html\nfigures: r/figures\n"
+
+
+@dataclass
+class _Switch:
+    channels_last: bool | None = field(default=None, metadata={"help": "memory format", "auto": True})
+
+
+@pytest.mark.parametrize("argv, value", [
+    ([], "unset"), (["--channels-last", "auto"], None), (["--channels-last", "on"], True),
+    (["--channels-last", "off"], False), (["--channels-last"], True), (["--no-channels-last"], False),
+])
+def test_a_switch_whose_none_means_auto_takes_auto_on_and_off(argv, value):
+    root = argparse.ArgumentParser()
+    add_config_args(root, _Switch)
+    assert vars(root.parse_args(argv)).get("channels_last", "unset") == value
+
+
+def test_a_switch_refuses_another_word_naming_what_it_takes(capsys):
+    root = argparse.ArgumentParser()
+    add_config_args(root, _Switch)
+    with pytest.raises(SystemExit):
+        root.parse_args(["--channels-last", "yes"])
+    assert "--channels-last: expected auto, on or off, got 'yes'" in capsys.readouterr().err
+    assert "--channels-last [{auto,on,off}]" in root.format_help()
+
+
+def test_channels_last_auto_is_run_and_saved_as_auto(tmp_path):
+    import yaml
+
+    from cnnlab.cli import build_parser
+    from cnnlab.config import CifarTrainConfig, save_yaml
+    from cnnlab.report import config_table
+
+    args = build_parser().parse_args(["cifar", "train", "--out", "r", "--channels-last", "auto"])
+    cfg = build_config(CifarTrainConfig, args)
+    assert cfg.channels_last is None
+    save_yaml(cfg, tmp_path / "config.yaml")  # null: what every cnnlab reads as auto
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["channels_last"] is None
+    again = build_parser().parse_args(["cifar", "train", "--out", "r", "--config", str(tmp_path / "config.yaml")])
+    assert build_config(CifarTrainConfig, again).channels_last is None
+    assert ["channels_last", "auto"] in config_table(cfg).rows
+    on = build_parser().parse_args(["cifar", "train", "--out", "r", "--channels-last", "on"])
+    assert ["channels_last", "True"] in config_table(build_config(CifarTrainConfig, on)).rows

@@ -66,3 +66,40 @@ def test_cells_print_counts_as_integers_and_numbers_without_padding_zeros(value,
 def test_markdown_table_formats_every_cell():
     assert markdown_table(["run", "params", "margin"], [["a", 488594.0, 2.0]]).splitlines()[-1] == \
         "| a | 488,594 | 2 |"
+
+
+@pytest.mark.parametrize("key, value, text", [
+    ("train_seconds", 13.4, "13"), ("train_seconds", 1851.2, "1,851"), ("train_seconds", 9000.0, "9,000"),
+    ("roc_auc", 0.91234, "0.9123"), ("best_epoch", 12, "12"), ("num_train", 45000.0, "45,000"),
+    ("train_seconds", None, ""),
+])
+def test_headline_numbers_have_one_format(key, value, text):
+    from cnnlab.report import headline
+
+    assert headline(key, value) == text
+    if key == "train_seconds" and value is not None:
+        assert seconds(value).startswith(f"{text} s")  # the report's training time says the same number
+
+
+def test_the_far_caveat_counts_the_different_people_pairs():
+    from cnnlab.report import far_caveat
+
+    summary = {"tar_at_far_1e-3_resolved": False, "num_test_pairs": 1500, "num_test_pairs_same": 1088}
+    assert far_caveat(summary) == ("FAR = 1e-3 cannot be resolved with 412 different-people test pairs (it needs "
+                                   "at least 1,000), so TAR @ FAR = 1e-3 is the TAR at FAR = 0")
+    assert "with fewer than 1,000 different-people" in far_caveat({"tar_at_far_1e-3_resolved": False})
+    assert far_caveat({**summary, "tar_at_far_1e-3_resolved": True}) is None
+    assert far_caveat({}) is None  # a summary that does not say: no caveat
+    assert far_caveat({"backbone_tar_at_far_1e-3_resolved": False}, prefix="backbone_") is not None
+
+
+def test_report_tables_head_their_first_column(tmp_path):
+    from cnnlab.config import CifarTrainConfig
+    from cnnlab.report import METRIC_COLUMNS, Table, config_table
+
+    md, page = write_report(tmp_path, "T", [Section("S", "", [Table(METRIC_COLUMNS, [["ROC AUC", 0.9]]),
+                                                             config_table(CifarTrainConfig())])])
+    text, html = md.read_text(), page.read_text()
+    assert "| metric | value |\n|---|---:|\n| ROC AUC | 0.9 |" in text and "<th>metric</th>" in html
+    assert "| option | value |" in text and "| channels_last | auto |" in text
+    assert "| max_train_samples | None |" in text  # None that is no auto stays as it is

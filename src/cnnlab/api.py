@@ -4,6 +4,9 @@
     fv = FaceVerifier.from_run("runs/view1")
     fv.verify("a.jpg", "b.jpg")          # {"distance": .., "threshold": .., "same_person": .., "faces": ..}
 
+Results have the shape the CLI's ``--json`` prints: ``verify`` as ``faces verify``,
+``identify`` as ``faces identify``, ``Classifier.predict`` as ``cifar predict``.
+
 Images may be given as file paths, PIL images or uint8 numpy arrays (H, W, 3)
 in RGB order, each at least 8x8 pixels and at most about 89 megapixels, as
 files must be; each is decoded exactly as in training (upright 8-bit RGB; for
@@ -57,9 +60,14 @@ def _rgb(image, what: str) -> Image.Image:
                     f"got {type(image).__name__}")
 
 
+def _single(images) -> bool:
+    """Whether ``images`` is one image (path, PIL image, (H, W, 3) array) rather than a batch of them."""
+    return isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim == 3)
+
+
 def _as_list(images) -> list:
     """A batch of images as a list; a single image (path, PIL image, (H, W, 3) array) is a batch of one."""
-    if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim == 3):
+    if _single(images):
         return [images]
     if isinstance(images, np.ndarray) and images.ndim == 4:
         if not len(images):
@@ -179,13 +187,20 @@ class Classifier:
         check_finite(logits, "logits", f"the network of {self.run.best_checkpoint} (fp32 on {self.device})")
         return torch.softmax(logits, dim=1)
 
-    def predict(self, images, k: int = 5) -> list[list[dict]]:
-        """For each image its ``k`` most probable classes, most probable first: ``[{"class", "probability"}]``."""
+    def predict(self, images, k: int = 5) -> dict | list[dict]:
+        """The ``k`` most probable classes of each image, most probable first, as ``cnnlab cifar predict --json``
+        prints them: for one image ``{"image": .., "top": [{"class": .., "probability": ..}, ..]}``, for a list
+        of images (or an (N, H, W, 3) array) a list of those, in order. ``image`` is the path as given (a str),
+        None for a PIL image or an array."""
         check_k(k)
-        p = self.probabilities(images)
+        batch = _as_list(images)
+        p = self.probabilities(batch)
         top = torch.topk(p, min(k, p.shape[1]), dim=1)
-        return [[{"class": self.classes[c], "probability": float(v)} for v, c in zip(vals.tolist(), idx.tolist())]
-                for vals, idx in zip(top.values, top.indices)]
+        results = [{"image": os.fspath(im) if isinstance(im, (str, os.PathLike)) else None,
+                    "top": [{"class": self.classes[c], "probability": float(v)}
+                            for v, c in zip(vals.tolist(), idx.tolist())]}
+                   for im, vals, idx in zip(batch, top.values, top.indices)]
+        return results[0] if _single(images) else results
 
 
 __all__ = ["Classifier", "FaceVerifier", "check_k"]

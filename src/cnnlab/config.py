@@ -44,7 +44,8 @@ CHANNELS_LAST_HELP = ("channels-last memory format; auto: whichever is faster fo
 
 
 def opt(default: Any, help: str, **extra: Any) -> Any:
-    """A config field with its ``--help`` text."""
+    """A config field with its ``--help`` text. ``auto=True``: None means auto, which YAML files may also
+    write as ``auto`` and the command line as ``--option auto``."""
     return field(default=default, metadata={"help": help, **extra})
 
 
@@ -73,6 +74,11 @@ def check_common(cfg: Any) -> None:
                  "auto, cpu, cuda, cuda:N or mps", cfg.device)
     if hasattr(cfg, "precision"):
         _require(cfg.precision in PRECISIONS, "precision", " or ".join(PRECISIONS), cfg.precision)
+    if hasattr(cfg, "channels_last"):
+        if cfg.channels_last == "auto":  # as from Python: the name of None
+            cfg.channels_last = None
+        _require(cfg.channels_last is None or isinstance(cfg.channels_last, bool), "channels_last",
+                 "auto, true or false", cfg.channels_last)
     if hasattr(cfg, "optimizer"):
         _require(cfg.optimizer in OPTIMIZERS, "optimizer", " or ".join(OPTIMIZERS), cfg.optimizer)
 
@@ -107,7 +113,7 @@ class CifarTrainConfig:
     seed: int = opt(0, "seed for the split, initialisation, shuffling and augmentation")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N")
     precision: str = opt("auto", PRECISION_HELP, choices=PRECISIONS)
-    channels_last: bool | None = opt(None, CHANNELS_LAST_HELP)
+    channels_last: bool | None = opt(None, CHANNELS_LAST_HELP, auto=True)
     compile: bool = opt(False, "torch.compile the model")
     eval_batch_size: int = opt(1000, "batch size for validation and test")
 
@@ -178,7 +184,12 @@ def check_fields(cls: type, data: dict, source: str = "config") -> dict:
     if unknown:
         raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}")
     hints = typing.get_type_hints(cls)
-    return {k: check_type(v, hints[k], _where(source, k)) for k, v in data.items()}
+    auto = {f.name for f in dataclasses.fields(cls) if f.metadata.get("auto")}  # None means auto
+    out = {}
+    for k, v in data.items():
+        expected = f"auto or {type_name(hints[k])}" if k in auto else None
+        out[k] = None if k in auto and v == "auto" else check_type(v, hints[k], _where(source, k), expected)
+    return out
 
 
 def _where(source: str, key: str) -> str:
@@ -198,7 +209,7 @@ def type_name(hint: Any) -> str:
     return _TYPE_NAMES.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-def check_type(value: Any, hint: Any, where: str) -> Any:
+def check_type(value: Any, hint: Any, where: str, expected: str | None = None) -> Any:
     """``value`` as a field of type ``hint`` takes it, or a :class:`ConfigError` naming ``where``.
 
     Strict where YAML and the command line are loose: a boolean only as a YAML
@@ -206,15 +217,17 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
     float (``150.5``, ``150.0``) nor as a boolean, ``null`` only in an optional
     field, and no infinite or NaN number. A string that reads as a number is
     taken where a number is expected, because YAML reads ``1e-3`` as a string.
+    ``expected`` says what is taken, when not what ``hint`` names.
     """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    expected = expected or type_name(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         rest = [a for a in args if a is not type(None)]
         if len(rest) == 1:
-            return _check_one(value, rest[0], where, type_name(hint))
-    return _check_one(value, hint, where, type_name(hint))
+            return _check_one(value, rest[0], where, expected)
+    return _check_one(value, hint, where, expected)
 
 
 def _check_one(value: Any, hint: Any, where: str, expected: str) -> Any:
@@ -349,7 +362,7 @@ class FaceTrainConfig:
     seed: int = opt(0, "seed for the split, pairs, initialisation and augmentation")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N")
     precision: str = opt("auto", PRECISION_HELP, choices=PRECISIONS)
-    channels_last: bool | None = opt(None, CHANNELS_LAST_HELP)
+    channels_last: bool | None = opt(None, CHANNELS_LAST_HELP, auto=True)
     compile: bool = opt(False, "torch.compile the model")
     eval_batch_size: int = opt(256, "batch size for embedding validation and test images")
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, Union
 
 from cnnlab.config import check_fields, from_dict, load_yaml
@@ -170,6 +172,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[s
             help_text = f"{help_text} (default: {shown})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         t = _base_type(hints[f.name])
+        if t is bool and f.metadata.get("auto"):
+            _add_auto_switch(group, flag, help_text, kw)
+            continue
         if t is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text, **kw)
             continue
@@ -181,6 +186,22 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[s
             kw["type"] = t if t in (int, float, str) else str
         kw["metavar"] = f.name.upper() if "choices" not in kw else None
         group.add_argument(flag, help=help_text, **kw)
+
+
+# A switch whose None means auto (a field with metadata "auto"): --x {auto,on,off}, --x alone (on), --no-x.
+_SWITCH = {"auto": None, "on": True, "off": False}
+
+
+def _switch(text: str) -> bool | None:
+    if text not in _SWITCH:
+        raise argparse.ArgumentTypeError(f"expected auto, on or off, got {text!r}")
+    return _SWITCH[text]
+
+
+def _add_auto_switch(group: argparse._ArgumentGroup, flag: str, help_text: str, kw: dict) -> None:
+    group.add_argument(flag, nargs="?", const=True, type=_switch, metavar="{auto,on,off}",
+                       help=f"{help_text}; {flag} alone: on", **kw)
+    group.add_argument("--no-" + flag[2:], action="store_const", const=False, help=f"the same as {flag} off", **kw)
 
 
 def config_overrides(args: argparse.Namespace, cls: type) -> dict:
@@ -213,22 +234,29 @@ def train_command(args: argparse.Namespace, cls: type, resume_config: Callable, 
     return train(build_config(cls, args), args.out)
 
 
-def print_result(summary: dict, keys: tuple[str, ...], where: dict[str, Any] | None = None) -> None:
+def print_result(summary: dict, keys: tuple[str, ...], where: dict[str, Any] | None = None,
+                 notes: dict[str, str | None] | None = None) -> None:
     """How a command ends, once: its headline numbers on one line, then where its results went.
 
-    Counts print as integers with thousands separators, seconds rounded, other
-    numbers to four decimals without padding zeros; ``where`` maps a name
-    (``run``, ``figures``, ``report``) to a path, one line each.
+    Each number as :func:`cnnlab.report.headline` writes it, as the reports do (counts and seconds
+    as integers with thousands separators, other numbers to four decimals without padding zeros).
+    ``notes`` maps a key to a caveat printed under the line (``key: caveat``) when that key's number
+    is printed. ``where`` maps a name (``run``, ``figures``, ``report``) to a path, or to several
+    (shown on one line, comma-separated), one line each.
     """
-    from cnnlab.report import fmt
+    from cnnlab.report import headline
 
-    parts = []
-    for k in keys:
-        v = summary.get(k)
-        if isinstance(v, bool) or v is None:
-            continue
-        parts.append(f"{k} {round(v):,}" if k.endswith("_seconds") and isinstance(v, (int, float)) else f"{k} {fmt(v)}")
-    if parts:
-        print("  ".join(parts))
-    for name, path in (where or {}).items():
-        print(f"{name}: {shown_path(path)}")
+    shown = [k for k in keys if not isinstance(summary.get(k), bool) and summary.get(k) is not None]
+    if shown:
+        print("  ".join(f"{k} {headline(k, summary[k])}" for k in shown))
+    for k, note in (notes or {}).items():
+        if note and k in shown:
+            print(f"{k}: {note}")
+    for name, paths in (where or {}).items():
+        paths = paths if isinstance(paths, (list, tuple)) else [paths]
+        print(f"{name}: " + ", ".join(shown_path(p) for p in paths))
+
+
+def report_files(folder: str | os.PathLike) -> tuple[Path, Path]:
+    """Where a command's report went: ``report.md`` and the self-contained ``report.html`` of ``folder``."""
+    return Path(folder) / "report.md", Path(folder) / "report.html"

@@ -8,6 +8,7 @@ base64 so it can be mailed or uploaded on its own.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import math
 import re
@@ -69,16 +70,54 @@ def fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def headline(key: str, v: Any) -> str:
+    """One headline number as every output shows it: the console line, report.md and report.html.
+
+    Durations (keys ending ``_seconds``) in whole seconds with thousands separators (``1,851``),
+    everything else as :func:`fmt` writes a cell. JSON and CSV files keep the raw numbers.
+    """
+    if key.endswith("_seconds") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return fmt(round(v))
+    return fmt(v)
+
+
 def seconds(v: Any) -> str:
-    """A duration for a reader: whole seconds, and minutes or hours beside them when long."""
+    """A duration for a reader: whole seconds as :func:`headline` writes them (``1,851 s``), and minutes or
+    hours beside them when long."""
     if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
         return "–"
-    text = f"{round(v):,} s"
+    text = f"{fmt(round(v))} s"
     if v >= 2 * 3600:
         return f"{text} ({v / 3600:.1f} h)"
     if v >= 90:
         return f"{text} ({v / 60:.1f} min)"
     return text
+
+
+# The heading of a report's table of results, one measured value a row.
+METRIC_COLUMNS = ("metric", "value")
+
+
+def far_caveat(summary: dict, prefix: str = "") -> str | None:
+    """Why TAR @ FAR = 1e-3 is the TAR at FAR = 0 when a face run's test pairs cannot resolve FAR = 1e-3
+    (``tar_at_far_1e-3_resolved`` false in its summary); None when they can. The one wording of the console,
+    the reports and the comparison. ``prefix``: ``backbone_`` for the backbone's figures."""
+    if summary.get(f"{prefix}tar_at_far_1e-3_resolved") is not False:
+        return None
+    n, same = summary.get("num_test_pairs"), summary.get("num_test_pairs_same")
+    count = f"{n - same:,}" if isinstance(n, int) and isinstance(same, int) else "fewer than 1,000"
+    return (f"FAR = 1e-3 cannot be resolved with {count} different-people test pairs (it needs "
+            "at least 1,000), so TAR @ FAR = 1e-3 is the TAR at FAR = 0")
+
+
+def config_table(cfg: Any) -> Table:
+    """A run's options as the report's Configuration table: a field that is None where None means auto
+    (its metadata says ``auto``) shows as ``auto``, as its ``--help`` and ``config.yaml`` accept it."""
+    rows = []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        rows.append([f.name, "auto" if v is None and f.metadata.get("auto") else str(v)])
+    return Table(["option", "value"], rows)
 
 
 def provenance(summary: dict, study: str, report_command: str | None, writer: str) -> Section:

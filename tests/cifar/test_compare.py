@@ -107,5 +107,5 @@ def test_compare_prints_its_table_with_integer_counts_and_where_it_wrote(study, 
     assert re.fullmatch(r"\d{1,3}(,\d{3})+", params), params  # not 125834.0000
     assert rows["E"][header.index("best epoch")] == "1"
     assert re.fullmatch(r"\d+", rows["A"][header.index("train time (s)")])
-    assert lines[-1] == f"report: {out / 'report.html'}"
+    assert lines[-1] == f"report: {out / 'report.md'}, {out / 'report.html'}"
     assert sum("report.html" in line for line in lines) == 1

@@ -1,3 +1,5 @@
+import contextlib
+import io
 import json
 import logging
 import shutil
@@ -14,6 +16,7 @@ from cnnlab.cli import main
 from cnnlab.config import CifarTrainConfig
 from cnnlab.data.cifar10 import load_cifar10, stratified_split
 from cnnlab.errors import CnnlabError, ConfigError, DataError
+from cnnlab.report import fmt
 from cnnlab.viz import cifar as viz
 from tests.conftest import CLASSES, write_cifar_batches
 
@@ -45,11 +48,13 @@ def evaluated(trained, tmp_path_factory):
     """A copy of the tiny run after ``cnnlab cifar evaluate`` (the real CLI)."""
     run = tmp_path_factory.mktemp("evaluated") / "run"
     shutil.copytree(trained["run"], run)
-    with pytest.MonkeyPatch.context() as mp:
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setenv("CNNLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
         rc = main(["cifar", "evaluate", str(run), "--tsne-samples", "25", "--feature-image", "3",
                    "--device", "cpu"])
     assert rc == 0
+    (run.parent / "evaluate.out").write_text(printed.getvalue())  # what the command printed, for the tests
     return run
 
 
@@ -342,6 +347,24 @@ def test_evaluate_writes_a_self_contained_report_of_the_run(evaluated):
     for name in FIGURES.values():
         assert f"](figures/{name})" in md
     assert page.count('src="data:image/png;base64,') == len(FIGURES) and 'src="figures/' not in page
+
+
+def test_evaluate_prints_where_its_figures_and_reports_went(evaluated):
+    s = json.loads((evaluated / "summary.json").read_text())
+    lines = (evaluated.parent / "evaluate.out").read_text().splitlines()
+    assert lines == [f"test_accuracy {fmt(s['test_accuracy'])}  best_val_accuracy {fmt(s['best_val_accuracy'])}  "
+                     f"best_epoch {s['best_epoch']}",
+                     f"figures: {evaluated / 'figures'}",
+                     f"report: {evaluated / 'report.md'}, {evaluated / 'report.html'}"]
+
+
+def test_the_report_tables_head_their_columns_and_say_auto(evaluated):
+    md, page = (evaluated / "report.md").read_text(), (evaluated / "report.html").read_text()
+    assert "| metric | value |" in md and "<th>metric</th><th>value</th>" in page
+    assert "| figure |" not in md and "<th>figure</th>" not in page
+    assert "| option | value |" in md
+    # The run was trained with the default --channels-last, auto: said so, never as None.
+    assert "| channels_last | auto |" in md and "<td>channels_last</td><td>auto</td>" in page
 
 
 def test_curves_title_names_width_epochs_and_training_images(evaluated, monkeypatch):

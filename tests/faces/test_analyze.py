@@ -8,6 +8,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.faces.analyze import FIGURES, analyze, read_test_pairs, redraw_figures
 from cnnlab.files import load_checkpoint
 from cnnlab.metrics import roc_auc
+from cnnlab.report import far_caveat, fmt
 
 
 def test_analyze_writes_every_figure_scores_and_a_report(run_copy, capsys):
@@ -26,7 +27,16 @@ def test_analyze_writes_every_figure_scores_and_a_report(run_copy, capsys):
     assert (nb["correct"] == (labels[nb["neighbours"]] == labels[nb["query"]][:, None])).all()
     assert nb["query_names"] == [saved["names"][int(labels[i])] for i in nb["query"]]
     assert (run_copy / "report.md").is_file() and "ROC AUC" in (run_copy / "report.html").read_text()
-    assert "figures:" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == [f"figures: {run_copy / 'figures'}",
+                          f"report: {run_copy / 'report.md'}, {run_copy / 'report.html'}"]
+    # A few test pairs cannot resolve FAR = 1e-3: the number prints with the caveat the report gives.
+    caveat = far_caveat(s)
+    assert s["tar_at_far_1e-3_resolved"] is False and caveat.startswith("FAR = 1e-3 cannot be resolved with ")
+    assert f"with {s['num_test_pairs'] - s['num_test_pairs_same']:,} different-people test pairs" in caveat
+    assert f"  tar_at_far_1e-3 {fmt(s['tar_at_far_1e-3'])}  " in lines[0] and lines[1] == f"tar_at_far_1e-3: {caveat}"
+    assert caveat in (run_copy / "report.md").read_text()
+    assert "| metric | value |" in (run_copy / "report.md").read_text()
 
 
 def test_figures_are_redrawn_without_the_model_or_the_data(run_copy, finished_run, tmp_path):

@@ -66,6 +66,33 @@ def test_verify_matches_the_cli(verifier, finished_run, capsys):
     assert r["same_person"] == (r["distance"] <= r["threshold"])
 
 
+def _as_printed(api, cli):
+    """``api`` (a result of the Python API) is what ``cli`` (the command's --json) holds: the same keys, lists
+    and values, numbers within the tolerance of two loads of one run."""
+    if isinstance(api, dict):
+        assert isinstance(cli, dict) and list(api) == list(cli)
+        for k in api:
+            _as_printed(api[k], cli[k])
+    elif isinstance(api, (list, tuple)):
+        assert isinstance(cli, list) and len(api) == len(cli)
+        for a, c in zip(api, cli):
+            _as_printed(a, c)
+    elif isinstance(api, float):
+        assert api == pytest.approx(cli, abs=ACROSS_PATHS)
+    else:
+        assert api == cli
+
+
+def test_verify_and_identify_give_what_their_commands_print_as_json(verifier, finished_run, capsys):
+    faces = _faces(finished_run)
+    a, b = faces / "Person_A" / "Person_A_0001.jpg", faces / "Person_B" / "Person_B_0002.jpg"
+    assert main(["faces", "verify", str(finished_run), str(a), str(b), "--json", "--device", "cpu"]) == 0
+    _as_printed(verifier.verify(a, b), json.loads(capsys.readouterr().out))
+    assert main(["faces", "identify", str(finished_run), str(a), "--gallery", str(faces), "-k", "3", "--json",
+                 "--device", "cpu"]) == 0
+    _as_printed(verifier.identify(a, faces, k=3), json.loads(capsys.readouterr().out))
+
+
 def test_identify_finds_the_probes_own_person(verifier, finished_run):
     probe = np.asarray(Image.open(_faces(finished_run) / "Person_C" / "Person_C_0003.jpg").convert("RGB"))
     rows = verifier.identify(probe, _faces(finished_run), k=2)

@@ -8,6 +8,7 @@ from cnnlab.errors import ConfigError, DataError
 from cnnlab.faces.evaluate import evaluate_pairs
 from cnnlab.faces.verify import verify
 from cnnlab.metrics import kfold_accuracy
+from cnnlab.report import fmt
 
 from .conftest import write_pairs
 
@@ -30,7 +31,9 @@ def test_view2_accuracy_is_the_10_fold_protocol_on_the_run_distances(finished_ru
     printed, logged = capsys.readouterr()
     assert logged.count(" faces of ") == 1  # the face set is loaded (and announced) once
     lines = printed.splitlines()
-    assert lines[0].startswith("LFW accuracy") and lines[-1] == f"summary: {run / 'summary.json'}"
+    assert lines[0].startswith("LFW accuracy") and lines[1] == f"summary: {run / 'summary.json'}"
+    # No report yet (analyze writes it): the line says which command does.
+    assert lines[2] == f"report: none yet (cnnlab faces analyze {run} writes it, with this evaluation)"
     assert "LFW View 2 accuracy" not in logged  # the numbers print once, on stdout
     s = json.loads((run / "summary.json").read_text())
 
@@ -54,6 +57,22 @@ def test_view2_accuracy_is_the_10_fold_protocol_on_the_run_distances(finished_ru
     assert s["roc_auc"] is not None  # the View 1 / split figures stay
     lines = (run / "lfw_view2_pairs.csv").read_text().splitlines()
     assert len(lines) == 13 and lines[1].startswith("0,1,")
+
+
+def test_evaluate_prints_where_the_report_it_adds_to_went(finished_run, tmp_path, capsys):
+    import shutil
+
+    from cnnlab.faces.analyze import analyze
+
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    analyze(run, device="cpu")
+    pairs = write_pairs(tmp_path / "pairs.txt", FOLDS)
+    assert main(["faces", "evaluate", str(run), "--pairs", str(pairs), "--device", "cpu"]) == 0
+    s = json.loads((run / "summary.json").read_text())
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f"ROC AUC {fmt(s['lfw_roc_auc'])}")  # as the report's table writes it
+    assert lines[1:] == [f"summary: {run / 'summary.json'}", f"report: {run / 'report.md'}, {run / 'report.html'}"]
+    assert f"| ROC AUC (all pairs at once) | {fmt(s['lfw_roc_auc'])} |" in (run / "report.md").read_text()
 
 
 def test_a_single_fold_file_is_refused(finished_run, tmp_path):

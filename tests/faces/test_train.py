@@ -398,7 +398,8 @@ def test_a_run_whose_best_is_the_untrained_network_says_so(face_dir, tmp_path, c
     lines = printed.splitlines()
     assert json.loads((out / "summary.json").read_text())["best_epoch"] == 0
     assert UNTRAINED_BEST in logged and UNTRAINED_BEST in (out / "train.log").read_text()
-    assert "best_epoch 0" in lines[-2] and lines[-1] == f"run: {out}"
+    headline = next(line for line in lines if line.startswith("roc_auc "))
+    assert "best_epoch 0" in headline and lines[-1] == f"run: {out}"
     assert sum(str(out) in line for line in lines) == 1
     assert main(["faces", "compare", str(out), "--out", str(tmp_path / "cmp")]) == 0
     table = capsys.readouterr().out.splitlines()
@@ -409,5 +410,5 @@ def test_a_run_whose_best_is_the_untrained_network_says_so(face_dir, tmp_path, c
     assert main(["faces", "analyze", str(out), "--device", "cpu"]) == 0
     assert UNTRAINED_BEST in (out / "report.md").read_text().lower()
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-2:] == [f"figures: {out / 'figures'}", f"report: {out / 'report.html'}"]
+    assert lines[-2:] == [f"figures: {out / 'figures'}", f"report: {out / 'report.md'}, {out / 'report.html'}"]
     assert sum(str(out) in line for line in lines) == 2

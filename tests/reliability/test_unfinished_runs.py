@@ -112,7 +112,7 @@ def test_the_classifier_api_refuses_an_unfinished_run_unless_allowed(cifar_unfin
     with pytest.raises(UnfinishedRun, match=r"it stopped after epoch 1 of 3; finish it with cnnlab cifar train"):
         Classifier.from_run(cifar_unfinished, device="cpu")
     clf = Classifier.from_run(cifar_unfinished, device="cpu", allow_unfinished=True)
-    assert len(clf.predict([np.full((32, 32, 3), 128, dtype=np.uint8)], k=3)[0]) == 3
+    assert len(clf.predict([np.full((32, 32, 3), 128, dtype=np.uint8)], k=3)[0]["top"]) == 3
 
 
 @needs_extra

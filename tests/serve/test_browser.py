@@ -98,7 +98,7 @@ def test_the_page_of_a_cifar_run_shows_the_top_five_classes(browser, cifar_run, 
 
     picture = tmp_path / "picture.png"
     picture.write_bytes(image_bytes(size=(64, 48), seed=3))
-    top = Classifier.from_run(cifar_run, device="cpu").predict(picture, k=5)[0]
+    top = Classifier.from_run(cifar_run, device="cpu").predict(picture, k=5)["top"]
     with running_service(cifar_run, tmp_path=tmp_path) as url:
         page = browser.new_page()
         page.goto(url)

@@ -27,7 +27,7 @@ def test_predict_answers_as_the_api_for_several_images(cifar_client, classifier,
     assert r.status_code == 200
     body = r.json()
     assert [p["filename"] for p in body["predictions"]] == [p.name for p in paths] and body["k"] == 3
-    expected = classifier.predict(paths, k=3)
+    expected = [r["top"] for r in classifier.predict(paths, k=3)]
     for got, want in zip(body["predictions"], expected):
         assert [t["class"] for t in got["top"]] == [t["class"] for t in want]
         assert [t["probability"] for t in got["top"]] == pytest.approx([t["probability"] for t in want], abs=ACROSS_PATHS)

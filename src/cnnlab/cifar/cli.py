@@ -9,7 +9,7 @@ from cnnlab.config import CifarTrainConfig
 from cnnlab.errors import shown_path
 from cnnlab.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
                             add_figures_command, arg, build_config, config_options, data_dir, export_file,
-                            print_result, run_dir, train_args, train_command)
+                            print_result, report_files, run_dir, train_args, train_command)
 
 _RUN_DIR = run_dir("a run folder of cnnlab cifar train")
 
@@ -45,7 +45,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     summary = evaluate_run(args.run_dir, tsne_samples=args.tsne_samples, feature_image=args.feature_image,
                            device=args.device, data_dir=args.data_dir, allow_unfinished=args.allow_unfinished)
     print_result(summary, ("test_accuracy", "best_val_accuracy", "best_epoch"),
-                 where={"figures": Path(args.run_dir) / "figures"})
+                 where={"figures": Path(args.run_dir) / "figures", "report": report_files(args.run_dir)})
     return 0
 
 
@@ -79,8 +79,8 @@ def _compare(args: argparse.Namespace) -> int:
     print(markdown_table(*table_rows(read_comparison(args.out), best)))
     out = Path(args.out)
     print(f"best variant by validation accuracy: {best}")
-    print_result({}, (), where={"runs": out / "runs", "tables": f"{out / 'comparison.csv'}, {out / 'comparison.md'}",
-                                "figures": out / "figures", "report": out / "report.html"})
+    print_result({}, (), where={"runs": out / "runs", "tables": (out / "comparison.csv", out / "comparison.md"),
+                                "figures": out / "figures", "report": report_files(out)})
     return 0
 
 
@@ -90,12 +90,12 @@ def _predict(args: argparse.Namespace) -> int:
 
     check_k(args.k)  # before loading the network
     clf = Classifier.from_run(args.run_dir, device=args.device, allow_unfinished=args.allow_unfinished)
-    tops = clf.predict(args.images, k=args.k)
+    results = clf.predict(args.images, k=args.k)  # a list of {"image", "top"}, as --json prints it
     if args.json:
-        print(dumps_json([{"image": im, "top": top} for im, top in zip(args.images, tops)]))
+        print(dumps_json(results))
         return 0
-    for im, top in zip(args.images, tops):
-        print(f"{im}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top))
+    for r in results:
+        print(f"{r['image']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"]))
     return 0
 
 

@@ -300,8 +300,7 @@ REPORT_CAPTIONS = {
 
 def write_run_report(run: RunDir, cfg: CifarTrainConfig, summary: dict, figures: list[Path]) -> tuple[Path, Path]:
     """``report.md`` and a self-contained ``report.html`` of one evaluated run."""
-    from cnnlab.config import to_dict
-    from cnnlab.report import Figure, Section, Table, provenance, seconds, write_report
+    from cnnlab.report import METRIC_COLUMNS, Figure, Section, Table, config_table, provenance, seconds, write_report
     from cnnlab.run import command_line
 
     name = _run_name(run, summary)
@@ -321,14 +320,14 @@ def write_run_report(run: RunDir, cfg: CifarTrainConfig, summary: dict, figures:
         ["training time", seconds(summary.get("train_seconds"))],
     ]
     sections = [
-        Section("Results", "", [Table(["figure", "value"], rows)]),
+        Section("Results", "", [Table(METRIC_COLUMNS, rows)]),
         # The two grids of small cells are unreadable at half the page's width.
         Section("Figures", "", [Figure(p, REPORT_CAPTIONS.get(p.name, ""),
                                        wide=True if p.name in WIDE_FIGURES else None) for p in figures]),
     ]
     sections.append(provenance(summary, "cifar", command_line(), "cnnlab.cifar.evaluate.evaluate_run"))
     sections.append(Section("Configuration", "`config.yaml`; `cnnlab cifar train --config config.yaml` repeats it.",
-                            [Table(["option", "value"], [[k, str(v)] for k, v in to_dict(cfg).items()])]))
+                            [config_table(cfg)]))
     return write_report(run.path, f"CIFAR-10 run {run.path.name}", sections, intro=intro)
 
 

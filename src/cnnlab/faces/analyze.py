@@ -267,6 +267,8 @@ def _analyze(run: RunDir, device: str, seed: int, log_far: bool, data_dir: str |
 
 def _test_text(summary: dict) -> str:
     """What the test pairs are, in words: where they come from and how the threshold was set."""
+    from cnnlab.report import far_caveat
+
     n, same = summary.get("num_test_pairs"), summary.get("num_test_pairs_same")
     split = f" ({same:,} same person, {n - same:,} different people)" if isinstance(n, int) and isinstance(same, int) \
         else ""
@@ -281,9 +283,9 @@ def _test_text(summary: dict) -> str:
     val = summary.get("num_val_pairs")
     text = (f"{n_text} test pairs{split} {where}; the decision threshold is chosen on the "
             f"{f'{val:,} ' if isinstance(val, int) else ''}validation pairs.")
-    if summary.get("tar_at_far_1e-3_resolved") is False:
-        text += (" With fewer than 1,000 different-people pairs FAR = 1e-3 cannot be resolved, so TAR @ FAR = 1e-3 "
-                 "is left out.")
+    caveat = far_caveat(summary)
+    if caveat:
+        text += f" {caveat}; the table leaves it out."
     return text
 
 
@@ -297,7 +299,7 @@ def pairs_file_name(path: str | None, folds: int | None) -> str:
 
 def _pairs_section(summary: dict):
     """What ``cnnlab faces evaluate`` measured, as it measured it; None when it has not run."""
-    from cnnlab.report import Section, Table
+    from cnnlab.report import METRIC_COLUMNS, Section, Table
 
     if summary.get("lfw_accuracy_mean") is None:
         return None
@@ -317,14 +319,13 @@ def _pairs_section(summary: dict):
     if isinstance(seen, int) and seen:
         text += (f" {seen:,} pairs hold a person the run trained on, so this accuracy is optimistic beside a "
                  "result on strangers.")
-    return Section("Pairs evaluation", text, [Table(["figure", "value"], rows)])
+    return Section("Pairs evaluation", text, [Table(METRIC_COLUMNS, rows)])
 
 
 def write_run_report(run: RunDir, cfg=None, summary: dict | None = None,
                      figures: list[Path] | None = None) -> None:
     """``report.md`` and ``report.html`` of a face run, from its folder (the figures drawn so far)."""
-    from cnnlab.config import to_dict
-    from cnnlab.report import Figure, Section, Table, provenance, seconds, write_report
+    from cnnlab.report import METRIC_COLUMNS, Figure, Section, Table, config_table, provenance, seconds, write_report
     from cnnlab.run import command_line
 
     cfg = cfg if cfg is not None else run_config(run)
@@ -354,17 +355,17 @@ def write_run_report(run: RunDir, cfg=None, summary: dict | None = None,
              + (f"{n:,} images of {people:,} people" if isinstance(n, int) and isinstance(people, int)
                 else "an unrecorded number of images")
              + f". The best checkpoint (epoch {summary.get('best_epoch', '?')}, by validation ROC AUC) is tested.")
-    sections = [Section("Test", _test_text(summary), [Table(["figure", "value"], rows)])]
+    sections = [Section("Test", _test_text(summary), [Table(METRIC_COLUMNS, rows)])]
     pairs = _pairs_section(summary)
     if pairs is not None:
         sections.append(pairs)
     if backbone:
         sections.append(Section("Backbone features alone", "The same figures for the backbone's pooled features, "
-                                "without the embedding head.", [Table(["figure", "value"], backbone)]))
+                                "without the embedding head.", [Table(METRIC_COLUMNS, backbone)]))
     sections.append(Section("Figures", "", [Figure(p, captions.get(p.name, "")) for p in figures]))
     sections.append(provenance(summary, "faces", command_line(), "cnnlab.faces.analyze"))
     sections.append(Section("Configuration", "`config.yaml`; `cnnlab faces train --config config.yaml` repeats it.",
-                            [Table(["option", "value"], [[k, str(v)] for k, v in to_dict(cfg).items()])]))
+                            [config_table(cfg)]))
     if summary.get("best_epoch") == 0 and (summary.get("epochs") or 0) > 0:
         intro = (f"**{UNTRAINED_BEST[0].upper()}{UNTRAINED_BEST[1:]}**: best.pt is the network before training, "
                  "and the test figures below are its figures.\n\n" + intro)

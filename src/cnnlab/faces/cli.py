@@ -9,7 +9,7 @@ from cnnlab.config import FACE_ALIGNS, FaceSearchConfig, FaceTrainConfig, from_d
 from cnnlab.errors import shown_path
 from cnnlab.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
                             add_figures_command, arg, build_config, config_options, config_overrides, data_dir,
-                            export_file, print_result, run_dir, train_args, train_command)
+                            export_file, print_result, report_files, run_dir, train_args, train_command)
 from cnnlab.search import RANKING
 
 
@@ -20,22 +20,37 @@ _RESULT_KEYS = ("roc_auc", "eer", "accuracy", "threshold", "tar_at_far_1e-3", "p
 # --------------------------------------------------------------------------- handlers
 
 
+def _notes(summary: dict) -> dict:
+    """The caveats of the headline numbers, worded as the reports word them."""
+    from cnnlab.report import far_caveat
+
+    return {"tar_at_far_1e-3": far_caveat(summary)}
+
+
 def _train(args: argparse.Namespace) -> int:
     from cnnlab.faces.train import resume_config, train
 
     summary = train_command(args, FaceTrainConfig, resume_config, train, "faces train")
-    print_result(summary, _RESULT_KEYS, where={"run": args.resume or args.out})
+    print_result(summary, _RESULT_KEYS, where={"run": args.resume or args.out}, notes=_notes(summary))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from cnnlab.faces.evaluate import evaluate_pairs
+    from cnnlab.report import headline
 
     s = evaluate_pairs(args.run_dir, args.pairs, data_dir=args.data_dir, device=args.device, align=args.align,
                        allow_unfinished=args.allow_unfinished)
+    # As the report's Pairs evaluation table writes them.
     print(f"LFW accuracy {s['lfw_accuracy_mean']:.4f} ± {s['lfw_accuracy_std']:.4f} (std over {s['lfw_folds']} "
-          f"folds; standard error {s['lfw_accuracy_std_error']:.4f})  ROC AUC {s['lfw_roc_auc']:.4f}")
-    print_result({}, (), where={"summary": Path(args.run_dir) / "summary.json"})
+          f"folds; standard error {s['lfw_accuracy_std_error']:.4f})  "
+          f"ROC AUC {headline('lfw_roc_auc', s['lfw_roc_auc'])}")
+    md, page = report_files(args.run_dir)
+    # The report is analyze's: evaluate adds itself to one that is there.
+    print_result({}, (), where={"summary": Path(args.run_dir) / "summary.json",
+                                "report": (md, page) if md.is_file() else
+                                f"none yet (cnnlab faces analyze {shown_path(args.run_dir)} writes it, with this "
+                                "evaluation)"})
     return 0
 
 
@@ -45,7 +60,7 @@ def _analyze(args: argparse.Namespace) -> int:
     s = analyze(args.run_dir, device=args.device, seed=args.seed, log_far=args.log_far, data_dir=args.data_dir,
                 queries=args.queries, k=args.k)
     print_result(s, _RESULT_KEYS, where={"figures": Path(args.run_dir) / "figures",
-                                         "report": Path(args.run_dir) / "report.html"})
+                                         "report": report_files(args.run_dir)}, notes=_notes(s))
     return 0
 
 
@@ -62,7 +77,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     rows = compare_runs(args.runs, args.out)
     print(comparison_markdown(rows))
-    print_result({}, (), where={"comparison": Path(args.out), "report": Path(args.out) / "report.html"})
+    print_result({}, (), where={"comparison": Path(args.out), "report": report_files(args.out)})
     return 0
 
 

@@ -50,7 +50,7 @@ def _names(runs: Sequence[RunDir]) -> list[str]:
 
 def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> list[dict]:
     """Write the comparison of ``run_dirs`` into ``out``; return its table rows (one dict per run)."""
-    from cnnlab.report import Figure, Section, Table, write_report
+    from cnnlab.report import Figure, Section, Table, far_caveat, write_report
     from cnnlab.viz import faces as viz
 
     if len(run_dirs) < 1:
@@ -60,7 +60,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
     if out.exists() and not out.is_dir():
         raise CnnlabError(f"--out {out} is a file, expected a folder")
     rows, curves, histories = [], [], []
-    unresolved = False
+    unresolved = []  # the caveat of each run whose test pairs cannot resolve FAR = 1e-3
     for run, name in zip(runs, _names(runs)):
         cfg = run_config(run)
         summary = run.read_summary()
@@ -73,7 +73,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
         if isinstance(row.get("train_seconds"), float):
             row["train_seconds"] = round(row["train_seconds"])
         rows.append(row)
-        unresolved |= summary.get("tar_at_far_1e-3_resolved") is False
+        if far_caveat(summary):
+            unresolved.append(f"{name}: {far_caveat(summary)}")
         curves.append(roc_of(read_test_pairs(run.path / "test_pairs.csv"), name))
         histories.append((name, run.read_metrics()))
 
@@ -95,8 +96,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
                     for _, key in used] for r in rows],
                   caption="Test figures of each run's best checkpoint (by validation ROC AUC); accuracy at the "
                           "threshold each run chose on its validation pairs."
-                          + (" With fewer than 1,000 different-people test pairs, FAR = 1e-3 cannot be resolved "
-                             "and TAR@FAR=1e-3 is the TAR at FAR = 0." if unresolved else "")
+                          + "".join(f" {c}." for c in unresolved)
                           + (" Best epoch 0: training did not improve on the untrained network, whose figures "
                              "these are." if any(r.get("best_epoch") == 0 and r.get("epochs") for r in rows) else ""))
     best = max(rows, key=lambda r: r["best_val_roc_auc"] if r.get("best_val_roc_auc") is not None else -1)

@@ -49,9 +49,9 @@ class CifarService(Service):
         with self.batcher.expect():
             decoded = [self.read(f, name) for f, name in zip(images, fields)]
             with api_errors(fields):
-                tops = self.classifier.predict(decoded, k=k)
-        return finite({"k": k, "predictions": [{"index": i, "filename": f.filename, "top": top}
-                                               for i, (f, top) in enumerate(zip(images, tops))]})
+                results = self.classifier.predict(decoded, k=k)  # a list: decoded is one
+        return finite({"k": k, "predictions": [{"index": i, "filename": f.filename, "top": r["top"]}
+                                               for i, (f, r) in enumerate(zip(images, results))]})
 
 
 def add_cifar_routes(app: FastAPI, s: CifarService) -> None:
