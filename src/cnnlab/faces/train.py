@@ -99,7 +99,7 @@ import torch
 from torch import nn
 
 from cnnlab import engine
-from cnnlab.config import FaceTrainConfig, from_dict, to_dict
+from cnnlab.config import RESUMABLE_FIELDS, FaceTrainConfig, from_dict, to_dict
 from cnnlab.data.augment import FaceAugment, face_train_transform
 from cnnlab.data.samplers import PKBatchSampler, sample_pairs
 from cnnlab.engine import Fitted, Schedule, Session, fit, infer, load_best, ranks_in_sync, session, shard, step_decay, timing
@@ -118,10 +118,8 @@ from cnnlab.runtime import barrier, device_name, seed_everything
 logger = logging.getLogger(__name__)
 
 KIND = "faces"
-# Fields that change how fast a run goes or where its data is found, not what it computes:
-# a resumed run may change them.
-RUNTIME_FIELDS = ("device", "compile", "eval_batch_size", "data_dir", "download", "skip_bad_images",
-                  "protocol_dir")
+# What a resumed run may change: how fast it runs, and where its data is found.
+RUNTIME_FIELDS = (*RESUMABLE_FIELDS, "data_dir", "download", "skip_bad_images", "protocol_dir")
 
 # What ``cnnlab faces evaluate`` adds to summary.json (keys beginning so) about the best checkpoint it
 # tested: dropped when a finished run is extended, since further training may replace that checkpoint.
