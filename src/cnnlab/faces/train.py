@@ -101,12 +101,11 @@ from torch import nn
 from cnnlab import engine
 from cnnlab.config import RESUMABLE_FIELDS, FaceTrainConfig, from_dict, to_dict
 from cnnlab.data.augment import FaceAugment, face_train_transform
-from cnnlab.data.samplers import PKBatchSampler, sample_pairs
 from cnnlab.engine import Fitted, Schedule, Session, fit, infer, load_best, ranks_in_sync, session, shard, step_decay, timing
 from cnnlab.errors import CheckpointError
 from cnnlab.faces.protocol import StudyData, load_study_data, positions
 from cnnlab.files import atomic_torch_save, atomic_write_text, load_checkpoint, load_model_state
-from cnnlab.losses import AllTripletsMiner, BatchHardMiner, ContrastiveLoss, SemiHardMiner, TripletMarginLoss, TripletMiner
+from cnnlab.losses import FaceLoss, Triplets, face_loss_class
 from cnnlab.metrics import (best_threshold, mean_average_precision_at_r, pair_distances, precision_at_1, roc_auc,
                             verification_report)
 from cnnlab.models.profile import count_parameters
@@ -176,16 +175,9 @@ def load_run_model(run: RunDir, checkpoint: str = "best", device: str | torch.de
     return model.to(device).eval(), cfg
 
 
-def build_loss(cfg: FaceTrainConfig) -> ContrastiveLoss | TripletMarginLoss:
-    if cfg.loss == "contrastive":
-        return ContrastiveLoss(cfg.margin)
-    return TripletMarginLoss(cfg.margin)
-
-
-def build_miner(cfg: FaceTrainConfig) -> TripletMiner:
-    if cfg.miner == "semi-hard":
-        return SemiHardMiner(max(cfg.margin, 1e-6))
-    return AllTripletsMiner() if cfg.miner == "all" else BatchHardMiner()
+def build_loss(cfg: FaceTrainConfig) -> FaceLoss:
+    """The loss ``cfg.loss`` names, with its options from ``cfg`` (see :class:`cnnlab.losses.FaceLoss`)."""
+    return face_loss_class(cfg.loss).from_config(cfg)
 
 
 def build_optimizer(model: SiameseNet, cfg: FaceTrainConfig) -> torch.optim.Optimizer:
@@ -195,28 +187,6 @@ def build_optimizer(model: SiameseNet, cfg: FaceTrainConfig) -> torch.optim.Opti
         p.requires_grad_(True)
     groups = model.param_groups(cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay)
     return engine.build_optimizer(groups, cfg.optimizer, cfg.lr, momentum=0.9)
-
-
-def epoch_batches(cfg: FaceTrainConfig, train_labels: torch.Tensor,
-                  generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of ``(images, target)`` batches, indices into ``train_labels``.
-
-    Contrastive: fresh study pairs (one per anchor image), ``--batch-size / 2``
-    pairs a step, laid out as ``[first images; second images]`` with ``target``
-    the pair labels. Triplet: P x K batches with ``target`` the person ids. A
-    last partial batch is dropped unless it is the only one.
-    """
-    if cfg.loss == "contrastive":
-        i, j, y = sample_pairs(train_labels, generator)
-        half = cfg.batch_size // 2
-        n = len(y) if len(y) < half else (len(y) // half) * half
-        return [(torch.cat([i[s : s + half], j[s : s + half]]), y[s : s + half]) for s in range(0, n, half)]
-    sampler = PKBatchSampler(train_labels, cfg.batch_size // cfg.pk_images, cfg.pk_images, generator=generator)
-    out = []
-    for b in sampler:
-        idx = torch.tensor(b, dtype=torch.int64)
-        out.append((idx, train_labels[idx]))
-    return out
 
 
 def embed(model: SiameseNet, images: torch.Tensor, *, device: torch.device, batch_size: int = 256,
@@ -238,12 +208,15 @@ class _Spec:
         self.cfg, self.d, self.s, self.model = cfg, d, s, model
         self.generators = (torch.Generator().manual_seed(cfg.seed + 1),  # pairs and P x K batches
                            torch.Generator().manual_seed(cfg.seed + 2 + 1000 * s.dist.rank))  # augmentation
-        self.loss_fn, self.miner = build_loss(cfg), build_miner(cfg)
+        self.loss_fn = build_loss(cfg).to(s.device)
         self.aug = FaceAugment() if cfg.augment else None
         self.train_labels = d.faces.labels[d.train]
+        # The fixed validation sets as rows of the validation embeddings.
+        self.val_pairs = (positions(d.val, d.val_pairs.i), positions(d.val, d.val_pairs.j), d.val_pairs.same)
+        self.val_triplets = Triplets(*(positions(d.val, t) for t in d.val_triplets))
 
     def epoch_batches(self, epoch: int, generator: torch.Generator | None = None) -> list:
-        batches = epoch_batches(self.cfg, self.train_labels, generator or self.generators[0])
+        batches = self.loss_fn.epoch_batches(self.train_labels, self.cfg.batch_size, generator or self.generators[0])
         return shard([(self.d.train[idx], target) for idx, target in batches], self.s.dist.rank,
                      self.s.dist.world_size)
 
@@ -259,10 +232,7 @@ class _Spec:
         return self.model.normalize_input(x), target.to(self.s.device)
 
     def loss(self, emb: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        if self.cfg.loss == "contrastive":
-            half = len(emb) // 2
-            return self.loss_fn(emb[:half], emb[half:], target), {}
-        return self.loss_fn.from_batch(emb, target, self.miner), {}
+        return self.loss_fn(emb, target), {}
 
     def train_row(self, sums: dict[str, float], images: float) -> dict[str, float]:
         return {}
@@ -273,13 +243,8 @@ class _Spec:
         emb = embed(model, d.faces.images[d.val], device=s.device, batch_size=self.cfg.eval_batch_size,
                     precision=s.precision.precision, channels_last=s.precision.channels_last,
                     desc=f"epoch {epoch + 1} val" if s.progress and s.is_main else None)
-        vi, vj = positions(d.val, d.val_pairs.i), positions(d.val, d.val_pairs.j)
-        if self.cfg.loss == "contrastive":
-            loss = self.loss_fn(emb[vi], emb[vj], d.val_pairs.same)
-        else:
-            a, p, n = (positions(d.val, t) for t in d.val_triplets)
-            loss = self.loss_fn(emb[a], emb[p], emb[n])
-        dist = pair_distances(emb, vi, vj)
+        loss = self.loss_fn.validation_loss(emb, self.val_pairs, self.val_triplets)
+        dist = pair_distances(emb, *self.val_pairs[:2])
         # NaN distances (weights that diverged this epoch) have no ROC; the engine stops on the NaN it reports.
         auc = roc_auc(dist, d.val_pairs.same) if bool(torch.isfinite(dist).all()) else float("nan")
         return {"val_loss": float(loss), "val_roc_auc": auc}
@@ -381,7 +346,8 @@ def _train(cfg: FaceTrainConfig, s: Session, on_epoch: EpochCallback | None) -> 
     schedule = Schedule(len(spec.epoch_batches(0, torch.Generator().manual_seed(0))),
                         step_decay(cfg.step_size, cfg.gamma))
     fitted = fit(s, spec, model, optimizer, schedule, epochs=cfg.epochs, kind=KIND, config=to_dict(cfg),
-                 banner=_banner(cfg, s, d), compile=cfg.compile, validate_untrained=True, on_epoch=on_epoch)
+                 banner=_banner(cfg, s, d, spec.loss_fn), compile=cfg.compile, validate_untrained=True,
+                 on_epoch=on_epoch)
     load_best(s, model)
     in_sync = ranks_in_sync(model, s.dist)
     if not s.is_main:  # the test writes files: rank 0 alone
@@ -390,28 +356,27 @@ def _train(cfg: FaceTrainConfig, s: Session, on_epoch: EpochCallback | None) -> 
     t0 = time.perf_counter()
     scores = test_run(model, d, cfg, s.run, device=s.device, precision=s.precision.precision,
                       channels_last=s.precision.channels_last, progress=s.progress)
-    summary = _finish(cfg, s, model, d, fitted, {**scores, "test_seconds": time.perf_counter() - t0}, in_sync)
+    summary = _finish(cfg, s, model, spec.loss_fn, d, fitted, {**scores, "test_seconds": time.perf_counter() - t0},
+                      in_sync)
     barrier(s.dist)
     return summary
 
 
-def _banner(cfg: FaceTrainConfig, s: Session, d: StudyData) -> str:
+def _banner(cfg: FaceTrainConfig, s: Session, d: StudyData, loss: FaceLoss) -> str:
     n = d.sizes()
-    mining = f", {cfg.miner} mining" if cfg.loss == "triplet" else ""
-    return (f"training {cfg.backbone} + {cfg.embedding_dim}-d head ({cfg.loss} loss, margin {cfg.margin:g}{mining}) "
+    return (f"training {cfg.backbone} + {cfg.embedding_dim}-d head ({loss.describe()}) "
             f"on {device_name(s.device)}, {s.precision.precision}"
             f"{' + channels_last' if s.precision.channels_last else ''}; {n['num_train_images']} train images of "
             f"{n['num_train_people']} people, {n['num_val_pairs']} validation pairs, {n['num_test_pairs']} test "
             f"pairs ({d.protocol}){f'; {s.dist.world_size} processes' if s.dist.enabled else ''}")
 
 
-def _finish(cfg: FaceTrainConfig, s: Session, model: SiameseNet, d: StudyData, fitted: Fitted, scores: dict,
-            in_sync: bool) -> dict:
+def _finish(cfg: FaceTrainConfig, s: Session, model: SiameseNet, loss: FaceLoss, d: StudyData, fitted: Fitted,
+            scores: dict, in_sync: bool) -> dict:
     best = fitted.best
     best_row = next(r for r in fitted.history if r["epoch"] == best["epoch"])
     summary = {
-        "kind": KIND, "status": "finished", "backbone": cfg.backbone, "loss": cfg.loss, "margin": cfg.margin,
-        "miner": cfg.miner if cfg.loss == "triplet" else None, "epochs": cfg.epochs,
+        "kind": KIND, "status": "finished", "backbone": cfg.backbone, **loss.summary(), "epochs": cfg.epochs,
         "best_epoch": best["epoch"], "best_val_roc_auc": best["val_roc_auc"], "best_val_loss": best_row["val_loss"],
         **scores, **timing(fitted.history),
         "trainable_parameters": count_parameters(model), **d.sizes(), "protocol": d.protocol,
