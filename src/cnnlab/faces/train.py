@@ -2,10 +2,12 @@
 
 ``train(cfg, out)`` decodes the face set once (cached), splits it by
 ``--protocol`` (:mod:`cnnlab.faces.protocol`), and trains backbone + embedding
-head with the contrastive loss on fresh pairs every epoch, or the triplet
-loss on P x K batches with in-batch mining. Images stay uint8 in memory; each
-batch is indexed, moved to the device, augmented (:func:`cnnlab.data.augment.face_train_transform`)
-and normalised there.
+head on the engine shared with the CIFAR study (:func:`cnnlab.engine.fit`).
+The loss (:class:`cnnlab.losses.FaceLoss`, chosen by ``--loss``) decides
+what a batch holds: fresh pairs every epoch for the contrastive loss, P x K
+batches with in-batch mining for the triplet loss. Images stay uint8 in
+memory; each batch is indexed, moved to the device, augmented
+(:func:`cnnlab.data.augment.face_train_transform`) and normalised there.
 
 The run folder is as for CIFAR: ``config.yaml``; ``metrics.csv`` with one row
 per epoch (train loss, validation loss and ROC AUC, learning rate, seconds),
@@ -16,73 +18,16 @@ AUC (epoch 0 included, so training can never make the kept model worse on
 validation); ``summary.json``; ``test_pairs.csv`` and ``test_embeddings.pt``,
 from which every figure is drawn again without the model.
 
-The test is scored once, with the best checkpoint: ``accuracy`` at the
-threshold chosen on the validation pairs (never on the test pairs), ROC AUC,
-EER, TAR at FAR 1e-3, and retrieval precision@1 and MAP@R over the test
-people. The same figures for the backbone's pooled features alone, without
-the head, are reported as ``backbone_*``. With ``--epochs 0`` the run scores
-the untrained network: the ImageNet backbone with a randomly initialised
-Linear + ReLU head (what ``verify`` would use with that run folder) as the
-main keys, and the ImageNet backbone features alone as ``backbone_*``. A
-random ReLU head is a random projection of the features with half of it cut
-at zero, so it keeps most of their distance structure (and most of their
-ROC AUC), but only the ``backbone_*`` figures are "the ImageNet backbone alone".
-
-Why the defaults are what they are
-----------------------------------
-The original notebook (EfficientNet-B0, contrastive loss, margin 1, Adam at
-1e-3 on every weight) ended with same-person and different-people distances
-that overlapped almost completely. Measured here on LFW View 1 with
-EfficientNet-Lite0 at 112 px (test = pairsDevTest; ``benchmarks/faces_view1.sh``),
-three things cause that, and the defaults avoid each:
-
-* **An unnormalised embedding of the wrong scale.** A random
-  ``Linear(1280, 512)`` + ReLU on Lite0's ImageNet features puts pairs 5-6
-  apart; against a margin of 1 every different-people pair starts beyond the
-  margin and contributes nothing, so the only gradient pulls pairs together
-  and the net first shrinks the whole embedding, overshooting at lr 1e-3
-  (head on frozen features: test ROC AUC 0.75 before, 0.70-0.76 after five
-  epochs). The triplet loss without normalisation collapsed outright (every
-  embedding 0 after three epochs). Hence ``--normalize-embeddings`` is on:
-  after the ReLU every coordinate is >= 0, so unit-length embeddings lie
-  0 to sqrt(2) apart and margin 1 means "cosine at most 0.5" from the first
-  step (the same head, normalised: 0.80 -> 0.87). On the unit sphere the study's margin of 1
-  is also the better one: margin 2 exceeds every possible distance, so every
-  different-people pair pushes forever (1 epoch: test ROC AUC 0.815 vs 0.860).
-* **Adam at 1e-3 on the pretrained backbone.** It wrecks the ImageNet
-  features within an epoch: the loss sticks at 0.5 (all embeddings equal)
-  and validation ROC AUC falls from 0.74 to 0.61. The backbone trains at
-  ``--lr x --backbone-lr-mult`` = 1e-4, the head at 1e-3; and because epoch 0
-  (the untrained network) competes for ``best.pt``, a run that training made
-  worse keeps its starting point.
-* **BatchNorm statistics of small face batches.** Lite0's BatchNorm
-  momentum is TensorFlow's 0.01, so in train mode its running statistics
-  drift slowly from ImageNet's towards faces and evaluation normalises
-  differently from training. ``--freeze-bn`` keeps the ImageNet statistics
-  (the affine BatchNorm weights still train): after one epoch, test ROC AUC
-  0.860 frozen against 0.833 in train mode.
-
-All three together, the notebook's settings, take validation ROC AUC from
-0.73 (untrained) to 0.63 in one epoch: the overlap the study ended with.
-
-With these, the default contrastive recipe reaches test ROC AUC 0.91 on View 1
-in 6 epochs (StepLR: 3 at 1e-3, 3 at 1e-4); the learning-rate step matters,
-the first epoch at 1e-4 gains about 0.02 of validation AUC. Contrastive
-training on the study's random pairs does squeeze the embedding into a few
-dimensions (an effective rank of about 5 of 512): random different-people
-pairs are easy to push past the margin. Verification of pairs (AUC) is
-fine, but retrieval among thousands of faces is weak (precision@1 about
-0.14, below the ImageNet features' 0.24). The triplet loss with batch-hard
-mining (``--loss triplet``; margin 0.2 as in FaceNet, its default here)
-keeps more of them (about 30), learns faster per image and generalises
-better: test ROC AUC 0.95 and precision@1 0.47 after 8 epochs (a triplet
-epoch shows each image once, a contrastive epoch twice), 0.91 after two. It
-is the better choice for ``identify``. Batch-hard mining from the first step
-first pulls every embedding close together (the training loss sits near the
-margin) and spreads them out only slowly, so its distances are small (test
-pairs a few hundredths apart, threshold 0.04): the threshold is chosen on the
-validation pairs, so verification works, but compare distances only within
-one run.
+The test is scored once, with the best checkpoint (:func:`test_run`):
+``accuracy`` at the threshold chosen on the validation pairs (never on the
+test pairs), ROC AUC, EER, TAR at FAR 1e-3, and retrieval precision@1 and
+MAP@R over the test people; the same figures for the backbone's pooled
+features alone, without the head, as ``backbone_*``. With ``--epochs 0`` the
+run scores the untrained network: the ImageNet backbone with a randomly
+initialised Linear + ReLU head (what ``verify`` would use with that run
+folder) as the main keys, and the ImageNet features alone as ``backbone_*``.
+Why the defaults are what they are is in the README (*Face verification with
+Siamese networks*).
 """
 
 from __future__ import annotations
