@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cnnlab.cli import main
-from cnnlab.config import CifarTrainConfig, FaceSearchConfig, FaceTrainConfig, from_dict
+from cnnlab.config import CifarTrainConfig, FaceSearchConfig, FaceTrainConfig, from_dict, to_dict
 from cnnlab.errors import ConfigError
 
 
@@ -99,3 +99,45 @@ def test_channels_last_takes_auto_true_false_and_null(value, taken, tmp_path):
     assert CifarTrainConfig(channels_last=value).channels_last is taken  # from Python too
     with pytest.raises(ConfigError, match=r"--channels-last: expected auto, true or false, got 'yes'"):
         CifarTrainConfig(channels_last="yes")
+
+
+@pytest.mark.parametrize("cls", [CifarTrainConfig, FaceTrainConfig])
+def test_both_studies_share_one_runtime_config_listed_last(cls):
+    """config.yaml and --help list the study's own fields first and the runtime ones last, as they always
+    have; a resumed run may change the shared runtime fields plus the study's data location."""
+    import dataclasses
+
+    from cnnlab.cifar.train import RUNTIME_FIELDS as CIFAR_RESUMABLE
+    from cnnlab.config import RESUMABLE_FIELDS, RuntimeConfig
+    from cnnlab.faces.train import RUNTIME_FIELDS as FACE_RESUMABLE
+
+    runtime = [f.name for f in dataclasses.fields(RuntimeConfig)]
+    assert runtime == ["seed", "device", "precision", "channels_last", "compile", "eval_batch_size"]
+    assert issubclass(cls, RuntimeConfig)
+    names = [f.name for f in dataclasses.fields(cls)]
+    assert names[-len(runtime):] == runtime and list(to_dict(cls()))[-len(runtime):] == runtime
+    assert CIFAR_RESUMABLE == (*RESUMABLE_FIELDS, "data_dir", "download", "skip_bad_images")
+    assert FACE_RESUMABLE == (*CIFAR_RESUMABLE, "protocol_dir")
+    assert set(RESUMABLE_FIELDS) < set(runtime) and not {"seed", "precision", "channels_last"} & set(RESUMABLE_FIELDS)
+
+
+def test_each_study_keeps_its_own_runtime_defaults_and_help():
+    import dataclasses
+
+    help_of = lambda cls, name: next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+    assert CifarTrainConfig().eval_batch_size == 1000 and FaceTrainConfig().eval_batch_size == 256
+    assert help_of(CifarTrainConfig, "seed") == "seed for the split, initialisation, shuffling and augmentation"
+    assert help_of(FaceTrainConfig, "seed") == "seed for the split, pairs, initialisation and augmentation"
+    assert help_of(FaceTrainConfig, "eval_batch_size") == "batch size for embedding validation and test images"
+
+
+def test_a_config_saved_before_the_runtime_fields_were_shared_still_loads(tmp_path):
+    from cnnlab.config import load_yaml
+
+    saved = tmp_path / "config.yaml"  # a face run's config.yaml, runtime fields last, as written then
+    saved.write_text("data_dir: data/lfw\nloss: triplet\nmargin: 0.3\nminer: semi-hard\nepochs: 2\n"
+                     "seed: 7\ndevice: cpu\nprecision: fp32\nchannels_last: null\ncompile: false\n"
+                     "eval_batch_size: 128\n")
+    cfg = from_dict(FaceTrainConfig, load_yaml(saved), source=str(saved))
+    assert (cfg.loss, cfg.margin, cfg.miner, cfg.seed, cfg.device, cfg.eval_batch_size) == \
+        ("triplet", 0.3, "semi-hard", 7, "cpu", 128)

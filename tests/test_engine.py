@@ -16,13 +16,14 @@ from cnnlab.data.augment import FaceAugment, eval_transform, face_train_transfor
 from cnnlab.data.cifar10 import load_cifar10, stratified_split, subsample
 from cnnlab.engine import Schedule, batch_indices, build_optimizer, exponential_decay, shard, step_decay
 from cnnlab.faces.protocol import load_study_data, positions
-from cnnlab.faces.train import build_loss, build_miner, frozen_layers
+from cnnlab.data.samplers import PKBatchSampler, sample_pairs
+from cnnlab.faces.train import frozen_layers
 from cnnlab.faces.train import build_model as build_face_model
 from cnnlab.faces.train import build_optimizer as build_face_optimizer
 from cnnlab.faces.train import embed as face_embed
-from cnnlab.faces.train import epoch_batches as face_epoch_batches
 from cnnlab.faces.train import train as faces_train
 from cnnlab.files import atomic_torch_save, load_checkpoint
+from cnnlab.losses import AllTripletsMiner, BatchHardMiner, ContrastiveLoss, SemiHardMiner, TripletMarginLoss
 from cnnlab.metrics import pair_distances, roc_auc
 from cnnlab.models.basecnn import BaseCNN
 from cnnlab.models.siamese import set_train_mode, set_trainable
@@ -110,6 +111,18 @@ def test_cifar_metrics_are_those_of_a_plain_training_loop(blocks, tmp_path):
                       counts=("train_accuracy", "val_accuracy"))
 
 
+def _plain_face_batches(cfg: FaceTrainConfig, labels: torch.Tensor, g: torch.Generator) -> list:
+    """One epoch's ``(images, target)``: fresh pairs as ``[first; second]`` images (a last partial batch
+    dropped unless it is the only one), or P x K batches."""
+    if cfg.loss == "contrastive":
+        i, j, y = sample_pairs(labels, g)
+        half = cfg.batch_size // 2
+        starts = range(0, max(len(y) - half + 1, 1), half)
+        return [(torch.cat([i[s:s + half], j[s:s + half]]), y[s:s + half]) for s in starts]
+    sampler = PKBatchSampler(labels, cfg.batch_size // cfg.pk_images, cfg.pk_images, generator=g)
+    return [(torch.tensor(b), labels[torch.tensor(b)]) for b in sampler]
+
+
 def _plain_face_rows(cfg: FaceTrainConfig) -> list[dict[str, float]]:
     """What the engine must compute for a face ``cfg``: the study's data, initial weights, batches
     (pairs or P x K), augmentation draws, frozen layers, optimiser groups and StepLR per epoch, trained by
@@ -120,7 +133,12 @@ def _plain_face_rows(cfg: FaceTrainConfig) -> list[dict[str, float]]:
     opt = build_face_optimizer(model, cfg)
     base = [g["lr"] for g in opt.param_groups]
     pairs, draws = torch.Generator().manual_seed(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 2)
-    loss_fn, miner = build_loss(cfg), build_miner(cfg)
+    if cfg.loss == "contrastive":
+        loss_fn = ContrastiveLoss(cfg.margin)
+    else:
+        loss_fn = TripletMarginLoss(cfg.margin)
+        miner = {"batch-hard": BatchHardMiner(), "semi-hard": SemiHardMiner(cfg.margin),
+                 "all": AllTripletsMiner()}[cfg.miner]
 
     def validate():
         emb = face_embed(model, d.faces.images[d.val], device=torch.device("cpu"), batch_size=cfg.eval_batch_size)
@@ -140,7 +158,7 @@ def _plain_face_rows(cfg: FaceTrainConfig) -> list[dict[str, float]]:
         for group, lr in zip(opt.param_groups, base):
             group["lr"] = lr * cfg.gamma ** (epoch // cfg.step_size)
         losses = []
-        for idx, target in face_epoch_batches(cfg, d.faces.labels[d.train], pairs):
+        for idx, target in _plain_face_batches(cfg, d.faces.labels[d.train], pairs):
             emb = model(model.normalize_input(face_train_transform(d.faces.images[d.train[idx]], draws, FaceAugment())))
             if cfg.loss == "contrastive":
                 loss = loss_fn(emb[:len(emb) // 2], emb[len(emb) // 2:], target)

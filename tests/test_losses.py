@@ -3,14 +3,21 @@ import math
 import pytest
 import torch
 
+from cnnlab.config import FACE_LOSSES, FACE_MINERS, FaceTrainConfig
 from cnnlab.errors import ConfigError
 from cnnlab.losses import (
+    MINERS,
     AllTripletsMiner,
     BatchHardMiner,
     ContrastiveLoss,
+    FaceLoss,
     LpDistance,
     SemiHardMiner,
     TripletMarginLoss,
+    Triplets,
+    create_miner,
+    face_loss_class,
+    face_loss_names,
     reduce_losses,
 )
 
@@ -317,3 +324,125 @@ def test_all_triplets_lists_every_valid_triplet_once():
 def test_miners_refuse_labels_that_do_not_match_the_batch():
     with pytest.raises(ValueError, match=r"labels must be \(4,\)"):
         BatchHardMiner()(torch.randn(4, 2), torch.zeros(3, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------- face losses
+
+# Six people with four images each; a batch of 8 images: 4 pairs, or P = 2 people x K = 4 images.
+FACE_LABELS = torch.arange(24) // 4
+
+
+def _face_loss(name: str, **kw) -> FaceLoss:
+    return face_loss_class(name).from_config(FaceTrainConfig(loss=name, batch_size=8, pk_images=4, **kw))
+
+
+def _separated(labels: torch.Tensor) -> torch.Tensor:
+    """Embeddings where every person is one point, far (10 * sqrt 2) from every other person's."""
+    return 10.0 * torch.nn.functional.one_hot(labels, int(labels.max()) + 1).double()
+
+
+def test_every_loss_the_config_takes_is_registered_and_only_those():
+    assert face_loss_names() == list(FACE_LOSSES)
+    assert list(MINERS) == list(FACE_MINERS)
+    with pytest.raises(ConfigError, match="loss must be one of contrastive, triplet; got 'arcface'"):
+        face_loss_class("arcface")
+
+
+@pytest.mark.parametrize("name", face_loss_names())
+def test_a_face_loss_is_a_module_named_and_registered_as_the_config_says(name):
+    loss = _face_loss(name)
+    assert isinstance(loss, torch.nn.Module) and type(loss) is face_loss_class(name)
+    assert loss.name == name and loss.needs in ("pairs", "labels")
+    assert loss.margin == FaceTrainConfig(loss=name).margin
+    assert list(loss.parameters()) == []  # nothing learnable in these two: the optimizer trains the network alone
+    assert loss.to("cpu") is loss
+
+
+@pytest.mark.parametrize("name", face_loss_names())
+def test_a_face_loss_builds_batches_of_the_kind_it_needs(name):
+    loss = _face_loss(name)
+    g = torch.Generator().manual_seed(0)
+    batches = loss.epoch_batches(FACE_LABELS, 8, g)
+    assert batches and all(len(idx) == 8 and idx.dtype == torch.int64 for idx, _ in batches)
+    assert all(0 <= int(idx.min()) and int(idx.max()) < len(FACE_LABELS) for idx, _ in batches)
+    if loss.needs == "pairs":  # [first images; second images], target 1 for one person, 0 for two
+        assert len(batches) == 24 // 4  # one pair per image, four pairs a batch
+        for idx, target in batches:
+            first, second = idx[:4], idx[4:]
+            assert bool((first != second).all())
+            assert torch.equal(target, (FACE_LABELS[first] == FACE_LABELS[second]).float())
+    else:  # P x K: the person ids, K images each
+        assert len(batches) == 24 // 8
+        for idx, target in batches:
+            assert torch.equal(target, FACE_LABELS[idx])
+            assert sorted(torch.unique(target, return_counts=True)[1].tolist()) == [4, 4]
+    again = loss.epoch_batches(FACE_LABELS, 8, g)  # the generator moved on: new batches
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+
+
+@pytest.mark.parametrize("name", face_loss_names())
+def test_a_face_loss_scores_a_batch_zero_when_people_are_apart_and_more_when_collapsed(name):
+    loss = _face_loss(name)
+    for idx, target in loss.epoch_batches(FACE_LABELS, 8, torch.Generator().manual_seed(1)):
+        apart = _separated(FACE_LABELS[idx]).requires_grad_()
+        value = loss(apart, target)
+        assert value.shape == () and value.item() == pytest.approx(0.0, abs=1e-9)
+        collapsed = torch.zeros(8, 6, dtype=torch.float64, requires_grad=True)
+        value = loss(collapsed, target)
+        if loss.needs == "labels" or not bool(target.all()):  # a batch holding different people
+            assert value.item() > 0
+        value.backward()
+        assert torch.isfinite(collapsed.grad).all()
+
+
+def test_the_contrastive_face_loss_is_the_contrastive_loss_of_the_batch_pairs():
+    loss = _face_loss("contrastive", margin=0.7)
+    idx, target = loss.epoch_batches(FACE_LABELS, 8, torch.Generator().manual_seed(0))[0]
+    emb = torch.randn(8, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    expected = [y * _dist(a, b) ** 2 + (1 - y) * max(0.0, 0.7**2 - _dist(a, b) ** 2)
+                for a, b, y in zip(emb[:4], emb[4:], target.tolist())]
+    torch.testing.assert_close(loss(emb, target), _reduce(expected, "mean"))
+
+
+@pytest.mark.parametrize("miner", FACE_MINERS)
+def test_the_triplet_face_loss_is_the_triplet_loss_of_the_mined_triplets(miner):
+    loss = _face_loss("triplet", margin=0.5, miner=miner)
+    assert type(loss.miner) is MINERS[miner]
+    emb, labels = _batch()
+    a, p, n = loss.miner(emb, labels)
+    expected = _triplet_loop(emb[a], emb[p], emb[n], 0.5)
+    torch.testing.assert_close(loss(emb, labels), _reduce(expected, "mean"), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", face_loss_names())
+def test_a_face_loss_scores_the_validation_pairs_or_triplets_it_trains_on(name):
+    loss = _face_loss(name)
+    emb, labels = _batch(people=4, per_person=3)
+    pairs = (torch.tensor([0, 1, 2, 3]), torch.tensor([5, 6, 7, 8]), (labels[:4] == labels[5:9]).float())
+    triplets = Triplets(*AllTripletsMiner()(emb, labels))
+    got = loss.validation_loss(emb, pairs, triplets)
+    if loss.needs == "pairs":
+        i, j, same = pairs
+        expected = ContrastiveLoss(loss.margin)(emb[i], emb[j], same)
+    else:
+        expected = TripletMarginLoss(loss.margin)(emb[triplets.anchor], emb[triplets.positive],
+                                                  emb[triplets.negative])
+    torch.testing.assert_close(got, expected)
+    assert loss.validation_loss(_separated(labels), pairs, triplets).item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_face_loss_describes_itself_as_the_banner_and_summary_say():
+    contrastive, triplet = _face_loss("contrastive"), _face_loss("triplet", miner="semi-hard")
+    assert contrastive.describe() == "contrastive loss, margin 1"
+    assert triplet.describe() == "triplet loss, margin 0.2, semi-hard mining"
+    assert contrastive.summary() == {"loss": "contrastive", "margin": 1.0, "miner": None}
+    assert triplet.summary() == {"loss": "triplet", "margin": 0.2, "miner": "semi-hard"}
+
+
+def test_semi_hard_mining_with_a_zero_margin_falls_back_to_the_hardest_negatives():
+    miner = create_miner("semi-hard", 0.0)
+    emb = torch.tensor([[0.0], [1.0], [0.5], [1.1], [5.0]])
+    a, p, n = miner(emb, torch.tensor([0, 0, 1, 2, 3]))
+    assert (a[0].item(), p[0].item(), n[0].item()) == (0, 1, 2)
+    with pytest.raises(ConfigError, match="miner must be one of batch-hard, semi-hard, all; got 'easy'"):
+        create_miner("easy", 0.2)

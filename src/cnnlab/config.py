@@ -84,7 +84,33 @@ def check_common(cfg: Any) -> None:
 
 
 @dataclass
-class CifarTrainConfig:
+class RuntimeConfig:
+    """How a run runs, shared by both studies' training configs.
+
+    A study's config lists its own fields first and these last (see
+    :class:`CifarTrainConfig`), and overrides one where its default or help
+    differs. A resumed run keeps ``seed``, ``precision`` and ``channels_last``,
+    which change what it computes; it may change :data:`RESUMABLE_FIELDS`.
+    """
+
+    seed: int = opt(0, "seed for the split, initialisation, shuffling and augmentation")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N")
+    precision: str = opt("auto", PRECISION_HELP, choices=PRECISIONS)
+    channels_last: bool | None = opt(None, CHANNELS_LAST_HELP, auto=True)
+    compile: bool = opt(False, "torch.compile the model")
+    eval_batch_size: int = opt(1000, "batch size for validation and test")
+
+
+RESUMABLE_FIELDS = ("device", "compile", "eval_batch_size")
+"""The runtime fields a resumed run may change: how fast it runs, not what it computes. Each study adds the
+fields that say where its data is found."""
+
+
+# A dataclass lists the fields of its bases from the last base to the first, then its own; a study's
+# config therefore derives from (RuntimeConfig, its own fields) so that config.yaml and --help list the
+# study's fields first and the runtime ones last.
+@dataclass
+class _CifarFields:
     # model
     blocks: str = opt("A", "one variant: one of A, B, C, D, D-sep, E for all eight blocks, or eight names "
                            "written together or joined by '+', e.g. AABBCCDE (a comma separates variants, "
@@ -109,13 +135,11 @@ class CifarTrainConfig:
     warmup_epochs: float = opt(1.0, "linear warm-up of the learning rate over the first steps "
                                     "(in epochs; 0 = none)")
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss")
-    # runtime
-    seed: int = opt(0, "seed for the split, initialisation, shuffling and augmentation")
-    device: str = opt("auto", "auto, cpu, cuda, cuda:N")
-    precision: str = opt("auto", PRECISION_HELP, choices=PRECISIONS)
-    channels_last: bool | None = opt(None, CHANNELS_LAST_HELP, auto=True)
-    compile: bool = opt(False, "torch.compile the model")
-    eval_batch_size: int = opt(1000, "batch size for validation and test")
+
+
+@dataclass
+class CifarTrainConfig(RuntimeConfig, _CifarFields):
+    """One CIFAR-10 block-study run (``cnnlab cifar train``)."""
 
     def __post_init__(self) -> None:
         from cnnlab.models.blocks import parse_blocks
@@ -305,13 +329,7 @@ FACE_DEFAULT_MARGIN = {"contrastive": 1.0, "triplet": 0.2}
 
 
 @dataclass
-class FaceTrainConfig:
-    """One Siamese face-verification run (``cnnlab faces train``).
-
-    The defaults are the ones measured to give a working verifier; see
-    :mod:`cnnlab.faces.train` for why each one is what it is.
-    """
-
+class _FaceFields:
     # data
     data_dir: str = opt("data/lfw", "face folder: one sub-folder per person (for LFW the folder holding "
                                     "lfw-deepfunneled/ or images_deepfunneled/ and the protocol files)")
@@ -358,12 +376,17 @@ class FaceTrainConfig:
     weight_decay: float = opt(0.0, "weight decay (not applied to BatchNorm parameters and biases)")
     step_size: int = opt(10, "StepLR: multiply the learning rates by --gamma every this many epochs")
     gamma: float = opt(0.1, "StepLR decay factor")
-    # runtime
+
+
+@dataclass
+class FaceTrainConfig(RuntimeConfig, _FaceFields):
+    """One Siamese face-verification run (``cnnlab faces train``).
+
+    The defaults are the ones measured to give a working verifier; the README
+    says why each one is what it is.
+    """
+
     seed: int = opt(0, "seed for the split, pairs, initialisation and augmentation")
-    device: str = opt("auto", "auto, cpu, cuda, cuda:N")
-    precision: str = opt("auto", PRECISION_HELP, choices=PRECISIONS)
-    channels_last: bool | None = opt(None, CHANNELS_LAST_HELP, auto=True)
-    compile: bool = opt(False, "torch.compile the model")
     eval_batch_size: int = opt(256, "batch size for embedding validation and test images")
 
     def __post_init__(self) -> None:

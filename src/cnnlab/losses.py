@@ -11,16 +11,24 @@ tensors into a labelled batch.
   2015): ``max(d(a, p) - d(a, n) + margin, 0)``, with semi-hard negatives as in
   FaceNet and batch-hard mining as in Hermans, Beyer and Leibe, "In Defense of
   the Triplet Loss for Person Re-Identification", 2017.
+
+The face study trains through :class:`FaceLoss` objects, registered by the
+name ``--loss`` gives (:func:`register_face_loss`). Each says what it needs
+from a batch (pairs, or labelled P x K batches it mines itself), builds an
+epoch's batches from the training people, scores a batch's embeddings, and
+scores the fixed validation pairs or triplets; training has no branch per
+loss.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnnlab.data.samplers import PKBatchSampler, sample_pairs
 from cnnlab.errors import ConfigError
 
 __all__ = [
@@ -34,6 +42,14 @@ __all__ = [
     "BatchHardMiner",
     "SemiHardMiner",
     "AllTripletsMiner",
+    "MINERS",
+    "create_miner",
+    "FaceLoss",
+    "ContrastiveFaceLoss",
+    "TripletFaceLoss",
+    "register_face_loss",
+    "face_loss_names",
+    "face_loss_class",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -308,3 +324,183 @@ class TripletMarginLoss(_EmbeddingLoss):
         dist = self.distance.pairwise(embeddings)  # (B, B), computed once for mining and loss
         a, p, n = miner.mine(dist.detach(), labels)
         return reduce_losses(F.relu(dist[a, p] - dist[a, n] + self.margin), self.reduction)
+
+
+MINERS: dict[str, type[TripletMiner]] = {"batch-hard": BatchHardMiner, "semi-hard": SemiHardMiner,
+                                         "all": AllTripletsMiner}
+"""The miners by the name ``--miner`` gives."""
+
+
+def create_miner(name: str, margin: float) -> TripletMiner:
+    """The miner ``name`` for a triplet loss of ``margin``."""
+    if name not in MINERS:
+        raise ConfigError(f"miner must be one of {', '.join(MINERS)}; got {name!r}")
+    if MINERS[name] is SemiHardMiner:
+        # A margin of 0 leaves no semi-hard band; the miner then falls back to the hardest negatives.
+        return SemiHardMiner(max(margin, 1e-6))
+    return MINERS[name]()
+
+
+# --------------------------------------------------------------------------- face losses
+
+Batch = tuple[Tensor, Tensor]
+"""``(images, target)``: int64 indices into the training images, and what the loss scores them against."""
+
+
+class FaceLoss(nn.Module):
+    """A training objective of the face study: what it needs from a batch, and how it scores one.
+
+    As in pytorch-metric-learning, a loss says what it takes. ``needs`` is
+    ``"pairs"`` (a batch is image pairs laid out ``[first images; second
+    images]``, its target 1 for the same person, 0 for different people) or
+    ``"labels"`` (a batch is P people x K images, its target their person ids;
+    pairs or triplets are mined inside the batch). Training asks the loss for
+    each epoch's batches (:meth:`epoch_batches`), scores every batch
+    (``loss(embeddings, target)``) and, after each epoch, the fixed validation
+    pairs and triplets (:meth:`validation_loss`). A loss is a module, so one
+    with learnable weights gives them by :meth:`parameters` and moves with
+    ``.to(device)``. Subclasses register under their ``--loss`` name with
+    :func:`register_face_loss` and read their options in :meth:`from_config`.
+    """
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[str] = ""
+
+    def __init__(self, margin: float):
+        super().__init__()
+        self.margin = margin
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> FaceLoss:
+        """The loss a face training config asks for (``margin`` and whatever else this loss reads)."""
+        raise NotImplementedError
+
+    def epoch_batches(self, labels: Tensor, batch_size: int, generator: torch.Generator) -> list[Batch]:
+        """One epoch of batches of ``batch_size`` images, indices into ``labels`` (the person id of each
+        training image); a last partial batch is dropped unless it is the only one. ``generator`` moves on
+        between epochs, so each epoch draws new batches."""
+        raise NotImplementedError
+
+    def forward(self, embeddings: Tensor, target: Tensor) -> Tensor:
+        """The loss of one batch: ``embeddings`` (B, D) of the batch's images in order, its ``target``."""
+        raise NotImplementedError
+
+    def validation_loss(self, embeddings: Tensor, pairs: tuple[Tensor, Tensor, Tensor],
+                        triplets: Triplets) -> Tensor:
+        """The loss on fixed validation sets: ``pairs`` ``(i, j, same)`` and ``triplets`` ``(a, p, n)`` index
+        rows of ``embeddings`` (N, D); each loss scores the kind it trains on."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """The loss as a run's banner names it: ``contrastive loss, margin 1``."""
+        return f"{self.name} loss, margin {self.margin:g}"
+
+    def summary(self) -> dict:
+        """The loss's entries in a run's summary."""
+        return {"loss": self.name, "margin": self.margin, "miner": None}
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}"
+
+
+_FACE_LOSSES: dict[str, type[FaceLoss]] = {}
+
+
+def register_face_loss(name: str):
+    """Class decorator: the :class:`FaceLoss` that ``--loss name`` trains with."""
+
+    def deco(cls: type[FaceLoss]) -> type[FaceLoss]:
+        cls.name = name
+        _FACE_LOSSES[name] = cls
+        return cls
+
+    return deco
+
+
+def face_loss_names() -> list[str]:
+    return list(_FACE_LOSSES)
+
+
+def face_loss_class(name: str) -> type[FaceLoss]:
+    if name not in _FACE_LOSSES:
+        raise ConfigError(f"loss must be one of {', '.join(_FACE_LOSSES)}; got {name!r}")
+    return _FACE_LOSSES[name]
+
+
+def _pair_batches(labels: Tensor, pairs_per_batch: int, generator: torch.Generator) -> list[Batch]:
+    i, j, y = sample_pairs(labels, generator)  # fresh study pairs, one per anchor image
+    n = len(y) if len(y) < pairs_per_batch else (len(y) // pairs_per_batch) * pairs_per_batch
+    return [(torch.cat([i[s : s + pairs_per_batch], j[s : s + pairs_per_batch]]), y[s : s + pairs_per_batch])
+            for s in range(0, n, pairs_per_batch)]
+
+
+def _pk_batches(labels: Tensor, people: int, images_per_person: int, generator: torch.Generator) -> list[Batch]:
+    out = []
+    for b in PKBatchSampler(labels, people, images_per_person, generator=generator):
+        idx = torch.tensor(b, dtype=torch.int64)
+        out.append((idx, labels[idx]))
+    return out
+
+
+@register_face_loss("contrastive")
+class ContrastiveFaceLoss(FaceLoss):
+    """:class:`ContrastiveLoss` on fresh study pairs every epoch, ``batch_size / 2`` pairs a batch."""
+
+    needs = "pairs"
+
+    def __init__(self, margin: float = 1.0):
+        super().__init__(margin)
+        self.pair_loss = ContrastiveLoss(margin)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ContrastiveFaceLoss:
+        return cls(cfg.margin)
+
+    def epoch_batches(self, labels: Tensor, batch_size: int, generator: torch.Generator) -> list[Batch]:
+        return _pair_batches(labels, batch_size // 2, generator)
+
+    def forward(self, embeddings: Tensor, target: Tensor) -> Tensor:
+        half = len(embeddings) // 2
+        return self.pair_loss(embeddings[:half], embeddings[half:], target)
+
+    def validation_loss(self, embeddings: Tensor, pairs: tuple[Tensor, Tensor, Tensor],
+                        triplets: Triplets) -> Tensor:
+        i, j, same = pairs
+        return self.pair_loss(embeddings[i], embeddings[j], same)
+
+
+@register_face_loss("triplet")
+class TripletFaceLoss(FaceLoss):
+    """:class:`TripletMarginLoss` on P x K batches (``images_per_person`` = K), triplets mined by ``miner``."""
+
+    needs = "labels"
+
+    def __init__(self, margin: float = 0.2, miner: str = "batch-hard", images_per_person: int = 4):
+        super().__init__(margin)
+        self.miner_name, self.images_per_person = miner, images_per_person
+        self.miner = create_miner(miner, margin)
+        self.triplet_loss = TripletMarginLoss(margin)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> TripletFaceLoss:
+        return cls(cfg.margin, cfg.miner, cfg.pk_images)
+
+    def epoch_batches(self, labels: Tensor, batch_size: int, generator: torch.Generator) -> list[Batch]:
+        return _pk_batches(labels, batch_size // self.images_per_person, self.images_per_person, generator)
+
+    def forward(self, embeddings: Tensor, target: Tensor) -> Tensor:
+        return self.triplet_loss.from_batch(embeddings, target, self.miner)
+
+    def validation_loss(self, embeddings: Tensor, pairs: tuple[Tensor, Tensor, Tensor],
+                        triplets: Triplets) -> Tensor:
+        a, p, n = triplets
+        return self.triplet_loss(embeddings[a], embeddings[p], embeddings[n])
+
+    def describe(self) -> str:
+        return f"{super().describe()}, {self.miner_name} mining"
+
+    def summary(self) -> dict:
+        return {**super().summary(), "miner": self.miner_name}
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, miner={self.miner!r}, images_per_person={self.images_per_person}"

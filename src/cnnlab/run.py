@@ -522,28 +522,25 @@ def setup_logging(verbose: bool = False) -> None:
     root.propagate = False
 
 
-class log_to_file:
-    """Context manager: also write the ``cnnlab`` log into ``path`` (appending)."""
-
-    def __init__(self, path: str | Path, enabled: bool = True):
-        self.path, self.enabled, self.handler = Path(path), enabled, None
-
-    def __enter__(self):
-        if self.enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.handler = logging.FileHandler(self.path, encoding="utf-8")
-            self.handler.setFormatter(logging.Formatter(_FORMAT))
-            lg = logging.getLogger("cnnlab")
-            lg.addHandler(self.handler)
-            if lg.level == logging.NOTSET or lg.level > logging.INFO:
-                lg.setLevel(logging.INFO)
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if self.handler is not None and isinstance(exc, KeyboardInterrupt):
-            logger.warning("interrupted by %s; what was saved until now is kept",
-                           str(exc) or "Ctrl-C (SIGINT)")
-        if self.handler is not None:
-            logging.getLogger("cnnlab").removeHandler(self.handler)
-            self.handler.close()
-        return False
+@contextlib.contextmanager
+def log_to_file(path: str | Path, enabled: bool = True) -> Iterator[None]:
+    """Also write the ``cnnlab`` log into ``path`` (appending) while the block runs; nothing unless ``enabled``."""
+    if not enabled:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    lg = logging.getLogger("cnnlab")
+    lg.addHandler(handler)
+    if lg.level == logging.NOTSET or lg.level > logging.INFO:
+        lg.setLevel(logging.INFO)
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        logger.warning("interrupted by %s; what was saved until now is kept", str(exc) or "Ctrl-C (SIGINT)")
+        raise
+    finally:
+        lg.removeHandler(handler)
+        handler.close()

@@ -10,7 +10,7 @@ from cnnlab.config import FaceTrainConfig
 from cnnlab.errors import CnnlabError, ConfigError, DataError
 from cnnlab.faces.train import build_model, frozen_layers, load_run_model
 from cnnlab.models.siamese import backbone_layers, set_trainable
-from cnnlab.faces.train import epoch_batches, resume_config, train
+from cnnlab.faces.train import build_loss, resume_config, train
 from cnnlab.files import load_checkpoint
 from cnnlab.models.efficientnet_lite import key_map
 from cnnlab.models.timm_backbone import TimmBackbone
@@ -149,7 +149,7 @@ def test_triplet_run_uses_pk_batches(face_dir, tmp_path):
     s = train(cfg, tmp_path / "run", progress=False)
     assert s["loss"] == "triplet" and s["miner"] == "semi-hard"
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 3, 3])
-    batches = epoch_batches(cfg, labels, torch.Generator().manual_seed(0))
+    batches = build_loss(cfg).epoch_batches(labels, cfg.batch_size, torch.Generator().manual_seed(0))
     for idx, target in batches:
         assert len(idx) == 8 and torch.equal(target, labels[idx])
         assert all(int((target == p).sum()) == 2 for p in target.unique())  # K = 2 images of P = 4 people
@@ -159,7 +159,8 @@ def test_contrastive_batches_are_fresh_study_pairs(face_dir):
     cfg = tiny_config(face_dir, batch_size=6)
     labels = torch.arange(20) // 4  # five people, four images each
     g = torch.Generator().manual_seed(0)
-    first, second = epoch_batches(cfg, labels, g), epoch_batches(cfg, labels, g)
+    loss = build_loss(cfg)
+    first, second = loss.epoch_batches(labels, cfg.batch_size, g), loss.epoch_batches(labels, cfg.batch_size, g)
     assert len(first) == 20 // 3  # one pair per anchor, three pairs a step, the partial batch dropped
     for idx, y in first:
         a, b = idx[:3], idx[3:]
@@ -412,3 +413,29 @@ def test_a_run_whose_best_is_the_untrained_network_says_so(face_dir, tmp_path, c
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2:] == [f"figures: {out / 'figures'}", f"report: {out / 'report.md'}, {out / 'report.html'}"]
     assert sum(str(out) in line for line in lines) == 2
+
+
+def test_training_never_asks_which_loss_or_miner_it_has():
+    """The loss object says what it needs (:class:`cnnlab.losses.FaceLoss`); faces/train.py compares no
+    ``.loss`` or ``.miner`` against a name, so a new loss is a new class, not a new branch."""
+    import ast
+    from pathlib import Path
+
+    import cnnlab.faces.train
+
+    path = Path(cnnlab.faces.train.__file__)
+    asks = lambda node: isinstance(node, ast.Attribute) and node.attr in ("loss", "miner")
+    found = [f"line {n.lineno}: {ast.unparse(n)}" for n in ast.walk(ast.parse(path.read_text()))
+             if (isinstance(n, ast.Compare) and any(asks(x) for x in (n.left, *n.comparators)))
+             or (isinstance(n, ast.Match) and asks(n.subject))]
+    assert not found, f"{path} branches on the loss: " + "; ".join(found)
+
+
+def test_the_banner_and_summary_name_the_loss_as_before(face_dir, tmp_path):
+    s = train(tiny_config(face_dir, epochs=1), tmp_path / "c", progress=False)
+    assert (s["loss"], s["margin"], s["miner"]) == ("contrastive", 1.0, None)
+    assert "-d head (contrastive loss, margin 1) on " in (tmp_path / "c" / "train.log").read_text()
+    cfg = tiny_config(face_dir, epochs=1, loss="triplet", miner="all", batch_size=8, pk_images=2)
+    s = train(cfg, tmp_path / "t", progress=False)
+    assert (s["loss"], s["margin"], s["miner"]) == ("triplet", 0.2, "all")
+    assert "-d head (triplet loss, margin 0.2, all mining) on " in (tmp_path / "t" / "train.log").read_text()

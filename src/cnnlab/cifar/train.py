@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab import engine
-from cnnlab.config import CifarTrainConfig, from_dict, to_dict
+from cnnlab.config import RESUMABLE_FIELDS, CifarTrainConfig, from_dict, to_dict
 from cnnlab.data.augment import AugmentConfig, eval_transform, train_transform
 from cnnlab.data.cifar10 import Cifar10, load_cifar10, stratified_split, subsample
 from cnnlab.engine import (Fitted, Schedule, Session, batch_indices, exponential_decay, fit, infer, load_best,
@@ -31,8 +31,8 @@ from cnnlab.runtime import all_reduce_sum, barrier, device_name, seed_everything
 logger = logging.getLogger(__name__)
 
 KIND = "cifar"
-# Fields that change how fast a run goes, not what it computes: a resumed run may change them.
-RUNTIME_FIELDS = ("device", "compile", "eval_batch_size", "data_dir", "download", "skip_bad_images")
+# What a resumed run may change: how fast it runs, and where its data is found.
+RUNTIME_FIELDS = (*RESUMABLE_FIELDS, "data_dir", "download", "skip_bad_images")
 # What ``cnnlab cifar evaluate`` adds to summary.json about the best checkpoint it tested: dropped when
 # a finished run is extended, since further training may replace that checkpoint.
 EVALUATION_KEYS = ("per_class_accuracy", "confusion_matrix", "tsne_samples", "feature_image", "evaluated_",

@@ -2,10 +2,12 @@
 
 ``train(cfg, out)`` decodes the face set once (cached), splits it by
 ``--protocol`` (:mod:`cnnlab.faces.protocol`), and trains backbone + embedding
-head with the contrastive loss on fresh pairs every epoch, or the triplet
-loss on P x K batches with in-batch mining. Images stay uint8 in memory; each
-batch is indexed, moved to the device, augmented (:func:`cnnlab.data.augment.face_train_transform`)
-and normalised there.
+head on the engine shared with the CIFAR study (:func:`cnnlab.engine.fit`).
+The loss (:class:`cnnlab.losses.FaceLoss`, chosen by ``--loss``) decides
+what a batch holds: fresh pairs every epoch for the contrastive loss, P x K
+batches with in-batch mining for the triplet loss. Images stay uint8 in
+memory; each batch is indexed, moved to the device, augmented
+(:func:`cnnlab.data.augment.face_train_transform`) and normalised there.
 
 The run folder is as for CIFAR: ``config.yaml``; ``metrics.csv`` with one row
 per epoch (train loss, validation loss and ROC AUC, learning rate, seconds),
@@ -16,73 +18,16 @@ AUC (epoch 0 included, so training can never make the kept model worse on
 validation); ``summary.json``; ``test_pairs.csv`` and ``test_embeddings.pt``,
 from which every figure is drawn again without the model.
 
-The test is scored once, with the best checkpoint: ``accuracy`` at the
-threshold chosen on the validation pairs (never on the test pairs), ROC AUC,
-EER, TAR at FAR 1e-3, and retrieval precision@1 and MAP@R over the test
-people. The same figures for the backbone's pooled features alone, without
-the head, are reported as ``backbone_*``. With ``--epochs 0`` the run scores
-the untrained network: the ImageNet backbone with a randomly initialised
-Linear + ReLU head (what ``verify`` would use with that run folder) as the
-main keys, and the ImageNet backbone features alone as ``backbone_*``. A
-random ReLU head is a random projection of the features with half of it cut
-at zero, so it keeps most of their distance structure (and most of their
-ROC AUC), but only the ``backbone_*`` figures are "the ImageNet backbone alone".
-
-Why the defaults are what they are
-----------------------------------
-The original notebook (EfficientNet-B0, contrastive loss, margin 1, Adam at
-1e-3 on every weight) ended with same-person and different-people distances
-that overlapped almost completely. Measured here on LFW View 1 with
-EfficientNet-Lite0 at 112 px (test = pairsDevTest; ``benchmarks/faces_view1.sh``),
-three things cause that, and the defaults avoid each:
-
-* **An unnormalised embedding of the wrong scale.** A random
-  ``Linear(1280, 512)`` + ReLU on Lite0's ImageNet features puts pairs 5-6
-  apart; against a margin of 1 every different-people pair starts beyond the
-  margin and contributes nothing, so the only gradient pulls pairs together
-  and the net first shrinks the whole embedding, overshooting at lr 1e-3
-  (head on frozen features: test ROC AUC 0.75 before, 0.70-0.76 after five
-  epochs). The triplet loss without normalisation collapsed outright (every
-  embedding 0 after three epochs). Hence ``--normalize-embeddings`` is on:
-  after the ReLU every coordinate is >= 0, so unit-length embeddings lie
-  0 to sqrt(2) apart and margin 1 means "cosine at most 0.5" from the first
-  step (the same head, normalised: 0.80 -> 0.87). On the unit sphere the study's margin of 1
-  is also the better one: margin 2 exceeds every possible distance, so every
-  different-people pair pushes forever (1 epoch: test ROC AUC 0.815 vs 0.860).
-* **Adam at 1e-3 on the pretrained backbone.** It wrecks the ImageNet
-  features within an epoch: the loss sticks at 0.5 (all embeddings equal)
-  and validation ROC AUC falls from 0.74 to 0.61. The backbone trains at
-  ``--lr x --backbone-lr-mult`` = 1e-4, the head at 1e-3; and because epoch 0
-  (the untrained network) competes for ``best.pt``, a run that training made
-  worse keeps its starting point.
-* **BatchNorm statistics of small face batches.** Lite0's BatchNorm
-  momentum is TensorFlow's 0.01, so in train mode its running statistics
-  drift slowly from ImageNet's towards faces and evaluation normalises
-  differently from training. ``--freeze-bn`` keeps the ImageNet statistics
-  (the affine BatchNorm weights still train): after one epoch, test ROC AUC
-  0.860 frozen against 0.833 in train mode.
-
-All three together, the notebook's settings, take validation ROC AUC from
-0.73 (untrained) to 0.63 in one epoch: the overlap the study ended with.
-
-With these, the default contrastive recipe reaches test ROC AUC 0.91 on View 1
-in 6 epochs (StepLR: 3 at 1e-3, 3 at 1e-4); the learning-rate step matters,
-the first epoch at 1e-4 gains about 0.02 of validation AUC. Contrastive
-training on the study's random pairs does squeeze the embedding into a few
-dimensions (an effective rank of about 5 of 512): random different-people
-pairs are easy to push past the margin. Verification of pairs (AUC) is
-fine, but retrieval among thousands of faces is weak (precision@1 about
-0.14, below the ImageNet features' 0.24). The triplet loss with batch-hard
-mining (``--loss triplet``; margin 0.2 as in FaceNet, its default here)
-keeps more of them (about 30), learns faster per image and generalises
-better: test ROC AUC 0.95 and precision@1 0.47 after 8 epochs (a triplet
-epoch shows each image once, a contrastive epoch twice), 0.91 after two. It
-is the better choice for ``identify``. Batch-hard mining from the first step
-first pulls every embedding close together (the training loss sits near the
-margin) and spreads them out only slowly, so its distances are small (test
-pairs a few hundredths apart, threshold 0.04): the threshold is chosen on the
-validation pairs, so verification works, but compare distances only within
-one run.
+The test is scored once, with the best checkpoint (:func:`test_run`):
+``accuracy`` at the threshold chosen on the validation pairs (never on the
+test pairs), ROC AUC, EER, TAR at FAR 1e-3, and retrieval precision@1 and
+MAP@R over the test people; the same figures for the backbone's pooled
+features alone, without the head, as ``backbone_*``. With ``--epochs 0`` the
+run scores the untrained network: the ImageNet backbone with a randomly
+initialised Linear + ReLU head (what ``verify`` would use with that run
+folder) as the main keys, and the ImageNet features alone as ``backbone_*``.
+Why the defaults are what they are is in the README (*Face verification with
+Siamese networks*).
 """
 
 from __future__ import annotations
@@ -99,14 +44,13 @@ import torch
 from torch import nn
 
 from cnnlab import engine
-from cnnlab.config import FaceTrainConfig, from_dict, to_dict
+from cnnlab.config import RESUMABLE_FIELDS, FaceTrainConfig, from_dict, to_dict
 from cnnlab.data.augment import FaceAugment, face_train_transform
-from cnnlab.data.samplers import PKBatchSampler, sample_pairs
 from cnnlab.engine import Fitted, Schedule, Session, fit, infer, load_best, ranks_in_sync, session, shard, step_decay, timing
 from cnnlab.errors import CheckpointError
 from cnnlab.faces.protocol import StudyData, load_study_data, positions
 from cnnlab.files import atomic_torch_save, atomic_write_text, load_checkpoint, load_model_state
-from cnnlab.losses import AllTripletsMiner, BatchHardMiner, ContrastiveLoss, SemiHardMiner, TripletMarginLoss, TripletMiner
+from cnnlab.losses import FaceLoss, Triplets, face_loss_class
 from cnnlab.metrics import (best_threshold, mean_average_precision_at_r, pair_distances, precision_at_1, roc_auc,
                             verification_report)
 from cnnlab.models.profile import count_parameters
@@ -118,10 +62,8 @@ from cnnlab.runtime import barrier, device_name, seed_everything
 logger = logging.getLogger(__name__)
 
 KIND = "faces"
-# Fields that change how fast a run goes or where its data is found, not what it computes:
-# a resumed run may change them.
-RUNTIME_FIELDS = ("device", "compile", "eval_batch_size", "data_dir", "download", "skip_bad_images",
-                  "protocol_dir")
+# What a resumed run may change: how fast it runs, and where its data is found.
+RUNTIME_FIELDS = (*RESUMABLE_FIELDS, "data_dir", "download", "skip_bad_images", "protocol_dir")
 
 # What ``cnnlab faces evaluate`` adds to summary.json (keys beginning so) about the best checkpoint it
 # tested: dropped when a finished run is extended, since further training may replace that checkpoint.
@@ -178,16 +120,9 @@ def load_run_model(run: RunDir, checkpoint: str = "best", device: str | torch.de
     return model.to(device).eval(), cfg
 
 
-def build_loss(cfg: FaceTrainConfig) -> ContrastiveLoss | TripletMarginLoss:
-    if cfg.loss == "contrastive":
-        return ContrastiveLoss(cfg.margin)
-    return TripletMarginLoss(cfg.margin)
-
-
-def build_miner(cfg: FaceTrainConfig) -> TripletMiner:
-    if cfg.miner == "semi-hard":
-        return SemiHardMiner(max(cfg.margin, 1e-6))
-    return AllTripletsMiner() if cfg.miner == "all" else BatchHardMiner()
+def build_loss(cfg: FaceTrainConfig) -> FaceLoss:
+    """The loss ``cfg.loss`` names, with its options from ``cfg`` (see :class:`cnnlab.losses.FaceLoss`)."""
+    return face_loss_class(cfg.loss).from_config(cfg)
 
 
 def build_optimizer(model: SiameseNet, cfg: FaceTrainConfig) -> torch.optim.Optimizer:
@@ -197,28 +132,6 @@ def build_optimizer(model: SiameseNet, cfg: FaceTrainConfig) -> torch.optim.Opti
         p.requires_grad_(True)
     groups = model.param_groups(cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay)
     return engine.build_optimizer(groups, cfg.optimizer, cfg.lr, momentum=0.9)
-
-
-def epoch_batches(cfg: FaceTrainConfig, train_labels: torch.Tensor,
-                  generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of ``(images, target)`` batches, indices into ``train_labels``.
-
-    Contrastive: fresh study pairs (one per anchor image), ``--batch-size / 2``
-    pairs a step, laid out as ``[first images; second images]`` with ``target``
-    the pair labels. Triplet: P x K batches with ``target`` the person ids. A
-    last partial batch is dropped unless it is the only one.
-    """
-    if cfg.loss == "contrastive":
-        i, j, y = sample_pairs(train_labels, generator)
-        half = cfg.batch_size // 2
-        n = len(y) if len(y) < half else (len(y) // half) * half
-        return [(torch.cat([i[s : s + half], j[s : s + half]]), y[s : s + half]) for s in range(0, n, half)]
-    sampler = PKBatchSampler(train_labels, cfg.batch_size // cfg.pk_images, cfg.pk_images, generator=generator)
-    out = []
-    for b in sampler:
-        idx = torch.tensor(b, dtype=torch.int64)
-        out.append((idx, train_labels[idx]))
-    return out
 
 
 def embed(model: SiameseNet, images: torch.Tensor, *, device: torch.device, batch_size: int = 256,
@@ -240,12 +153,15 @@ class _Spec:
         self.cfg, self.d, self.s, self.model = cfg, d, s, model
         self.generators = (torch.Generator().manual_seed(cfg.seed + 1),  # pairs and P x K batches
                            torch.Generator().manual_seed(cfg.seed + 2 + 1000 * s.dist.rank))  # augmentation
-        self.loss_fn, self.miner = build_loss(cfg), build_miner(cfg)
+        self.loss_fn = build_loss(cfg).to(s.device)
         self.aug = FaceAugment() if cfg.augment else None
         self.train_labels = d.faces.labels[d.train]
+        # The fixed validation sets as rows of the validation embeddings.
+        self.val_pairs = (positions(d.val, d.val_pairs.i), positions(d.val, d.val_pairs.j), d.val_pairs.same)
+        self.val_triplets = Triplets(*(positions(d.val, t) for t in d.val_triplets))
 
     def epoch_batches(self, epoch: int, generator: torch.Generator | None = None) -> list:
-        batches = epoch_batches(self.cfg, self.train_labels, generator or self.generators[0])
+        batches = self.loss_fn.epoch_batches(self.train_labels, self.cfg.batch_size, generator or self.generators[0])
         return shard([(self.d.train[idx], target) for idx, target in batches], self.s.dist.rank,
                      self.s.dist.world_size)
 
@@ -261,10 +177,7 @@ class _Spec:
         return self.model.normalize_input(x), target.to(self.s.device)
 
     def loss(self, emb: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        if self.cfg.loss == "contrastive":
-            half = len(emb) // 2
-            return self.loss_fn(emb[:half], emb[half:], target), {}
-        return self.loss_fn.from_batch(emb, target, self.miner), {}
+        return self.loss_fn(emb, target), {}
 
     def train_row(self, sums: dict[str, float], images: float) -> dict[str, float]:
         return {}
@@ -275,13 +188,8 @@ class _Spec:
         emb = embed(model, d.faces.images[d.val], device=s.device, batch_size=self.cfg.eval_batch_size,
                     precision=s.precision.precision, channels_last=s.precision.channels_last,
                     desc=f"epoch {epoch + 1} val" if s.progress and s.is_main else None)
-        vi, vj = positions(d.val, d.val_pairs.i), positions(d.val, d.val_pairs.j)
-        if self.cfg.loss == "contrastive":
-            loss = self.loss_fn(emb[vi], emb[vj], d.val_pairs.same)
-        else:
-            a, p, n = (positions(d.val, t) for t in d.val_triplets)
-            loss = self.loss_fn(emb[a], emb[p], emb[n])
-        dist = pair_distances(emb, vi, vj)
+        loss = self.loss_fn.validation_loss(emb, self.val_pairs, self.val_triplets)
+        dist = pair_distances(emb, *self.val_pairs[:2])
         # NaN distances (weights that diverged this epoch) have no ROC; the engine stops on the NaN it reports.
         auc = roc_auc(dist, d.val_pairs.same) if bool(torch.isfinite(dist).all()) else float("nan")
         return {"val_loss": float(loss), "val_roc_auc": auc}
@@ -383,7 +291,8 @@ def _train(cfg: FaceTrainConfig, s: Session, on_epoch: EpochCallback | None) -> 
     schedule = Schedule(len(spec.epoch_batches(0, torch.Generator().manual_seed(0))),
                         step_decay(cfg.step_size, cfg.gamma))
     fitted = fit(s, spec, model, optimizer, schedule, epochs=cfg.epochs, kind=KIND, config=to_dict(cfg),
-                 banner=_banner(cfg, s, d), compile=cfg.compile, validate_untrained=True, on_epoch=on_epoch)
+                 banner=_banner(cfg, s, d, spec.loss_fn), compile=cfg.compile, validate_untrained=True,
+                 on_epoch=on_epoch)
     load_best(s, model)
     in_sync = ranks_in_sync(model, s.dist)
     if not s.is_main:  # the test writes files: rank 0 alone
@@ -392,28 +301,27 @@ def _train(cfg: FaceTrainConfig, s: Session, on_epoch: EpochCallback | None) -> 
     t0 = time.perf_counter()
     scores = test_run(model, d, cfg, s.run, device=s.device, precision=s.precision.precision,
                       channels_last=s.precision.channels_last, progress=s.progress)
-    summary = _finish(cfg, s, model, d, fitted, {**scores, "test_seconds": time.perf_counter() - t0}, in_sync)
+    summary = _finish(cfg, s, model, spec.loss_fn, d, fitted, {**scores, "test_seconds": time.perf_counter() - t0},
+                      in_sync)
     barrier(s.dist)
     return summary
 
 
-def _banner(cfg: FaceTrainConfig, s: Session, d: StudyData) -> str:
+def _banner(cfg: FaceTrainConfig, s: Session, d: StudyData, loss: FaceLoss) -> str:
     n = d.sizes()
-    mining = f", {cfg.miner} mining" if cfg.loss == "triplet" else ""
-    return (f"training {cfg.backbone} + {cfg.embedding_dim}-d head ({cfg.loss} loss, margin {cfg.margin:g}{mining}) "
+    return (f"training {cfg.backbone} + {cfg.embedding_dim}-d head ({loss.describe()}) "
             f"on {device_name(s.device)}, {s.precision.precision}"
             f"{' + channels_last' if s.precision.channels_last else ''}; {n['num_train_images']} train images of "
             f"{n['num_train_people']} people, {n['num_val_pairs']} validation pairs, {n['num_test_pairs']} test "
             f"pairs ({d.protocol}){f'; {s.dist.world_size} processes' if s.dist.enabled else ''}")
 
 
-def _finish(cfg: FaceTrainConfig, s: Session, model: SiameseNet, d: StudyData, fitted: Fitted, scores: dict,
-            in_sync: bool) -> dict:
+def _finish(cfg: FaceTrainConfig, s: Session, model: SiameseNet, loss: FaceLoss, d: StudyData, fitted: Fitted,
+            scores: dict, in_sync: bool) -> dict:
     best = fitted.best
     best_row = next(r for r in fitted.history if r["epoch"] == best["epoch"])
     summary = {
-        "kind": KIND, "status": "finished", "backbone": cfg.backbone, "loss": cfg.loss, "margin": cfg.margin,
-        "miner": cfg.miner if cfg.loss == "triplet" else None, "epochs": cfg.epochs,
+        "kind": KIND, "status": "finished", "backbone": cfg.backbone, **loss.summary(), "epochs": cfg.epochs,
         "best_epoch": best["epoch"], "best_val_roc_auc": best["val_roc_auc"], "best_val_loss": best_row["val_loss"],
         **scores, **timing(fitted.history),
         "trainable_parameters": count_parameters(model), **d.sizes(), "protocol": d.protocol,
