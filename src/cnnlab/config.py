@@ -341,6 +341,9 @@ class _FaceFields:
     protocol_dir: str | None = opt(None, "folder of LFW's protocol files (default: --data-dir, then its parent)")
     val_fraction: float = opt(0.1, "fraction of the training people held back for validation")
     test_fraction: float = opt(0.1, "fraction of the people kept for testing (--protocol none)")
+    max_train_images: int | None = opt(None, "train on a subset of this many of the training images: whole people "
+                                             "drawn with --seed (validation and test stay whole); only the images "
+                                             "the run uses are decoded and searched for faces")
     image_size: int = opt(112, "side of the decoded, cached face images in pixels")
     crop: float = opt(0.6, "centre crop before resizing, as a fraction of the shorter side (0.6 frames an "
                            "LFW face), for --align center and images auto finds no face in")
@@ -400,6 +403,9 @@ class FaceTrainConfig(RuntimeConfig, _FaceFields):
                      self.test_fraction)
             _require(self.val_fraction + self.test_fraction < 1, "val_fraction",
                      "a fraction that leaves training people beside --test-fraction", self.val_fraction)
+        if self.max_train_images is not None:
+            _require(isinstance(self.max_train_images, int) and self.max_train_images >= 2, "max_train_images",
+                     "an integer of at least 2 (a person's two images)", self.max_train_images)
         _require(isinstance(self.image_size, int) and self.image_size >= 16, "image_size",
                  "an integer of at least 16", self.image_size)
         _require(0 < self.crop <= 1, "crop", "a fraction in (0, 1]", self.crop)

@@ -38,13 +38,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from cnnlab.config import FACE_ALIGNS
 from cnnlab.data.images import BadImage, Skipped, aspect_problem, center_crop_resize, resize_exact
@@ -70,6 +72,12 @@ downscaled, so one image costs a bounded amount of memory and time whatever its 
 picture takes MTCNN about half a second on the 2-core AMD EPYC of the README's timings). In a 4000-pixel
 phone photo, faces from about 63 pixels across (``MIN_FACE`` in the downscaled copy) are still found."""
 _PAD = 0.35  # the border, as a fraction of the side, a tight crop is looked at again inside
+
+PROGRESS_SECONDS = 30.0
+"""How often work over many images (decoding, finding faces) logs how far it is when no progress bar is drawn:
+output to a file or a pipe, where a bar would be one line at the start and then nothing for minutes."""
+
+T = TypeVar("T")
 
 
 class NoFace(Skipped):
@@ -227,6 +235,40 @@ def detector() -> FaceDetector:
         return _shared
 
 
+# --------------------------------------------------------------------------- progress
+
+
+def duration(seconds: float) -> str:
+    """``"45 s"``, ``"3 min 20 s"``, ``"1 h 05 min"``."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def progress(items: Iterable[T], total: int, desc: str, every: float | None = None) -> Iterator[T]:
+    """``items`` (``total`` images), counted as they come: a bar on a terminal; otherwise a log line every
+    ``every`` seconds (default :data:`PROGRESS_SECONDS`) with images done of ``total``, images a second and
+    the time left. Either way one line at the end says how many images took how long."""
+    every = PROGRESS_SECONDS if every is None else every
+    bar = tqdm(items, total=total, desc=desc, unit="img", leave=False, disable=None)  # None: terminal only
+    started = last = time.perf_counter()
+    done = 0
+    for item in bar:
+        yield item
+        done += 1
+        now = time.perf_counter()
+        if bar.disable and done < total and now - last >= every:
+            last = now
+            rate = done / max(now - started, 1e-9)
+            logger.info("%s: %d/%d images (%d%%), %.1f img/s, about %s left", desc, done, total,
+                        100 * done // max(total, 1), rate, duration((total - done) / rate))
+    elapsed = time.perf_counter() - started
+    logger.info("%s: %d images in %s (%.1f img/s)", desc, done, duration(elapsed), done / max(elapsed, 1e-9))
+
+
 # --------------------------------------------------------------------------- alignment
 
 
@@ -361,5 +403,5 @@ def is_aligned_folder(root: str | Path) -> bool:
 
 
 __all__ = ["ALIGN_CHOICES", "ALIGNED_MARKER", "DETECT_SIDE", "Face", "FaceDetector", "NoFace", "Prepared",
-           "TEMPLATE_112", "align", "check_align", "detector", "is_aligned_folder", "prepare", "similarity",
-           "template"]
+           "PROGRESS_SECONDS", "TEMPLATE_112", "align", "check_align", "detector", "duration", "is_aligned_folder",
+           "prepare", "progress", "similarity", "template"]

@@ -6,10 +6,15 @@ way)::
 
     <root>/<Name>/<any image file PIL reads>
 
-:func:`load_faces` decodes every image once (centre crop, resize) into one
-uint8 tensor and caches it on disk, so a second run starts in seconds.
-:func:`split_people` makes identity-disjoint train / validation / test splits;
-:mod:`cnnlab.data.samplers` draws pairs, triplets and P x K batches from them.
+:func:`list_faces` lists the people and their files without decoding any
+(seconds, even for LFW's 13,233 images), so a run can choose what it needs
+first; :func:`load_faces` decodes the images of a folder, or of such a
+listing narrowed to the files chosen (:meth:`FaceListing.only`), once (face
+found or centre crop, resize) into one uint8 tensor and caches it on disk, so
+a second run starts in seconds. :func:`split_people` makes identity-disjoint
+train / validation / test splits and :func:`subsample_people` a seeded subset
+of whole people; :mod:`cnnlab.data.samplers` draws pairs, triplets and P x K
+batches from them.
 """
 
 from __future__ import annotations
@@ -25,10 +30,9 @@ from typing import Iterator, Sequence
 
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from cnnlab.data import cache
-from cnnlab.data.align import ALIGNED_MARKER, NoFace, check_align, is_aligned_folder, prepare
+from cnnlab.data.align import ALIGNED_MARKER, NoFace, check_align, is_aligned_folder, prepare, progress
 from cnnlab.data.images import list_files, load_many
 from cnnlab.errors import ConfigError, DataError
 
@@ -150,6 +154,64 @@ def _scan(root: Path, skip_bad: bool) -> tuple[list[str], list[list[Path]]]:
     return names, files
 
 
+@dataclass
+class FaceListing:
+    """The files of a people folder, listed but not decoded: what a run chooses from before paying for decoding.
+
+    ``paths[p]`` are the files of person ``names[p]`` (people and files
+    sorted). ``labels`` and ``files`` are flat, as in :class:`FaceSet`
+    (``files`` relative to ``root``, with ``/``), so what finds images by
+    person or file name (:func:`cnnlab.data.lfw.select_people`,
+    :func:`cnnlab.data.lfw.resolve_pairs`) reads both. ``partial``: a choice of
+    the folder's files (:meth:`only`), which :func:`load_faces` caches apart
+    from the whole folder's.
+    """
+
+    root: Path
+    names: list[str]
+    paths: list[list[Path]]
+    partial: bool = False
+    labels: torch.Tensor = field(init=False, repr=False, compare=False)  # both follow from paths
+    files: list[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.labels = torch.tensor([p for p, fs in enumerate(self.paths) for _ in fs], dtype=torch.int64)
+        self.files = [f.relative_to(self.root).as_posix() for fs in self.paths for f in fs]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def num_people(self) -> int:
+        return len(self.names)
+
+    def only(self, idx: torch.Tensor) -> FaceListing:
+        """The listing of the files at ``idx`` (indices into ``files``) alone; people left without one drop out."""
+        wanted = torch.zeros(len(self), dtype=torch.bool)
+        wanted[torch.as_tensor(idx, dtype=torch.int64)] = True
+        keep = wanted.tolist()
+        names, paths, k = [], [], 0
+        for name, person in zip(self.names, self.paths):
+            chosen = [p for p, w in zip(person, keep[k : k + len(person)]) if w]
+            k += len(person)
+            if chosen:
+                names.append(name)
+                paths.append(chosen)
+        return FaceListing(self.root, names, paths, partial=self.partial or len(names) < len(self.names)
+                           or sum(map(len, paths)) < len(self))
+
+
+def list_faces(root: str | os.PathLike, skip_bad: bool = False) -> FaceListing:
+    """The people and files under ``root`` (see :func:`find_people_root`), nothing decoded.
+
+    A person folder without images is a :class:`DataError` naming it, or,
+    with ``skip_bad``, left out with a warning.
+    """
+    people_root = find_people_root(root)
+    names, paths = _scan(people_root, skip_bad)
+    return FaceListing(people_root, names, paths)
+
+
 # --------------------------------------------------------------------------- decoding + cache
 
 
@@ -183,16 +245,22 @@ class FaceSet:
 
 
 def _cache_keys(root: Path, image_size: int, crop: float, files: list[list[Path]],
-                align: str = "center") -> tuple[str, str]:
+                align: str = "center", partial: bool = False) -> tuple[str, str]:
     """(name, content key) of the cache: the name from the folder, size and crop, the key also from the files.
 
     One cache file per folder, size and crop, overwritten when the files
     change, so adding a photo does not leave a stale copy of the whole set
     behind. Sizes and modification times stand in for the contents:
     re-hashing 13k images on every start would cost as much as decoding them.
+    A ``partial`` listing (a run's choice of the files) is named by its file
+    names too: one cache per choice, beside the whole folder's, which it
+    neither replaces nor is replaced by.
     """
     settings = {"version": _CACHE_VERSION, "root": str(root.resolve()), "size": image_size,
                 "crop": round(float(crop), 6), "align": align, "aligned_folder": is_aligned_folder(root)}
+    if partial:
+        names = "\n".join(p.relative_to(root).as_posix() for person_files in files for p in person_files)
+        settings["only"] = hashlib.sha256(names.encode()).hexdigest()[:24]
     listing = []
     for person_files in files:
         for p in person_files:
@@ -227,14 +295,15 @@ def _cache_problem(obj: dict, names: list[str], files: list[list[Path]], image_s
 
 
 def load_faces(
-    root: str | os.PathLike,
+    root: str | os.PathLike | FaceListing,
     image_size: int = 112,
     crop: float = LFW_CROP,
     skip_bad: bool = False,
     cache_dir: str | os.PathLike | None = None,
     align: str = "center",
 ) -> FaceSet:
-    """Decode every face under ``root`` (see :func:`find_people_root`) into a :class:`FaceSet`.
+    """Decode every face under ``root`` (see :func:`find_people_root`), or of the :class:`FaceListing` ``root``
+    (the files a run chose, see :func:`list_faces`), into a :class:`FaceSet`.
 
     Each image is decoded to upright RGB (grayscale repeated into three
     channels) and made ``image_size`` x ``image_size`` as ``align`` says (see
@@ -259,9 +328,9 @@ def load_faces(
     if not 0.0 < float(crop) <= 1.0:
         raise ConfigError(f"--crop must be a fraction of the image side in (0, 1], got {crop!r}")
     check_align(align)
-    people_root = find_people_root(root)
-    names, files = _scan(people_root, skip_bad)
-    cache_name, key = _cache_keys(people_root, image_size, crop, files, align)
+    listing = root if isinstance(root, FaceListing) else list_faces(root, skip_bad)
+    people_root, names, files = listing.root, listing.names, listing.paths
+    cache_name, key = _cache_keys(people_root, image_size, crop, files, align, listing.partial)
     cache_path = cache.cache_dir(cache_dir) / "faces" / f"{cache_name}.pt"
 
     meta = {"version": _CACHE_VERSION, "image_size": image_size, "crop": round(float(crop), 6), "align": align,
@@ -298,15 +367,12 @@ def _decode(people_root: Path, names: list[str], files: list[list[Path]], image_
     def transform(img: Image.Image, path: Path) -> Image.Image:
         return how.prepare(img, path, image_size, crop)
 
-    def progress(it, total):
-        what = "decoding faces" if align == "center" else "finding faces"
-        return tqdm(it, total=total, desc=f"{what} in {people_root.name}", unit="img", leave=False,
-                    disable=None)  # None: drawn on a terminal only, never into a log or a pipe
-
+    what = "decoding faces" if align == "center" or how.aligned_folder else "finding faces"
     if align != "center" and not how.aligned_folder:
         logger.info("finding the face and its five landmarks in %d images of %s (once: the result is cached)",
                     len(flat), people_root)
-    arr, kept, bad = load_many(flat, transform, skip_bad=skip_bad, progress=progress, with_path=True)
+    arr, kept, bad = load_many(flat, transform, skip_bad=skip_bad, with_path=True,
+                               progress=lambda it, total: progress(it, total, f"{what} in {people_root.name}"))
     alignment = how.counts()
     _log_alignment(alignment, people_root)
     if not kept:
@@ -460,3 +526,22 @@ def split_people(
                         "people with several images to form positive pairs")
     where = part_of[labels]
     return Split(*(torch.nonzero(where == s).flatten() for s in range(3)))
+
+
+def subsample_people(labels: torch.Tensor, idx: torch.Tensor, n: int | None, seed: int = 0) -> torch.Tensor:
+    """``n`` of the images ``idx`` (ascending), whole people in a seeded random order, the last one cut to fit.
+
+    Whole people keep the subset's positive pairs what they are in the full
+    set; drawing images one by one would leave most people with one image.
+    All of ``idx`` when ``n`` is None or not smaller.
+    """
+    idx = torch.as_tensor(idx, dtype=torch.int64)
+    if n is None or n >= len(idx):
+        return idx
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    people = torch.unique(labels[idx])
+    order = people[torch.randperm(len(people), generator=torch.Generator().manual_seed(int(seed)))]
+    rank = torch.empty(int(people.max()) + 1, dtype=torch.int64)
+    rank[order] = torch.arange(len(order))
+    by_person = idx[torch.argsort(rank[labels[idx]], stable=True)]  # each person's images stay in file order
+    return by_person[:n].sort().values

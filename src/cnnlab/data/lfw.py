@@ -34,7 +34,7 @@ from typing import Sequence
 import torch
 
 from cnnlab.data.download import download_url, extract_archive
-from cnnlab.data.faces import FaceSet
+from cnnlab.data.faces import FaceListing, FaceSet
 from cnnlab.errors import DataError
 from cnnlab.files import not_a_regular_file
 
@@ -215,7 +215,7 @@ def read_people(path: str | os.PathLike) -> PeopleList:
     return PeopleList(names, torch.tensor(counts, dtype=torch.int64), torch.tensor(fold, dtype=torch.int64), path)
 
 
-def _image_index(faces: FaceSet) -> dict[tuple[str, int], int]:
+def _image_index(faces: FaceSet | FaceListing) -> dict[tuple[str, int], int]:
     """(person, image number) -> index, from LFW's ``<Name>/<Name>_NNNN.<ext>`` file names."""
     index = {}
     for i, rel in enumerate(faces.files):
@@ -227,8 +227,9 @@ def _image_index(faces: FaceSet) -> dict[tuple[str, int], int]:
     return index
 
 
-def resolve_pairs(pairs: PairList, faces: FaceSet) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices into ``faces`` of each pair's two images, int64 (M,) each.
+def resolve_pairs(pairs: PairList, faces: FaceSet | FaceListing) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices into ``faces`` (decoded, or a listing: so a pairs file is checked before decoding) of each pair's
+    two images, int64 (M,) each.
 
     A pair naming a person without a folder, or an image number without a
     file, is a :class:`DataError` naming the pairs file and the line.
@@ -253,7 +254,7 @@ def resolve_pairs(pairs: PairList, faces: FaceSet) -> tuple[torch.Tensor, torch.
     return out[0], out[1]
 
 
-def select_people(faces: FaceSet, names: Sequence[str], source: str | os.PathLike | None = None) -> torch.Tensor:
+def select_people(faces: FaceSet | FaceListing, names: Sequence[str], source: str | os.PathLike | None = None) -> torch.Tensor:
     """Indices (ascending, int64) of every image of the people in ``names``, e.g. from :func:`read_people`.
 
     A name without a folder in ``faces`` is a :class:`DataError` (naming ``source`` when given).
@@ -270,9 +271,9 @@ def select_people(faces: FaceSet, names: Sequence[str], source: str | os.PathLik
 
 
 def find_protocol_file(
-    name: str, data_dir: str | os.PathLike, protocol_dir: str | os.PathLike | None = None
+    name: str, data_dir: str | os.PathLike, protocol_dir: str | os.PathLike | None = None, what: str = ""
 ) -> Path:
-    """Find an LFW protocol file such as ``pairs.txt``.
+    """Find an LFW protocol file such as ``pairs.txt``; ``what`` it holds goes into the message when it is missing.
 
     Looks in ``protocol_dir`` (when given), then ``data_dir``, then the
     parent of ``data_dir`` (where LFW's files sit beside
@@ -284,7 +285,8 @@ def find_protocol_file(
         if candidate.is_file():
             logger.info("using %s", candidate)
             return candidate
-    raise DataError(f"LFW protocol file {name} not found; looked in " + ", ".join(str(p) for p in places))
+    raise DataError(f"LFW protocol file {name} not found{f' ({what})' if what else ''}; looked in "
+                    + ", ".join(str(p.absolute()) for p in places))
 
 
 # --------------------------------------------------------------------------- download

@@ -16,12 +16,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
-
 from cnnlab import __version__
-from cnnlab.data.align import ALIGNED_MARKER, DETECTOR, NoFace, detector, template
+from cnnlab.data.align import ALIGNED_MARKER, DETECTOR, NoFace, detector, progress, template
 from cnnlab.data.align import align as warp
-from cnnlab.data.faces import _scan, find_people_root
+from cnnlab.data.faces import find_people_root, list_faces
 from cnnlab.data.images import BadImage, decode_rgb
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write_bytes, dumps_json
@@ -68,8 +66,7 @@ def align_folder(src: str | os.PathLike, dst: str | os.PathLike, size: int = 112
     root = find_people_root(src)
     dst = Path(dst)
     _check_out(root, dst, size)
-    _, files = _scan(root, skip_bad=True)
-    flat = [p for person in files for p in person]
+    flat = [p for person in list_faces(root, skip_bad=True).paths for p in person]
     det = detector()
     lock = threading.Lock()
     report: dict = {"source": str(root.resolve()), "size": size, "detector": DETECTOR,
@@ -107,8 +104,7 @@ def align_folder(src: str | os.PathLike, dst: str | os.PathLike, size: int = 112
 
     workers = min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in tqdm(pool.map(one, flat), total=len(flat), desc=f"aligning faces of {root.name}", unit="img",
-                      disable=None):
+        for _ in progress(pool.map(one, flat), len(flat), f"aligning faces of {root.name}"):
             pass
     for key in ("no_face", "bad", "several_faces"):
         report[key].sort()
