@@ -17,6 +17,7 @@ crop, at the run's size; 32x32 for CIFAR). The CLI's ``faces verify``,
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 
@@ -27,7 +28,7 @@ from PIL import Image
 from cnnlab.cifar.train import load_run_model as load_cifar_run
 from cnnlab.data.augment import eval_transform
 from cnnlab.data.cifar10 import CLASSES, IMAGE_SIZE
-from cnnlab.data.align import Prepared
+from cnnlab.data.align import DetectorMissing, NoFace, Prepared
 from cnnlab.data.images import _to_rgb, check_size, decode_rgb, resize_exact, upright
 from cnnlab.engine import check_finite, infer
 from cnnlab.errors import CnnlabError, DataError
@@ -86,6 +87,21 @@ def _name(image, i: int) -> str:
     return str(image) if isinstance(image, (str, os.PathLike)) else f"image {i}"
 
 
+_CENTRE = 'FaceVerifier.from_run(..., align="center")'  # how a user of this API asks for the centre crop
+
+
+@contextlib.contextmanager
+def _centre_crop_advice():
+    """A face that is not found, or a detector that is not installed, advised with this API's parameter."""
+    try:
+        yield
+    except NoFace as e:
+        raise e.advising(f"use a photo in which the face is visible, or open the run with {_CENTRE} to take "
+                         "the centre crop instead") from None
+    except DetectorMissing as e:
+        raise e.advising(f"or open the run with {_CENTRE} to take the centre crop instead") from None
+
+
 class FaceVerifier:
     """A trained face run: embed faces, verify a pair, identify a face in a gallery.
 
@@ -93,7 +109,8 @@ class FaceVerifier:
     person when their distance is at most :attr:`threshold`, the one
     training chose on its validation pairs. Each input must hold a face
     (:class:`cnnlab.data.align.NoFace`, a :class:`~cnnlab.errors.DataError`
-    naming it, otherwise) unless the run centre-crops (``--align center``).
+    naming it, otherwise) unless the run centre-crops (trained with ``--align
+    center``, or opened with ``align="center"``).
     """
 
     def __init__(self, opened):
@@ -120,9 +137,10 @@ class FaceVerifier:
         """Each image made ready for the network: ``.image`` (the aligned or cropped face, PIL), ``.face``
         (the detected face: box, landmarks, score; None when centre-cropped) and ``.faces`` (how many)."""
         cfg, align = self._run.cfg, self.align
-        return [load_image(im, cfg, align) if isinstance(im, (str, os.PathLike))
-                else prepare_input(_rgb(im, _name(im, i)), _name(im, i), cfg, align)
-                for i, im in enumerate(_as_list(images))]
+        with _centre_crop_advice():
+            return [load_image(im, cfg, align) if isinstance(im, (str, os.PathLike))
+                    else prepare_input(_rgb(im, _name(im, i)), _name(im, i), cfg, align)
+                    for i, im in enumerate(_as_list(images))]
 
     def preprocess(self, images) -> torch.Tensor:
         """uint8 (N, 3, S, S): each image decoded, its face aligned (or centre-cropped) and resized as in training."""
@@ -152,7 +170,8 @@ class FaceVerifier:
         """
         check_k(k)
         r = self._run
-        g = _gallery(r.run, r.model, r.cfg, gallery_dir, r.device, r.precision, r.channels_last, r.align)
+        with _centre_crop_advice():
+            g = _gallery(r.run, r.model, r.cfg, gallery_dir, r.device, r.precision, r.channels_last, r.align)
         return nearest_people(self.embed(probe), g, k, self.threshold)
 
 

@@ -12,13 +12,14 @@ This module imports neither, so the studies never import their composer.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 from cnnlab.config import check_fields, from_dict, load_yaml
 from cnnlab.errors import CnnlabError, TargetRefused, shown_path
@@ -113,16 +114,39 @@ EXPORT_FILE = [arg("--format", required=True, choices=("onnx", "torchscript"), h
                                                         "FIFO or folder, or a file in a run's checkpoints/, never)")]
 
 
-def export_file(study: str, args: argparse.Namespace) -> dict:
-    """``cnnlab STUDY export``: the run's network written to --out; its metadata is returned."""
+def export_file(study: str, args: argparse.Namespace, check_run: Callable[[], Any] | None = None) -> dict:
+    """``cnnlab STUDY export``: the run's network written to --out; its metadata is returned.
+
+    --out is checked first; then ``check_run()``, the command's cheap look at RUN_DIR, before the run is opened.
+    """
     from cnnlab.export import export_run
+    from cnnlab.files import refuse_replacing
 
     try:
+        try:
+            refuse_replacing(args.out, replace_file=args.force)
+        except TargetRefused:
+            pass  # export_run refuses it, with the first reason that applies, before it opens the run
+        else:
+            if check_run is not None:
+                check_run()
         return export_run(study, args.run_dir, args.format, args.out, force=args.force,
                           allow_unfinished=args.allow_unfinished)
     except TargetRefused as e:
         hint = "; give --force to replace it" if e.replaceable else ""
         raise CnnlabError(f"--out {e}{hint}") from None
+
+
+@contextlib.contextmanager
+def offline_advice(advice: str) -> Iterator[None]:
+    """A download that fails inside the block says how to do without it in the command's options:
+    ``advice``, where ``{folder}`` stands for the folder the download was for."""
+    from cnnlab.data.download import DownloadFailed
+
+    try:
+        yield
+    except DownloadFailed as e:
+        raise e.advising(advice.format(folder=shown_path(e.by_hand.parent))) from None
 
 
 RUN_OPTIONS = "run options (saved in the run's config.yaml)"

@@ -61,7 +61,7 @@ def test_images_are_decoded_as_in_training(tmp_path):
         load_image(tmp_path / "bad.jpg", cfg)
     # A run that detects faces refuses an input without one, naming it (auto has no fallback for one input).
     for align in ("auto", "detect"):
-        with pytest.raises(NoFace, match=r"g\.png: no face found; .*--align center"):
+        with pytest.raises(NoFace, match=r"g\.png: no face found; .*centre crop"):
             load_image(tmp_path / "g.png", cfg, align)
 
 

@@ -215,14 +215,15 @@ def test_a_full_disk_names_out_not_the_temporary_file(previous_run, tmp_path, ca
     (OSError(errno.ENOENT, "No such file or directory", "a.pt"), False),
     (OSError(errno.EACCES, "Permission denied", "a\nb.pt"), False),
 ], ids=["full", "read-only", "missing", "denied"])
-def test_only_a_failed_write_says_earlier_files_are_intact(error, intact, tmp_path, capsys, monkeypatch):
+def test_only_a_failed_write_says_earlier_files_are_intact(error, intact, previous_run, tmp_path, capsys,  # noqa: F811
+                                                           monkeypatch):
     import cnnlab.export
 
     def fails(*a, **k):
         raise error
 
     monkeypatch.setattr(cnnlab.export, "export_run", fails)
-    assert main(_export(tmp_path, tmp_path / "x.pt")) == 1
+    assert main(_export(previous_run, tmp_path / "x.pt")) == 1  # a run: the command looks at RUN_DIR first
     err = capsys.readouterr().err
     shown = repr(error.filename) if "\n" in error.filename else error.filename
     assert err.count("\n") == 1 and f"({shown})" in err

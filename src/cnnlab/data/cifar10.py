@@ -232,10 +232,23 @@ def _decode_folders(root: Path, classes: list[str], listing: dict, skip_bad: boo
 # --- entry point -------------------------------------------------------------------
 
 
+class NoData(DataError):
+    """The data folder does not exist or is empty; ``advice`` says how to get CIFAR-10 into it, as the
+    caller offers it (see :meth:`advising`)."""
+
+    def __init__(self, problem: str, advice: str = "CIFAR-10 can be downloaded into it"):
+        self.problem, self.advice = problem, advice
+        super().__init__(f"{problem} ({advice})" if advice else problem)
+
+    def advising(self, advice: str) -> "NoData":
+        return NoData(self.problem, advice)
+
+
 def detect_layout(data_dir: Path) -> tuple[str, Path]:
-    """``("batches", folder)`` or ``("folders", root)``; a :class:`DataError` otherwise."""
+    """``("batches", folder)`` or ``("folders", root)``; a :class:`DataError` otherwise (a :class:`NoData`
+    where there is nothing yet)."""
     if not data_dir.exists():
-        raise DataError(f"--data-dir {data_dir} does not exist (add --download to fetch CIFAR-10 into it)")
+        raise NoData(f"--data-dir {data_dir} does not exist")
     if not data_dir.is_dir():
         raise DataError(f"--data-dir {data_dir} is a file, expected a folder")
     for folder in (data_dir / BATCHES_DIR, data_dir):
@@ -244,19 +257,31 @@ def detect_layout(data_dir: Path) -> tuple[str, Path]:
     if (data_dir / "train").is_dir() and (data_dir / "test").is_dir():
         return "folders", data_dir
     if not any(data_dir.iterdir()):
-        raise DataError(f"--data-dir {data_dir} is empty (add --download to fetch CIFAR-10 into it)")
+        raise NoData(f"--data-dir {data_dir} is empty")
     raise DataError(
         f"--data-dir {data_dir}: holds neither {BATCHES_DIR}/ (the official python batches) "
         "nor train/<class>/ and test/<class>/ image folders"
     )
 
 
-def download(data_dir: Path) -> Path:
-    from cnnlab.data.download import download_url, extract_archive
+OFFLINE = ("use a copy of CIFAR-10 already on disk as the data folder: the official cifar-10-batches-py folder "
+           "(or the folder holding it), or train/<class>/ and test/<class>/ image folders")
+"""How to do without the download, in the library's words; a command says it with its own option."""
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    archive = download_url(URL, data_dir / "cifar-10-python.tar.gz", md5=MD5)
-    extract_archive(archive, data_dir)
+
+def download(data_dir: Path) -> Path:
+    """Fetch and unpack the official batches into ``data_dir``; a failed download leaves no folder it made.
+
+    A :class:`~cnnlab.data.download.DownloadFailed` says how to do without the network (:data:`OFFLINE`).
+    """
+    from cnnlab.data.download import DownloadFailed, download_url, extract_archive, made_folder
+
+    with made_folder(data_dir):
+        try:
+            archive = download_url(URL, data_dir / "cifar-10-python.tar.gz", md5=MD5)
+        except DownloadFailed as e:
+            raise e.advising(OFFLINE) from None
+        extract_archive(archive, data_dir)
     return data_dir / BATCHES_DIR
 
 

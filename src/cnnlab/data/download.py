@@ -4,7 +4,10 @@ A download is streamed into ``<dest>.part`` and only renamed to ``dest`` once
 it is complete and its md5 matches, so a file at ``dest`` is never half of one;
 an interrupted download resumes from its ``.part`` with an HTTP ``Range``
 request. A ``file://`` URL or a plain path takes the same road, which lets a
-user without internet hand over a file fetched elsewhere.
+user without internet hand over a file fetched elsewhere. A failed download
+leaves no folder it created empty behind, and no ``.part`` without bytes; a
+network failure is a :class:`DownloadFailed`, whose message its caller can
+complete with how to do without the network.
 
 An archive is unpacked into a hidden temporary folder that is moved into place
 at the end, so an interrupted extraction never leaves a folder that looks
@@ -18,6 +21,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import contextlib
 import logging
 import lzma
 import os
@@ -33,7 +37,7 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from tqdm import tqdm
 
@@ -89,6 +93,48 @@ def _check_md5_arg(md5: str | None) -> str | None:
 # --------------------------------------------------------------------------- downloads
 
 
+class DownloadFailed(DataError):
+    """A download that the network or the server let fail (not a wrong checksum, not a bad URL).
+
+    The message says what failed (``problem``), where a file fetched elsewhere
+    goes (``by_hand``), how to use a copy already on disk instead
+    (``offline``, in the words of whoever knows the dataset: its loader, a
+    command with its options; see :meth:`advising`) and what was kept for the
+    next try (``note``).
+    """
+
+    def __init__(self, problem: str, by_hand: Path, offline: str = "", note: str = ""):
+        self.problem, self.by_hand, self.offline, self.note = problem, by_hand, offline, note
+        super().__init__(f"{problem}. You can download the file by hand and put it at {by_hand}"
+                         + (f"; or {offline}" if offline else "") + note)
+
+    def advising(self, offline: str) -> "DownloadFailed":
+        """The same failure, with ``offline`` as the way to do without the download."""
+        return DownloadFailed(self.problem, self.by_hand, offline, self.note)
+
+
+@contextlib.contextmanager
+def made_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Create the folder ``path`` (and its missing parents); if the block fails, remove again those of
+    them it created that are still empty. What was there before is never removed."""
+    path = Path(path)
+    created = []
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        created.append(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in created:  # the deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (something else is in it now), or gone: keep it
+                break
+        raise
+
+
 def download_url(
     url: str | os.PathLike,
     dest: str | os.PathLike,
@@ -116,12 +162,17 @@ def download_url(
     times, continuing from the bytes already saved. ``progress`` shows a byte
     progress bar on a terminal (none when output is not a TTY).
 
+    A failed download leaves the folders it created for ``dest`` only if
+    something else is in them now, and a ``.part`` only if it holds bytes
+    to resume from (the message then says so).
+
     Raises:
+        DownloadFailed: the server refuses the URL or the network fails after
+            all tries; the message says that the file can be downloaded by
+            hand and put at ``dest``.
         DataError: the checksum does not match (the bad ``.part`` is removed
-            and the message gives the expected and the actual md5), the server
-            refuses the URL, the network fails after all tries, or a local
-            source file does not exist. Network messages say that the file can
-            be downloaded by hand and put at ``dest``.
+            and the message gives the expected and the actual md5), or a local
+            source file does not exist.
         ConfigError: ``md5`` is not 32 hex digits, or ``retries`` is negative.
     """
     dest = Path(dest)
@@ -140,21 +191,22 @@ def download_url(
         logger.warning("%s exists but its md5 is %s, expected %s; fetching it again", dest, actual, md5)
         stale_note = f" ({dest} exists but its md5 is {actual}, not {md5})"
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_suffix(dest.suffix + ".part")
     source = _local_source(url)
-    if source is not None:
-        _copy_local(source, part, dest, progress=progress, chunk_size=chunk_size)
-        try:
-            _finish(part, dest, md5, str(source), chunk_size)
-        except _ChecksumMismatch as e:
-            raise DataError(f"{e}; the copy was removed") from None
-        return dest
+    with made_folder(dest.parent):
+        if source is not None:
+            _copy_local(source, part, dest, progress=progress, chunk_size=chunk_size)
+            try:
+                _finish(part, dest, md5, str(source), chunk_size)
+            except _ChecksumMismatch as e:
+                raise DataError(f"{e}; the copy was removed") from None
+            return dest
 
-    url = str(url)
-    logger.info("downloading %s to %s", url, dest)
-    return _download(url, part, dest, md5, stale_note, progress=progress, chunk_size=chunk_size, timeout=timeout,
-                     retries=retries)
+        url = str(url)
+        logger.info("downloading %s to %s", url, dest)
+        return _download(url, part, dest, md5, stale_note, progress=progress, chunk_size=chunk_size,
+                         timeout=timeout, retries=retries)
+
 
 def _download(url: str, part: Path, dest: Path, md5: str | None, stale_note: str, *, progress: bool,
               chunk_size: int, timeout: float, retries: int) -> Path:
@@ -169,11 +221,11 @@ def _download(url: str, part: Path, dest: Path, md5: str | None, stale_note: str
             e.close()
             reason = f"the server answered HTTP {e.code} {e.reason}"
             if e.code not in _TRANSIENT_HTTP or attempt >= retries:
-                raise DataError(_network_message(url, dest, reason) + stale_note) from None
+                raise _failed(url, part, dest, reason, stale_note) from None
         except (*_NETWORK_ERRORS, _Incomplete) as e:
             reason = _reason(e)
             if attempt >= retries:
-                raise DataError(_network_message(url, dest, reason) + stale_note) from None
+                raise _failed(url, part, dest, reason, stale_note) from None
         else:
             try:
                 _finish(part, dest, md5, url, chunk_size)
@@ -216,11 +268,16 @@ def _reason(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def _network_message(url: str, dest: Path, reason: str) -> str:
-    return (
-        f"cannot download {url}: {reason}. "
-        f"You can download the file by hand and put it at {dest}"
-    )
+def _failed(url: str, part: Path, dest: Path, reason: str, note: str) -> DownloadFailed:
+    """The :class:`DownloadFailed` of a download given up; a ``.part`` without bytes is removed, one with
+    bytes is kept (the next try resumes from it) and named."""
+    have = part.stat().st_size if part.is_file() else 0
+    if have:
+        note += f"; the {have:,} bytes fetched so far are kept in {part}, and the next try continues from them"
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+    return DownloadFailed(f"cannot download {url}: {reason}", dest, note=note)
 
 
 def _local_source(url: str | os.PathLike) -> Path | None:
@@ -266,11 +323,16 @@ def _copy_local(source: Path, part: Path, dest: Path, *, progress: bool, chunk_s
     if not source.is_file():
         raise DataError(f"cannot copy {source} to {dest}: {source} does not exist or is not a file")
     logger.info("copying %s to %s", source, dest)
-    with open(source, "rb") as src, open(part, "wb") as out:
-        with _progress_bar(source.stat().st_size, 0, dest.name, progress) as bar:
-            _stream(src, out, bar, chunk_size)
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        with open(source, "rb") as src, open(part, "wb") as out:
+            with _progress_bar(source.stat().st_size, 0, dest.name, progress) as bar:
+                _stream(src, out, bar, chunk_size)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:  # a copy starts from zero each time: half of one is of no use
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+        raise
 
 
 def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:

@@ -33,7 +33,7 @@ from typing import Sequence
 
 import torch
 
-from cnnlab.data.download import download_url, extract_archive
+from cnnlab.data.download import DownloadFailed, download_url, extract_archive, made_folder
 from cnnlab.data.faces import FaceListing, FaceSet
 from cnnlab.errors import DataError
 from cnnlab.files import not_a_regular_file
@@ -305,6 +305,11 @@ LFW_FILES: dict[str, str] = {
 }
 
 
+OFFLINE = (f"use a copy of LFW already on disk as the face folder, or fetch {ARCHIVE} and the protocol files "
+           "elsewhere and give the folder holding them as the base URL (file:///path/to/folder/)")
+"""How to do without LFW's site, in the library's words; a command says it with its own options."""
+
+
 def _has_people(data_dir: Path) -> bool:
     return data_dir.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in data_dir.iterdir())
 
@@ -316,13 +321,23 @@ def download_lfw(data_dir: str | os.PathLike, base_url: str = LFW_URL, check_md5
     and the protocol files, the layout ``--data-dir`` and ``--protocol
     lfw-view1`` expect. The archive is kept beside them (delete it to save
     100 MB). ``base_url`` may be a ``file://`` folder holding the same files
-    (for a machine without internet, with files fetched elsewhere).
+    (for a machine without internet, with files fetched elsewhere). A
+    :class:`~cnnlab.data.download.DownloadFailed` says how to do without the
+    network (:data:`OFFLINE`).
     """
     data_dir = Path(data_dir).expanduser()
     if data_dir.exists() and not data_dir.is_dir():
         raise DataError(f"{data_dir} is a file, expected a folder")
-    data_dir.mkdir(parents=True, exist_ok=True)
     base = base_url if base_url.endswith("/") else base_url + "/"
+    with made_folder(data_dir):  # a failed download leaves no empty folder behind
+        try:
+            _fetch_lfw(data_dir, base, check_md5)
+        except DownloadFailed as e:
+            raise e.advising(OFFLINE) from None
+    return data_dir
+
+
+def _fetch_lfw(data_dir: Path, base: str, check_md5: bool) -> None:
     for name, md5 in LFW_FILES.items():
         if name == ARCHIVE:
             if _has_people(data_dir):
@@ -332,7 +347,6 @@ def download_lfw(data_dir: str | os.PathLike, base_url: str = LFW_URL, check_md5
             extract_archive(archive, data_dir)
         elif not (data_dir / name).is_file():
             download_url(base + name, data_dir / name, md5 if check_md5 else None)
-    return data_dir
 
 
 def download_lfw_if_missing(data_dir: str | os.PathLike) -> None:

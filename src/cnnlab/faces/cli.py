@@ -3,18 +3,68 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
+from cnnlab import checks
 from cnnlab.config import FACE_ALIGNS, FaceSearchConfig, FaceTrainConfig, from_dict
-from cnnlab.errors import shown_path
+from cnnlab.errors import ConfigError, DataError, shown_path
 from cnnlab.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
                             add_figures_command, arg, build_config, config_options, config_overrides, data_dir,
-                            export_file, print_result, report_files, run_dir, train_args, train_command)
+                            export_file, offline_advice, print_result, report_files, run_dir, train_args, train_command)
 from cnnlab.search import RANKING
 
 
 _RESULT_KEYS = ("roc_auc", "eer", "accuracy", "threshold", "tar_at_far_1e-3", "precision_at_1", "map_at_r",
                 "best_val_roc_auc", "best_epoch", "train_seconds")
+
+
+# --------------------------------------------------------------------------- advice and cheap checks
+# Each handler checks what costs nothing (paths, values) before it loads a network or decodes images.
+
+_LFW_FILES = "lfw-deepfunneled.tgz and the protocol files"
+# Said where a download of LFW fails, as the command that failed can act on it.
+_OFFLINE_TRAIN = (f"point --data-dir at a copy of LFW already on disk, or fetch {_LFW_FILES} elsewhere and run "
+                  "cnnlab faces download --data-dir {folder} --url file:///path/to/that/folder/")
+_OFFLINE_DOWNLOAD = (f"fetch {_LFW_FILES} elsewhere and give the folder holding them as --url "
+                     "file:///path/to/that/folder/; or train with --data-dir at a copy of LFW already on disk")
+
+
+@contextlib.contextmanager
+def _centre_crop_advice(option: str = "give --align center"):
+    """A face not found, or a detector not installed, advised with the command's own option."""
+    from cnnlab.data.align import DetectorMissing, NoFace
+
+    try:
+        yield
+    except NoFace as e:
+        raise e.advising(f"use a photo in which the face is visible, or {option} to take the centre crop "
+                         "instead") from None
+    except DetectorMissing as e:
+        raise e.advising(f"or {option} to take the centre crop instead") from None
+
+
+def _checked_train(cfg: FaceTrainConfig, out, **kwargs) -> dict:
+    """``train``, once the face folder is known to be there (unless it is to be downloaded)."""
+    from cnnlab.faces.train import train
+
+    if not cfg.download:
+        checks.input_folder(cfg.data_dir, "face folder")
+    with offline_advice(_OFFLINE_TRAIN), _centre_crop_advice():
+        return train(cfg, out, **kwargs)
+
+
+def _check_data_dir(run, data_dir: str | None) -> None:
+    """``--data-dir`` when given, else the folder the run was trained on, is a folder."""
+    if data_dir is not None:
+        checks.input_folder(data_dir, "--data-dir")
+        return
+    trained_on = run.read_config().get("data_dir")
+    if isinstance(trained_on, str) and not Path(trained_on).expanduser().is_dir():
+        raise DataError(f"{run.path} was trained on {trained_on}, which is no folder here; give --data-dir where "
+                        "the faces are now")
 
 
 # --------------------------------------------------------------------------- handlers
@@ -28,19 +78,23 @@ def _notes(summary: dict) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cnnlab.faces.train import resume_config, train
+    from cnnlab.faces.train import resume_config
 
-    summary = train_command(args, FaceTrainConfig, resume_config, train, "faces train")
+    summary = train_command(args, FaceTrainConfig, resume_config, _checked_train, "faces train")
     print_result(summary, _RESULT_KEYS, where={"run": args.resume or args.out}, notes=_notes(summary))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    run = checks.run_folder(args.run_dir, FaceTrainConfig)
+    checks.input_file(args.pairs, "--pairs")
+    _check_data_dir(run, args.data_dir)
     from cnnlab.faces.evaluate import evaluate_pairs
     from cnnlab.report import headline
 
-    s = evaluate_pairs(args.run_dir, args.pairs, data_dir=args.data_dir, device=args.device, align=args.align,
-                       allow_unfinished=args.allow_unfinished)
+    with _centre_crop_advice():
+        s = evaluate_pairs(args.run_dir, args.pairs, data_dir=args.data_dir, device=args.device, align=args.align,
+                           allow_unfinished=args.allow_unfinished)
     # As the report's Pairs evaluation table writes them.
     print(f"LFW accuracy {s['lfw_accuracy_mean']:.4f} ± {s['lfw_accuracy_std']:.4f} (std over {s['lfw_folds']} "
           f"folds; standard error {s['lfw_accuracy_std_error']:.4f})  "
@@ -55,6 +109,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    checks.run_folder(args.run_dir, FaceTrainConfig)
+    checks.positive(args.queries, "--queries")
+    checks.positive(args.k, "-k")
+    if args.data_dir is not None:
+        checks.input_folder(args.data_dir, "--data-dir")
     from cnnlab.faces.analyze import analyze
 
     s = analyze(args.run_dir, device=args.device, seed=args.seed, log_far=args.log_far, data_dir=args.data_dir,
@@ -65,6 +124,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _figures(args: argparse.Namespace) -> int:
+    checks.run_folder(args.run_dir, FaceTrainConfig)
     from cnnlab.faces.analyze import redraw_figures
 
     for path in redraw_figures(args.run_dir, log_far=args.log_far):
@@ -73,6 +133,9 @@ def _figures(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    for run in args.runs:
+        checks.run_folder(run, FaceTrainConfig)
+    checks.output_folder(args.out, "--out")
     from cnnlab.faces.compare import compare_runs, comparison_markdown
 
     rows = compare_runs(args.runs, args.out)
@@ -82,12 +145,16 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    checks.run_folder(args.run_dir, FaceTrainConfig)
+    checks.input_file(args.image_a, "image")
+    checks.input_file(args.image_b, "image")
     from cnnlab.api import FaceVerifier
     from cnnlab.files import dumps_json
 
     fv = FaceVerifier.from_run(args.run_dir, device=args.device, align=args.align,
                                allow_unfinished=args.allow_unfinished)
-    r = fv.verify(args.image_a, args.image_b)
+    with _centre_crop_advice():
+        r = fv.verify(args.image_a, args.image_b)
     if args.json:
         print(dumps_json(r))
     else:
@@ -97,9 +164,12 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _align(args: argparse.Namespace) -> int:
+    checks.input_folder(args.src, "face folder")
+    checks.output_folder(args.dst, "DST")
     from cnnlab.faces.align_folder import align_folder
 
-    r = align_folder(args.src, args.dst, size=args.size)
+    with _centre_crop_advice(option="train on SRC itself with --align center"):  # this command is detection
+        r = align_folder(args.src, args.dst, size=args.size)
     done = r["aligned"] + r["kept_from_before"]
     print(f"{done} of {r['images']} images aligned into {shown_path(args.dst)} ({len(r['no_face'])} without a face, "
           f"{len(r['bad'])} unreadable: see {shown_path(Path(args.dst) / 'cnnlab-aligned.json')})")
@@ -107,14 +177,17 @@ def _align(args: argparse.Namespace) -> int:
 
 
 def _identify(args: argparse.Namespace) -> int:
+    checks.run_folder(args.run_dir, FaceTrainConfig)
+    checks.input_file(args.probe, "image")
+    checks.input_folder(args.gallery, "--gallery")
+    checks.positive(args.k, "-k")
     from cnnlab.api import FaceVerifier
-    from cnnlab.faces.verify import check_k
     from cnnlab.files import dumps_json
 
-    check_k(args.k)  # before loading the network
     fv = FaceVerifier.from_run(args.run_dir, device=args.device, align=args.align,
                                allow_unfinished=args.allow_unfinished)
-    rows = fv.identify(args.probe, args.gallery, k=args.k)
+    with _centre_crop_advice():
+        rows = fv.identify(args.probe, args.gallery, k=args.k)
     if args.json:
         print(dumps_json(rows))
         return 0
@@ -127,7 +200,8 @@ def _identify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    meta = export_file("faces", args)
+    checks.output_file(args.out, "--out")
+    meta = export_file("faces", args, check_run=lambda: checks.run_folder(args.run_dir, FaceTrainConfig))
     pre = meta["preprocessing"]
     how = f"centre crop {pre['crop']}" if pre["align"] == "center" else "faces aligned to the five-point template"
     print(f"embedding network ({meta['output']['shape'][1]}-d, threshold {meta['threshold']:.4f}) written to "
@@ -141,7 +215,11 @@ def _search(args: argparse.Namespace) -> int:
 
     base = build_config(FaceTrainConfig, args)
     cfg = from_dict(FaceSearchConfig, config_overrides(args, FaceSearchConfig), source="options")
-    r = search(base, cfg, args.out)
+    checks.output_folder(args.out, "--out")
+    if cfg.space:
+        checks.input_file(cfg.space, "--space")
+    with offline_advice(_OFFLINE_TRAIN), _centre_crop_advice():
+        r = search(base, cfg, args.out)
     print(f"study {r['study']}: {r['complete']} finished, {r['failed']} failed, {r['pruned']} pruned trial(s)")
     if r["best"]:
         b = r["best"]
@@ -152,10 +230,28 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_url(url: str) -> None:
+    """A local ``--url`` (file:// or a path) must be the folder holding LFW's files, not one of them."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("", "file") or (parts.scheme == "file" and parts.netloc not in ("", "localhost")):
+        return  # a server's, or one download_url explains
+    folder = Path(urllib.request.url2pathname(parts.path) if parts.scheme == "file" else url)
+    if folder.is_file():
+        raise ConfigError(f"--url {url} names a file; give the folder holding {_LFW_FILES}, e.g. "
+                          f"{folder.parent.resolve().as_uri()}/")
+    if not folder.is_dir():
+        raise ConfigError(f"--url {url}: {shown_path(folder)} is no folder here; give the folder holding "
+                          f"{_LFW_FILES}")
+
+
 def _download(args: argparse.Namespace) -> int:
+    checks.output_folder(args.data_dir, "--data-dir")
+    if args.url:
+        _check_url(args.url)
     from cnnlab.data.lfw import LFW_URL, download_lfw
 
-    path = download_lfw(args.data_dir, base_url=args.url or LFW_URL)
+    with offline_advice(_OFFLINE_DOWNLOAD):
+        path = download_lfw(args.data_dir, base_url=args.url or LFW_URL)
     print(f"LFW is in {shown_path(path)}; train with --data-dir {shown_path(path)} --protocol lfw-view1")
     return 0
 

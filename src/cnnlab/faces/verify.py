@@ -44,8 +44,8 @@ def prepare_input(img, name: str, cfg: FaceTrainConfig, align: str) -> Prepared:
     try:  # auto's fallback is for the images of a folder; a single input must hold a face
         p = prepare(img, cfg.image_size, cfg.crop, "detect" if align == "auto" else align, name)
     except NoFace:
-        raise NoFace(name, "; use a photo in which the face is visible, or --align center to take the centre "
-                           "crop instead") from None
+        raise NoFace(name, "use a photo in which the face is visible, or take the centre crop of the image "
+                           "instead of looking for a face") from None
     if p.faces > 1:
         logger.warning("%s: %d faces found; using the largest", name, p.faces)
     return p

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import os
 from importlib import resources
 from typing import Any, Sequence
@@ -21,9 +22,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cnnlab.data.align import check_align
 from cnnlab.errors import CnnlabError
 from cnnlab.serve.cifar import CifarService, add_cifar_routes
-from cnnlab.serve.faces import FaceService, add_face_routes
+from cnnlab.serve.faces import FaceService, add_face_routes, check_gallery
 from cnnlab.serve.service import ENDPOINTS, MB, STUDY_NAMES, Service, finite, run_study, token_problem
 from cnnlab.serve.uploads import MAX_IMAGE_PIXELS, UploadError
 
@@ -163,7 +165,8 @@ def _page(path: str) -> Response:
 def create_app(run: str | os.PathLike, gallery: str | os.PathLike | None = None, token: str | None = None,
                max_upload_bytes: int = 10 * MB, *, device: str = "auto", cors_origins: Sequence[str] = (),
                max_images: int = 16, max_batch: int = 64, batch_wait_ms: float = 5.0,
-               max_image_pixels: int = MAX_IMAGE_PIXELS, allow_unfinished: bool = False) -> FastAPI:
+               max_image_pixels: int = MAX_IMAGE_PIXELS, allow_unfinished: bool = False,
+               align: str | None = None) -> FastAPI:
     """The FastAPI app serving the finished run at ``run`` (a face run or a CIFAR run; the folder says which).
 
     The network is loaded once; concurrent requests share its calls (see
@@ -174,23 +177,37 @@ def create_app(run: str | os.PathLike, gallery: str | os.PathLike | None = None,
     ``max_upload_bytes`` each and ``max_image_pixels`` decoded; ``/predict``
     takes at most ``max_images`` images. ``cors_origins``: origins allowed to
     call the API from their pages (none by default). A run that has not
-    finished training is refused unless ``allow_unfinished``.
+    finished training is refused unless ``allow_unfinished``. ``align`` (face
+    runs only: auto, detect, center): how faces are found in the images sent,
+    when not as the run was trained.
     """
     if max_upload_bytes < 1:
         raise CnnlabError(f"max_upload_bytes must be at least 1, got {max_upload_bytes}")
     if max_images < 1:
         raise CnnlabError(f"max_images must be at least 1, got {max_images}")
+    if max_batch < 1:
+        raise CnnlabError(f"max_batch must be at least 1, got {max_batch}")
+    if not 0 <= batch_wait_ms < math.inf:
+        raise CnnlabError(f"batch_wait_ms must be a number of milliseconds, 0 or more, got {batch_wait_ms}")
     if token and token_problem(token):
         raise CnnlabError(f"the token {token_problem(token)}")
     study = run_study(run)
+    # What costs nothing is checked before the network is loaded.
+    if study == "faces" and gallery is not None:
+        check_gallery(gallery)
+    if study == "faces" and align is not None:
+        check_align(align, "--align")
     limits = dict(max_upload_bytes=max_upload_bytes, max_images=max_images, max_image_pixels=max_image_pixels)
     batching = dict(device=device, max_batch=max_batch, max_wait=batch_wait_ms / 1000)
     if study == "faces":
-        service: Service = FaceService(run, gallery, allow_unfinished=allow_unfinished, **limits, **batching)
+        service: Service = FaceService(run, gallery, allow_unfinished=allow_unfinished, align=align, **limits,
+                                       **batching)
         add_routes = add_face_routes
     else:
         if gallery is not None:
             raise CnnlabError(f"{run} is a CIFAR run; a gallery is for face runs (leave out --gallery)")
+        if align is not None:
+            raise CnnlabError(f"{run} is a CIFAR run; align is for face runs (leave out --align)")
         service = CifarService(run, allow_unfinished=allow_unfinished, **limits, **batching)
         add_routes = add_cifar_routes
 

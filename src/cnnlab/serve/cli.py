@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.config import FACE_ALIGNS
 from cnnlab.options import ALLOW_UNFINISHED, DEVICE, add_command, arg
 
 
@@ -12,7 +13,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(args.run_dir, gallery=args.gallery, host=args.host, port=args.port, token=args.token,
           max_upload_mb=args.max_upload_mb, cors=args.cors or (), device=args.device, max_batch=args.max_batch,
-          batch_wait_ms=args.batch_wait_ms, max_images=args.max_images, allow_unfinished=args.allow_unfinished)
+          batch_wait_ms=args.batch_wait_ms, max_images=args.max_images, allow_unfinished=args.allow_unfinished,
+          align=args.align)
     return 0
 
 
@@ -53,6 +55,10 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
               arg("--cors", action="append", metavar="ORIGIN", help="allow web pages from ORIGIN (e.g. "
                                                                      "http://localhost:3000) to call the API; "
                                                                      "repeat for several (default: none)"),
+              arg("--align", choices=FACE_ALIGNS, default=None,
+                  help="face runs: how the face is found in each image sent: auto or detect (detect and align it), "
+                       "or center (the centre crop, for photos in which no face is found); default: as the run "
+                       "was trained, which is what its threshold fits"),
               DEVICE,
               ALLOW_UNFINISHED,
               arg("--max-batch", type=int, default=64, help="most images one network call takes from "

@@ -65,6 +65,15 @@ class _BatchedRun:
             self._local.seen = None
 
 
+def check_gallery(folder: str | os.PathLike) -> Path:
+    """``folder`` as a Path, or a :class:`CnnlabError` when it is no folder."""
+    path = Path(folder)
+    if not path.is_dir():
+        what = "not a folder" if path.exists() else "no such folder"
+        raise CnnlabError(f"--gallery {folder}: {what} (one sub-folder of images per person)")
+    return path
+
+
 class GalleryRefused(Exception):
     """A gallery image the service will not send, with the HTTP status and the reason."""
 
@@ -88,9 +97,7 @@ class Gallery:
     def __init__(self, folder: str | os.PathLike, fv):
         from cnnlab.faces.verify import _gallery
 
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise CnnlabError(f"--gallery {folder}: no such folder (one sub-folder of images per person)")
+        self.folder = check_gallery(folder)
         r = fv._run
         # What FaceVerifier.identify embeds and caches on every call, kept in memory: reading a large
         # gallery's cache for each request would cost more than the request.
@@ -185,18 +192,34 @@ def png_data_url(image: torch.Tensor) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+@contextlib.contextmanager
+def _centre_crop_advice():
+    """A face that is not found, or a detector that is not installed, advised as a client (or whoever
+    runs the service) can act on it: the client chooses the photo; the operator chooses --align."""
+    from cnnlab.data.align import DetectorMissing, NoFace
+
+    try:
+        yield
+    except NoFace as e:
+        raise e.advising("send a photo in which the face is visible (this service looks for the face in each "
+                         "image; started with --align center it would take the centre crop instead)") from None
+    except DetectorMissing as e:
+        raise e.advising("or start the service with --align center to take the centre crop instead") from None
+
+
 class FaceService(Service):
     study = "faces"
 
     def __init__(self, run, gallery, *, device: str, max_batch: int, max_wait: float, allow_unfinished: bool,
-                 **limits):
+                 align: str | None = None, **limits):
         from cnnlab.api import FaceVerifier
 
         super().__init__(run, **limits)
-        self.fv = FaceVerifier.from_run(run, device=device, allow_unfinished=allow_unfinished)
+        self.fv = FaceVerifier.from_run(run, device=device, align=align, allow_unfinished=allow_unfinished)
         self.batcher = Batcher(self.fv._run.embed, max_batch=max_batch, max_wait=max_wait, name="cnnlab-faces")
         self.fv._run = self.batched = _BatchedRun(self.fv._run, self.batcher)
-        self.gallery = Gallery(gallery, self.fv) if gallery is not None else None
+        with _centre_crop_advice():
+            self.gallery = Gallery(gallery, self.fv) if gallery is not None else None
         if self.gallery is not None:
             logger.info("gallery %s: %d people, %d images", gallery, self.gallery.people, len(self.gallery.files))
 
@@ -216,7 +239,7 @@ class FaceService(Service):
     def verify(self, a, b, crops: bool) -> dict:
         with self.batcher.expect():
             images = [self.read(a, "a"), self.read(b, "b")]
-            with self.batched.recording() as seen, api_errors(("a", "b")):
+            with self.batched.recording() as seen, api_errors(("a", "b")), _centre_crop_advice():
                 r = self.fv.verify(*images)
         faces = r.get("faces") or [None, None]  # boxes and landmarks where the run detects faces
         out = {"distance": r["distance"], "threshold": r["threshold"], "same_person": bool(r["same_person"]),
@@ -229,7 +252,7 @@ class FaceService(Service):
         """The crops the network saw: recorded on their way to it, else made again by the API's preprocess."""
         if seen and sum(len(t) for t in seen) == len(images):
             return torch.cat(seen)
-        with api_errors(fields):
+        with api_errors(fields), _centre_crop_advice():
             return self.fv.preprocess(images)
 
     def identify(self, image, k: int, crops: bool) -> dict:
@@ -238,7 +261,7 @@ class FaceService(Service):
                                    "cnnlab serve RUN --gallery DIR (one sub-folder of images per person)")
         with self.batcher.expect():
             probe = self.read(image, "image")
-            with self.batched.recording() as seen, api_errors(("image",)):
+            with self.batched.recording() as seen, api_errors(("image",)), _centre_crop_advice():
                 check_k(k)  # as FaceVerifier.identify does, on the gallery embedded at start
                 rows = nearest_people(self.fv.embed(probe), self.gallery.embedded, k, self.fv.threshold)
         for row in rows:
@@ -251,7 +274,7 @@ class FaceService(Service):
     def embed(self, image) -> dict:
         with self.batcher.expect():
             img = self.read(image, "image")
-            with api_errors(("image",)):
+            with api_errors(("image",)), _centre_crop_advice():
                 e = self.fv.embed(img)[0]
         return finite({"embedding": e.tolist(), "dim": len(e),
                        "normalized": bool(self.fv._run.cfg.normalize_embeddings)})

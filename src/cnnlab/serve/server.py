@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import logging
+import math
 import os
 import socket
 import sys
@@ -78,26 +79,39 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_options(port: int, max_upload_mb: float, max_images: int, max_batch: int, batch_wait_ms: float) -> None:
+    """A :class:`CnnlabError` naming the first option whose value the service cannot take."""
+    if not 0 <= port <= 65535:
+        raise CnnlabError(f"--port: expected a port number from 0 to 65535 (0: any free one), got {port}")
+    if not 0 < max_upload_mb < math.inf:
+        raise CnnlabError(f"--max-upload-mb: expected a positive number of MiB, got {max_upload_mb}")
+    for option, value in (("--max-images", max_images), ("--max-batch", max_batch)):
+        if value < 1:
+            raise CnnlabError(f"{option}: expected a positive integer, got {value}")
+    if not 0 <= batch_wait_ms < math.inf:
+        raise CnnlabError(f"--batch-wait-ms: expected milliseconds, 0 or more, got {batch_wait_ms}")
+
+
 def serve(run: str | os.PathLike, gallery: str | os.PathLike | None = None, host: str = "127.0.0.1",
           port: int = 8000, token: str | None = None, max_upload_mb: float = 10.0, cors: Sequence[str] = (),
           device: str = "auto", max_batch: int = 64, batch_wait_ms: float = 5.0, max_images: int = 16,
-          allow_unfinished: bool = False) -> None:
+          allow_unfinished: bool = False, align: str | None = None) -> None:
     """Serve the finished run at ``run`` on ``host``:``port`` until Ctrl-C (see
-    :func:`cnnlab.serve.app.create_app`)."""
+    :func:`cnnlab.serve.app.create_app`, which checks the run, the gallery and ``align`` before it loads the
+    network). The options are checked before anything else is done."""
     require_extra()
+    token = resolve_token(host, token)
+    check_options(port, max_upload_mb, max_images, max_batch, batch_wait_ms)
+    study = run_study(run)
     import uvicorn
 
     from cnnlab.serve.app import create_app
 
-    token = resolve_token(host, token)
-    if not max_upload_mb > 0:
-        raise CnnlabError(f"--max-upload-mb must be > 0, got {max_upload_mb}")
-    study = run_study(run)
     sock = _listen(host, port)
     try:
         app = create_app(run, gallery, token, int(max_upload_mb * MB), device=device, cors_origins=cors,
                          max_images=max_images, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
-                         allow_unfinished=allow_unfinished)
+                         allow_unfinished=allow_unfinished, align=align)
         bound = sock.getsockname()[1]
         shown = f"[{host.strip('[]')}]" if ":" in host else host
         what = "face run" if study == "faces" else "CIFAR run"
