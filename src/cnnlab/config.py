@@ -144,10 +144,11 @@ class _CifarFields:
                                        "by 4 reflected pixels, and horizontal flip) or none", choices=AUGMENTS)
     # optimisation
     epochs: int = opt(30, "training epochs (with --time-budget: the most it may train)")
-    time_budget: str | float | None = opt(None, "train for this long instead of --epochs epochs, e.g. 90s, 20m, "
-                                                "1.5h (training time: validation not counted); the schedule "
-                                                "follows the elapsed fraction of it, as if the budget were "
-                                                "--epochs epochs, and ends at its floor", metavar="DURATION")
+    time_budget: str | float | None = opt(None, "train for this long, e.g. 90s, 20m, 1.5h (training time; "
+                                                "validation not counted): the schedule follows the elapsed "
+                                                "fraction of the budget as if it were --epochs epochs, and the "
+                                                "run ends at the schedule's floor when the budget is spent, or "
+                                                "after --epochs epochs if those end first", metavar="DURATION")
     batch_size: int = opt(128, "training batch size (per process)")
     optimizer: str = opt("sgd", "sgd (Nesterov momentum), adamw or adam", choices=OPTIMIZERS)
     lr: float = opt(0.05, "peak learning rate lr_0")

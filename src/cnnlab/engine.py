@@ -294,8 +294,11 @@ class Schedule:
     and the linear warm-up rises from 0 to 1 over ``warmup_steps``. With one, as airbench schedules by
     progress, it is ``epochs`` times the elapsed fraction of the budget: the budget stands for ``epochs``
     epochs, the warm-up covers the same share of it, and the rate reaches ``decay(epochs)``, its floor,
-    when the budget is spent. It drives a :class:`~torch.optim.lr_scheduler.LambdaLR` stepped after every
-    optimizer step, so its ``state_dict`` (the step count) and the budget's seconds resume it exactly.
+    when the budget is spent. ``epochs`` also bounds the run: where the steps are further along than the
+    clock (a machine that trains every epoch within the budget), the position follows the steps, so the run
+    ends at its floor whichever ends it. It drives a :class:`~torch.optim.lr_scheduler.LambdaLR` stepped
+    after every optimizer step, so its ``state_dict`` (the step count) and the budget's seconds resume it
+    exactly.
     """
 
     steps_per_epoch: int
@@ -307,7 +310,7 @@ class Schedule:
     def position(self, step: int) -> float:
         if self.budget is None:
             return step / self.steps_per_epoch
-        return self.epochs * self.budget.fraction
+        return max(self.epochs * self.budget.fraction, step / self.steps_per_epoch)
 
     def factor(self, step: int) -> float:
         t = self.position(step)
@@ -321,7 +324,7 @@ class Schedule:
 
     def epoch_factor(self, epoch: int) -> float:
         """The factor ``metrics.csv`` reports for ``epoch``: the schedule's at its start, before any warm-up."""
-        return self.decay(epoch if self.budget is None else self.position(0))
+        return self.decay(epoch if self.budget is None else self.position(epoch * self.steps_per_epoch))
 
 
 def exponential_decay(gamma: float) -> Callable[[float], float]:

@@ -87,9 +87,14 @@ def test_the_exponential_schedule_under_a_budget_ends_at_gamma_to_the_epochs(cif
     assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.02 * 0.5 ** 4)
 
 
-def test_epochs_bound_a_budget_that_is_not_spent(cifar_batches, tmp_path, fake_clock):
-    s = train(_cfg(cifar_batches, epochs=2, schedule="linear", time_budget="1h"), tmp_path / "run", progress=False)
+def test_epochs_bound_a_budget_that_is_not_spent_and_the_rate_then_follows_the_steps(cifar_batches, tmp_path,
+                                                                                      fake_clock):
+    out = tmp_path / "run"
+    s = train(_cfg(cifar_batches, epochs=2, schedule="linear", warmup_epochs=0.0, time_budget="1h"), out,
+              progress=False)
     assert s["epochs_trained"] == 2 and s["time_used_seconds"] == 10 and len(fake_clock) == 10
+    assert fake_clock == pytest.approx([0.02 * (1 - k / 10) for k in range(10)])  # the steps are further along
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["optimizer"]["param_groups"][0]["lr"] == 0  # its floor
 
 
 def test_a_resumed_run_continues_with_the_remaining_budget(cifar_batches, tmp_path, fake_clock):
