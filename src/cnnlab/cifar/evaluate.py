@@ -143,7 +143,7 @@ def _evaluate_run(run: RunDir, tsne_samples: int, feature_image: int, device: st
                   **{f"map_{i}": m for i, (_, m, _) in enumerate(maps)},
                   **{f"channels_{i}": c for i, (_, _, c) in enumerate(maps)})
 
-        written = _redraw_figures(run)
+        written = _redraw_figures(run, best_epoch=ckpt.get("epoch"))  # best.pt is loaded already
         summary = run.update_summary(
             test_accuracy=test_acc,
             **tta,
@@ -223,7 +223,7 @@ def redraw_figures(run_dir: str | Path) -> list[Path]:
         return _redraw_figures(run)
 
 
-def _redraw_figures(run: RunDir) -> list[Path]:
+def _redraw_figures(run: RunDir, best_epoch: int | None = None) -> list[Path]:
     from cnnlab.viz import cifar as viz
 
     if not run.metrics_path.is_file():
@@ -235,7 +235,7 @@ def _redraw_figures(run: RunDir) -> list[Path]:
                                best_epoch=summary.get("best_epoch"),
                                title=f"Training curves: {name}{_training_facts(run, summary)}")]
 
-    best = run.best_epoch()
+    best = best_epoch if best_epoch is not None else run.best_epoch()
     pred = _load_npz(run.path / PREDICTIONS_FILE, ("predictions", "labels", "classes"), run, best)
     if pred is not None:
         classes = [str(c) for c in pred["classes"]]
