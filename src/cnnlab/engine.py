@@ -4,8 +4,9 @@ A study describes what differs (a :class:`TrainSpec`: its batches, inputs,
 loss and validation) and :func:`fit` does the rest, the same way for every
 study: autocast and gradient scaling, channels-last, ``torch.compile``,
 DistributedDataParallel with rank-0 writing, the non-finite checks, the
-per-step learning-rate schedule, progress, and the checkpoints a resume
-continues from bit for bit. :func:`session` opens the run folder around it
+per-step learning-rate schedule (by steps, or by the spent fraction of a
+:class:`TimeBudget`), an optional :class:`WeightAverage` of the weights,
+progress, and the checkpoints a resume continues from bit for bit. :func:`session` opens the run folder around it
 (device, precision policy, process group, log file).
 
 Data stays a uint8 tensor (N, 3, H, W), on the training device or the CPU,

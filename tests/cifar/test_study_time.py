@@ -41,3 +41,11 @@ def test_a_study_loads_its_data_once_and_each_best_checkpoint_once_per_use(cifar
     assert checkpoints["best.pt"] == 2 * 2
     assert tsne == [25, 25]  # the bounded sample, not the whole test set
     assert (study / "runs" / "E-seed0" / "figures" / "tsne.png").is_file()
+
+
+def test_data_figures_show_the_augmentation_asked_for(cifar_batches, tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert main(["cifar", "data-figures", "--augment", "crop-flip", "--data-dir", str(cifar_batches),
+                 "--out", str(out)]) == 0
+    written = capsys.readouterr().out.split()
+    assert written == [str(out / n) for n in ev.DATA_FIGURES[:2]]  # the jitter/affine draws are the study's only

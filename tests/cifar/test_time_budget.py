@@ -116,6 +116,17 @@ def test_a_resumed_run_continues_with_the_remaining_budget(cifar_batches, tmp_pa
     assert s_part["test_accuracy"] == s_full["test_accuracy"]
 
 
+def test_a_budgeted_run_cannot_be_extended_by_epochs(cifar_batches, tmp_path, fake_clock, capsys):
+    out = tmp_path / "run"
+    train(_cfg(cifar_batches, epochs=3, time_budget="4s"), out, progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(["cifar", "train", "--resume", str(out), "--epochs", "20"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs 20: the run in" in err and "has a time budget (4s)" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert main(["cifar", "train", "--resume", str(out)]) == 0  # the same epochs: finished, nothing to do
+
+
 def test_with_a_weight_average_validation_and_best_pt_use_the_averaged_weights(cifar_batches, tmp_path):
     out = tmp_path / "run"
     train(_cfg(cifar_batches, epochs=1, ema=0.5), out, progress=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cnnlab.config import DEFAULT_CIFAR_RECIPE, POOLINGS, CifarTrainConfig
+from cnnlab.config import AUGMENTS, DEFAULT_CIFAR_RECIPE, POOLINGS, CifarTrainConfig
 from cnnlab.errors import shown_path
 from cnnlab.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
                             add_figures_command, arg, build_config, config_options, data_dir, export_file,
@@ -78,7 +78,7 @@ def _data_figures(args: argparse.Namespace) -> int:
     from cnnlab.cifar.evaluate import data_figures
 
     for path in data_figures(args.data_dir, args.out, seed=args.seed, val_per_class=args.val_per_class,
-                             skip_bad_images=args.skip_bad_images):
+                             skip_bad_images=args.skip_bad_images, augment=args.augment):
         print(shown_path(path))
     return 0
 
@@ -174,16 +174,20 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
 
     add_command(
         csub, "data-figures", _data_figures, help="figures of the training data and its augmentation",
-        description="Write augmented_samples.png (50 augmented training images with their classes), "
-                    "val_class_distribution.png (the validation split training makes) and augment_draws.png "
-                    "(one image, 10 draws of ColorJitter and 10 of RandomAffine) into --out.",
+        description="Write augmented_samples.png (50 training images after --augment, with their classes), "
+                    "val_class_distribution.png (the validation split training makes) and, for the study's "
+                    "augmentation, augment_draws.png (one image, 10 draws of ColorJitter and 10 of RandomAffine) "
+                    "into --out.",
         args=[data_dir(f"CIFAR-10 folder (default: {CifarTrainConfig.data_dir})", default=CifarTrainConfig.data_dir),
               arg("--out", required=True, metavar="DIR", help="folder for the PNG files (created if needed)"),
               arg("--seed", type=int, default=0, help="seed of the split and of the drawn images (default: 0)"),
               arg("--val-per-class", type=int, default=None, metavar="N",
                   help="validation images per class, as in training (default: 1000, or 20%% of each class "
                        "on smaller sets)"),
-              arg("--skip-bad-images", action="store_true", help="skip image files that cannot be decoded")])
+              arg("--skip-bad-images", action="store_true", help="skip image files that cannot be decoded"),
+              arg("--augment", choices=AUGMENTS, default="study",
+                  help="the training augmentation shown: study, crop-flip or none, as cifar train takes it "
+                       "(default: study)")])
 
     compare = add_command(
         csub, "compare", _compare, help="train, evaluate and compare several variants (the study)",

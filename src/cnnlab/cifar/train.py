@@ -20,6 +20,7 @@ from cnnlab.data.augment import CIFAR_AUGMENTS, eval_transform, train_transform
 from cnnlab.data.cifar10 import Cifar10, load_cifar10, stratified_split, subsample
 from cnnlab.engine import (Fitted, Schedule, Session, TimeBudget, batch_indices, cosine_decay, exponential_decay, fit,
                            infer, linear_decay, load_best, one_cycle, ranks_in_sync, session, timing)
+from cnnlab.errors import ConfigError
 from cnnlab.files import load_checkpoint, load_model_state
 from cnnlab.metrics import accuracy
 from cnnlab.models.basecnn import BaseCNN
@@ -258,5 +259,12 @@ def _finish(cfg: CifarTrainConfig, s: Session, model: BaseCNN, d: _Data, layout:
 
 
 def resume_config(run_dir: str | Path, overrides: dict | None = None) -> CifarTrainConfig:
-    """The saved config of a run, with only runtime fields overridden."""
-    return run_resume_config(CifarTrainConfig, run_dir, overrides, RUNTIME_FIELDS)
+    """The saved config of a run, with only runtime fields overridden (and ``epochs``, which extends a run
+    trained by epochs; a run with a time budget ends on its budget, and its epochs span its schedule)."""
+    cfg = run_resume_config(CifarTrainConfig, run_dir, overrides, RUNTIME_FIELDS)
+    saved = RunDir(run_dir).run_config(RUNTIME_FIELDS).get("epochs")
+    if cfg.time_budget is not None and cfg.epochs != saved:
+        raise ConfigError(f"--epochs {cfg.epochs}: the run in {run_dir} has a time budget ({cfg.time_budget}), "
+                          f"over which its schedule spans its {saved} epochs; a budgeted run ends on its budget "
+                          "and cannot be extended")
+    return cfg
