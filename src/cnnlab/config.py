@@ -148,7 +148,8 @@ class _CifarFields:
                                                 "validation not counted): the schedule follows the elapsed "
                                                 "fraction of the budget as if it were --epochs epochs, and the "
                                                 "run ends at the schedule's floor when the budget is spent, or "
-                                                "after --epochs epochs if those end first", metavar="DURATION")
+                                                "after --epochs epochs if those end first (default: none, "
+                                                "--epochs alone)", metavar="DURATION")
     batch_size: int = opt(128, "training batch size (per process)")
     optimizer: str = opt("sgd", "sgd (Nesterov momentum), adamw or adam", choices=OPTIMIZERS)
     lr: float = opt(0.05, "peak learning rate lr_0")
