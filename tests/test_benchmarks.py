@@ -417,3 +417,46 @@ def test_face_detectors_stop_taking_images_at_max_seconds(tmp_path):
     row = detectors.measure("slow", slow_nothing, tmp_path, None, files, max_seconds=0.15)
     assert 1 <= row["images"] < 20 and row["found in photo"] == 0.0
     assert detectors.measure("slow", slow_nothing, tmp_path, None, files[:2])["images"] == 2  # 0: no limit
+
+
+# --- benchmarks/recipes.py ---------------------------------------------------------------------
+
+
+def test_recipes_benchmark_prints_one_table_of_recipe_by_variant_by_budget(cifar_batches, tmp_path, capsys):
+    recipes = load_benchmark("recipes")
+    out = recipes.main(["--toy", "--data-dir", str(cifar_batches), "--recipes", "study,fast", "--blocks", "E",
+                        "--budgets", "1s,epochs", "--out", str(tmp_path / "bench"), "--json", str(tmp_path / "r.json")])
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert lines[0].startswith("recipes benchmark: 4 runs (study,fast x E x 1s, epochs) on cpu")
+    assert "expected duration about" in lines[0] and "threads" in lines[0]  # the machine before its numbers
+    rows = out["rows"]
+    assert [(r["recipe"], r["variant"], r["budget"]) for r in rows] == [
+        ("study", "E", "1s"), ("study", "E", "epochs"), ("fast", "E", "1s"), ("fast", "E", "epochs")]
+    for r in rows:
+        assert 0 <= r["best_val_accuracy"] <= 1 and 0 <= r["test_accuracy"] <= 1 and r["train_seconds"] > 0
+        assert r["images_per_second"] > 0 and r["machine"].startswith("cpu (") and "threads" in r["machine"]
+        assert (r["test_accuracy_tta"] is not None) == (r["recipe"] == "fast")  # the fast recipe reports TTA
+        assert (r["time_used_seconds"] is not None) == (r["budget"] == "1s")
+    table = [line for line in lines if line.startswith("| ")]
+    assert table[0].split(" | ")[:5] == ["| recipe", "variant", "budget", "epochs", "best val acc (%)"]
+    assert len(table) == 1 + len(rows)
+    best = {(b["variant"], b["budget"]): b["recipe"] for b in out["best_by_validation"]}
+    for (variant, budget), recipe in best.items():
+        candidates = [r for r in rows if (r["variant"], r["budget"]) == (variant, budget)]
+        assert max(candidates, key=lambda r: r["best_val_accuracy"])["recipe"] == recipe
+        assert f"best recipe by validation accuracy for {variant}, {budget}: {recipe}" in printed
+    assert json.loads((tmp_path / "r.json").read_text())["rows"] == rows
+    # A second run reuses the finished runs: the same rows, without training.
+    again = recipes.main(["--toy", "--data-dir", str(cifar_batches), "--recipes", "study,fast", "--blocks", "E",
+                          "--budgets", "1s,epochs", "--out", str(tmp_path / "bench")])
+    assert again["rows"] == rows
+
+
+def test_recipes_benchmark_refuses_a_bad_budget_before_training(cifar_batches, tmp_path):
+    from cnnlab.errors import ConfigError
+
+    recipes = load_benchmark("recipes")
+    with pytest.raises(ConfigError, match="expected a positive duration such as 90s, 20m or 1.5h"):
+        recipes.main(["--toy", "--data-dir", str(cifar_batches), "--budgets", "1s,soon", "--out", str(tmp_path / "b")])
+    assert not (tmp_path / "b").exists()

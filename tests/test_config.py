@@ -18,8 +18,8 @@ from cnnlab.errors import ConfigError
     ("label_smoothing", None, "a finite number"),  # null only where the field is optional
     ("batch_size", True, "an integer"),
     ("compile", "false", "true or false"),  # a quoted boolean is a string
-    ("augment", "no", "true or false"),
-    ("augment", 0, "true or false"),
+    ("augment", "no", "study, crop-flip or none"),
+    ("augment", 0, "study, crop-flip or none"),  # true and false are taken: a config of cnnlab 0.1
     ("channels_last", "yes", "auto or true or false or null"),
     ("width", float("inf"), "a finite number"),
     ("lr", float("nan"), "a finite number"),

@@ -24,6 +24,14 @@ C = TypeVar("C")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw", "adam")
+# The CIFAR study's choices (see the fields of :class:`CifarTrainConfig`).
+POOLINGS = ("intended", "original")
+AUGMENTS = ("study", "crop-flip", "none")
+SCHEDULES = ("exponential", "linear", "cosine", "onecycle")
+TTAS = ("none", "flip")
+DEFAULT_CIFAR_RECIPE = "study"
+"""The recipe ``cnnlab cifar train`` and ``compare`` start from when none is named (``--recipe``, or
+``recipe:`` in a ``--config`` file). The dataclass defaults below are the ``study`` recipe's values."""
 MAX_LR = 10.0
 """The largest learning rate taken. The studies train at 0.05 (SGD) and 1e-3 (Adam); a rate above 10 is a
 typo (``1e3`` for ``1e-3``) that diverges at once, and above float32's range torch cannot even apply it."""
@@ -111,11 +119,19 @@ fields that say where its data is found."""
 # study's fields first and the runtime ones last.
 @dataclass
 class _CifarFields:
+    recipe: str | None = opt("study", "the preset the other options start from: a name (cnnlab cifar recipes "
+                                      "lists them) or a YAML file of options; --config and the options given "
+                                      f"override it (default: {DEFAULT_CIFAR_RECIPE}; the defaults shown below "
+                                      "are the study recipe's)", metavar="NAME")
     # model
     blocks: str = opt("A", "one variant: one of A, B, C, D, D-sep, E for all eight blocks, or eight names "
                            "written together or joined by '+', e.g. AABBCCDE (a comma separates variants, "
                            "as in cifar compare --blocks A,E)")
     width: float = opt(1.0, "multiplies every channel count (0.25 for quick CPU runs)")
+    pooling: str = opt("intended", "intended: MaxPool(2) after blocks 3, 5 and 8 (blocks at 32, 16 and 8 "
+                                   "pixels); original: the study notebook's single MaxPool(2) after block 8, so "
+                                   "every block runs at 32x32 (about 6x the compute, the same parameters)",
+                       choices=POOLINGS)
     # data
     data_dir: str = opt("data/cifar10", "CIFAR-10 folder: cifar-10-batches-py/ or train/<class>/, test/<class>/")
     download: bool = opt(False, "download the official archive into --data-dir if it is not there")
@@ -123,18 +139,36 @@ class _CifarFields:
                                           "on smaller sets)")
     max_train_samples: int | None = opt(None, "train on a seeded subset of this many images")
     skip_bad_images: bool = opt(False, "skip image files that cannot be decoded instead of stopping")
-    augment: bool = opt(True, "training augmentation: color jitter, random affine, horizontal flip")
+    augment: str | bool = opt("study", "training augmentation: study (the study's color jitter, random affine "
+                                       "and horizontal flip), crop-flip (random 32x32 crop of the image padded "
+                                       "by 4 reflected pixels, and horizontal flip) or none", choices=AUGMENTS)
     # optimisation
-    epochs: int = opt(30, "training epochs")
+    epochs: int = opt(30, "training epochs (with --time-budget: the most it may train)")
+    time_budget: str | float | None = opt(None, "train for this long, e.g. 90s, 20m, 1.5h (training time; "
+                                                "validation not counted): the schedule follows the elapsed "
+                                                "fraction of the budget as if it were --epochs epochs, and the "
+                                                "run ends at the schedule's floor when the budget is spent, or "
+                                                "after --epochs epochs if those end first (default: none, "
+                                                "--epochs alone)", metavar="DURATION")
     batch_size: int = opt(128, "training batch size (per process)")
     optimizer: str = opt("sgd", "sgd (Nesterov momentum), adamw or adam", choices=OPTIMIZERS)
-    lr: float = opt(0.05, "initial learning rate lr_0")
+    lr: float = opt(0.05, "peak learning rate lr_0")
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(5e-4, "L2 weight decay (not applied to BatchNorm and biases)")
+    schedule: str = opt("exponential", "learning-rate schedule after the warm-up: exponential (the study's "
+                                       "ExponentialLR, lr_t = lr_0 * gamma^t per epoch), linear or cosine "
+                                       "(per step, to zero at the end), onecycle (OneCycleLR's shape: a cosine "
+                                       "rise from lr_0/25 over the warm-up, then a cosine fall to about zero)",
+                        choices=SCHEDULES)
     gamma: float = opt(0.85, "ExponentialLR decay per epoch: lr_t = lr_0 * gamma^t")
     warmup_epochs: float = opt(1.0, "linear warm-up of the learning rate over the first steps "
                                     "(in epochs; 0 = none)")
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss")
+    ema: float = opt(0.0, "decay of an exponential moving average of the weights, e.g. 0.999 (0 = off); when on, "
+                          "validation, best.pt and the test use the averaged weights")
+    tta: str = opt("none", "test-time augmentation: flip also scores the test set as the mean of each image's "
+                           "and its mirror image's logits (test_accuracy_tta, beside test_accuracy)",
+                   choices=TTAS)
 
 
 @dataclass
@@ -144,10 +178,18 @@ class CifarTrainConfig(RuntimeConfig, _CifarFields):
     def __post_init__(self) -> None:
         from cnnlab.models.blocks import parse_blocks
 
+        _require(self.recipe is None or (isinstance(self.recipe, str) and bool(self.recipe.strip())), "recipe",
+                 "a recipe name or a YAML file", self.recipe)
         parse_blocks(self.blocks)
         _require(self.width > 0, "width", "a positive number", self.width)
         _check_width(self.width)
+        _require(self.pooling in POOLINGS, "pooling", " or ".join(POOLINGS), self.pooling)
+        if isinstance(self.augment, bool):  # a config of cnnlab 0.1: augment on or off
+            self.augment = "study" if self.augment else "none"
+        _require(self.augment in AUGMENTS, "augment", ", ".join(AUGMENTS[:-1]) + " or " + AUGMENTS[-1], self.augment)
         _require(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", "a positive integer", self.epochs)
+        if self.time_budget is not None:
+            parse_duration(self.time_budget, "time_budget")
         if self.val_per_class is not None:
             _require(self.val_per_class >= 1, "val_per_class", "a positive integer", self.val_per_class)
         if self.max_train_samples is not None:
@@ -156,9 +198,35 @@ class CifarTrainConfig(RuntimeConfig, _CifarFields):
         _require(0 <= self.label_smoothing < 1, "label_smoothing", "a value in [0, 1)", self.label_smoothing)
         # Momentum 1 or more never forgets a gradient: the steps grow without bound and training diverges.
         _require(0 <= self.momentum < 1, "momentum", "a value in [0, 1)", self.momentum)
+        _require(self.schedule in SCHEDULES, "schedule", ", ".join(SCHEDULES[:-1]) + " or " + SCHEDULES[-1],
+                 self.schedule)
         _require(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", "a value in [0, --epochs]",
                  self.warmup_epochs)
+        # A decay of 1 never moves the average from the initial weights.
+        _require(0 <= self.ema < 1, "ema", "a decay in [0, 1) (0 = off)", self.ema)
+        _require(self.tta in TTAS, "tta", " or ".join(TTAS), self.tta)
         check_common(self)
+
+    @property
+    def time_budget_seconds(self) -> float | None:
+        """``time_budget`` in seconds (None without one)."""
+        return None if self.time_budget is None else parse_duration(self.time_budget, "time_budget")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)?\s*$")
+_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(value: Any, option: str = "time_budget") -> float:
+    """Seconds of a duration written ``90s``, ``20m``, ``1.5h`` or as a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(value) if isinstance(value, str) else None
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)] if m else math.nan
+    _require(math.isfinite(seconds) and seconds > 0, option,
+             "a positive duration such as 90s, 20m or 1.5h (a bare number is seconds)", value)
+    return seconds
 
 
 def _check_width(width: float) -> None:

@@ -4,8 +4,9 @@ A study describes what differs (a :class:`TrainSpec`: its batches, inputs,
 loss and validation) and :func:`fit` does the rest, the same way for every
 study: autocast and gradient scaling, channels-last, ``torch.compile``,
 DistributedDataParallel with rank-0 writing, the non-finite checks, the
-per-step learning-rate schedule, progress, and the checkpoints a resume
-continues from bit for bit. :func:`session` opens the run folder around it
+per-step learning-rate schedule (by steps, or by the spent fraction of a
+:class:`TimeBudget`), an optional :class:`WeightAverage` of the weights,
+progress, and the checkpoints a resume continues from bit for bit. :func:`session` opens the run folder around it
 (device, precision policy, process group, log file).
 
 Data stays a uint8 tensor (N, 3, H, W), on the training device or the CPU,
@@ -16,6 +17,7 @@ training device. There is no DataLoader and no per-image Python in the loop.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import re
@@ -113,6 +115,8 @@ class Session:
             "channels_last": self.precision.channels_last,
             "precision_reason": self.precision.reason,
             "world_size": self.dist.world_size,
+            # CPU timings depend on the threads as much as on the processor.
+            **({"threads": torch.get_num_threads()} if self.device.type == "cpu" else {}),
             "torch": torch.__version__,
             "cnnlab": cnnlab.__version__,
             "command": command_line(),
@@ -241,41 +245,160 @@ class TrainSpec(Protocol):
 
 
 @dataclass
-class Schedule:
-    """The learning rate of every step: ``base * decay(epoch) * warm-up(step)``.
+class TimeBudget:
+    """The training seconds a run may spend, read from ``clock`` (``time.perf_counter``; a test gives its own).
 
-    ``decay(epoch)`` is the study's per-epoch schedule (ExponentialLR:
-    ``gamma ** epoch``; StepLR: ``gamma ** (epoch // step_size)``); the linear
-    warm-up rises from 0 to 1 over ``warmup_steps``. It drives a
-    :class:`~torch.optim.lr_scheduler.LambdaLR` stepped after every optimizer
-    step, so its ``state_dict`` (the step count) resumes it exactly.
+    Only training counts: :meth:`begin` and :meth:`end` bracket each epoch's steps, so validation and
+    checkpoints spend none of it. :meth:`tick` (once a step) reads the clock; ``now`` is the training
+    time at the last tick, ``spent`` at the end of the last epoch (what a checkpoint saves and a resume
+    restores). With several processes ``sync`` makes every rank take rank 0's reading, so all of them
+    step at the same rate and stop at the same step.
+    """
+
+    seconds: float
+    clock: Callable[[], float] = time.perf_counter
+    spent: float = 0.0
+    now: float = 0.0
+    sync: Callable[[float], float] | None = None
+    _start: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.now / self.seconds)
+
+    @property
+    def over(self) -> bool:
+        return self.now >= self.seconds
+
+    def begin(self) -> None:
+        self._start, self.now = self.clock(), self.spent
+
+    def tick(self) -> None:
+        elapsed = self.spent + (self.clock() - self._start if self._start is not None else 0.0)
+        self.now = self.sync(elapsed) if self.sync is not None else elapsed
+
+    def end(self) -> None:
+        """The epoch's steps are over: what the last tick read is spent (every rank agreed on it)."""
+        self.spent, self._start = self.now, None
+
+    def restore(self, spent: float) -> None:
+        self.spent = self.now = float(spent)
+
+
+@dataclass
+class Schedule:
+    """The learning rate of every step: ``base * decay(t) * warm-up``, with ``t`` the run's position in epochs.
+
+    ``decay(t)`` is the study's schedule as a function of that position: ExponentialLR ``gamma ** floor(t)``,
+    StepLR ``gamma ** (floor(t) // step_size)``, or a decay over the whole run (:func:`linear_decay`,
+    :func:`cosine_decay`, :func:`one_cycle`). Without a ``budget`` the position is ``step / steps_per_epoch``
+    and the linear warm-up rises from 0 to 1 over ``warmup_steps``. With one, as airbench schedules by
+    progress, it is ``epochs`` times the elapsed fraction of the budget: the budget stands for ``epochs``
+    epochs, the warm-up covers the same share of it, and the rate reaches ``decay(epochs)``, its floor,
+    when the budget is spent. ``epochs`` also bounds the run: where the steps are further along than the
+    clock (a machine that trains every epoch within the budget), the position follows the steps, so the run
+    ends at its floor whichever ends it. It drives a :class:`~torch.optim.lr_scheduler.LambdaLR` stepped
+    after every optimizer step, so its ``state_dict`` (the step count) and the budget's seconds resume it
+    exactly.
     """
 
     steps_per_epoch: int
-    decay: Callable[[int], float]
+    decay: Callable[[float], float]
     warmup_steps: float = 0.0
+    budget: TimeBudget | None = None
+    epochs: int = 1
+
+    def position(self, step: int) -> float:
+        if self.budget is None:
+            return step / self.steps_per_epoch
+        return max(self.epochs * self.budget.fraction, step / self.steps_per_epoch)
 
     def factor(self, step: int) -> float:
-        f = self.decay(step // self.steps_per_epoch)
-        if step < self.warmup_steps:
-            f *= min(1.0, (step + 1) / self.warmup_steps)
+        t = self.position(step)
+        f = self.decay(t)
+        if self.budget is None:
+            if step < self.warmup_steps:
+                f *= min(1.0, (step + 1) / self.warmup_steps)
+        elif self.warmup_steps > 0:
+            f *= min(1.0, t * self.steps_per_epoch / self.warmup_steps)
         return f
 
+    def epoch_factor(self, epoch: int) -> float:
+        """The factor ``metrics.csv`` reports for ``epoch``: the schedule's at its start, before any warm-up."""
+        return self.decay(epoch if self.budget is None else self.position(epoch * self.steps_per_epoch))
 
-def exponential_decay(gamma: float) -> Callable[[int], float]:
-    return lambda epoch: gamma ** epoch
+
+def exponential_decay(gamma: float) -> Callable[[float], float]:
+    return lambda t: gamma ** math.floor(t)
 
 
-def step_decay(step_size: int, gamma: float) -> Callable[[int], float]:
-    return lambda epoch: gamma ** (epoch // step_size)
+def step_decay(step_size: int, gamma: float) -> Callable[[float], float]:
+    return lambda t: gamma ** (math.floor(t) // step_size)
+
+
+def linear_decay(epochs: float, warmup: float = 0.0) -> Callable[[float], float]:
+    """1 until the warm-up ends (``warmup`` epochs), then a straight line to 0 at ``epochs``."""
+    span = max(epochs - warmup, 1e-12)
+    return lambda t: min(1.0, max(0.0, (epochs - t) / span))
+
+
+def cosine_decay(epochs: float, warmup: float = 0.0) -> Callable[[float], float]:
+    """1 until the warm-up ends, then half a cosine down to 0 at ``epochs``."""
+    span = max(epochs - warmup, 1e-12)
+    return lambda t: 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, (t - warmup) / span))))
+
+
+def one_cycle(epochs: float, warmup: float, div: float = 25.0, final_div: float = 1e4) -> Callable[[float], float]:
+    """The rate shape of torch's ``OneCycleLR`` (cosine annealing, ``pct_start = warmup / epochs``): from
+    ``1 / div`` up to 1 over the warm-up, then down to ``1 / (div * final_div)`` at ``epochs``. Its own
+    warm-up: give the :class:`Schedule` none."""
+    def anneal(start: float, end: float, pct: float) -> float:
+        return end + (start - end) / 2 * (1 + math.cos(math.pi * min(1.0, max(0.0, pct))))
+
+    span = max(epochs - warmup, 1e-12)
+    return lambda t: (anneal(1 / div, 1.0, t / warmup) if t < warmup
+                      else anneal(1.0, 1 / (div * final_div), (t - warmup) / span))
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights and BatchNorm statistics (timm's ``ModelEmaV2``).
+
+    ``model`` is the averaged copy, the one validation, ``best.pt`` and the test use. The decay of
+    update ``n`` is ``min(decay, (1 + n) / (10 + n))``: a short run is not dominated by the random
+    initial weights. Integer buffers (BatchNorm's step count) are copied.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        self._floats = [(a, b) for a, b in pairs if a.is_floating_point()]
+        self._others = [(a, b) for a, b in pairs if not a.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_([a for a, _ in self._floats], [b.detach() for _, b in self._floats], 1 - d)
+        for a, b in self._others:
+            a.copy_(b)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
 
 
 @dataclass
 class Fitted:
-    """What :func:`fit` leaves: the per-epoch rows (``metrics.csv``) and the best epoch."""
+    """What :func:`fit` leaves: the per-epoch rows (``metrics.csv``), the best epoch and, with a time
+    budget, the training seconds it spent."""
 
     history: list[dict]
     best: dict
+    budget_spent: float | None = None
 
 
 def build_optimizer(groups: list[dict], name: str, lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
@@ -302,11 +425,19 @@ class _State:
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=dict)
     start: int = 0
+    ema: WeightAverage | None = None
+    budget: TimeBudget | None = None
+
+    @property
+    def scored(self) -> nn.Module:
+        """The weights validation, ``best.pt`` and the test use: the average when there is one."""
+        return self.ema.model if self.ema is not None else self.model
 
 
 def fit(s: Session, spec: TrainSpec, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
         epochs: int, kind: str, config: dict, banner: str = "", compile: bool = False,
-        validate_untrained: bool = False, on_epoch: Callable[[dict], None] | None = None) -> Fitted:
+        validate_untrained: bool = False, on_epoch: Callable[[dict], None] | None = None,
+        ema: float = 0.0) -> Fitted:
     """Train ``model`` for ``epochs`` into the session's run folder and return its history.
 
     After each epoch: validation (``spec.validate``), ``best.pt`` when
@@ -317,16 +448,22 @@ def fit(s: Session, spec: TrainSpec, model: nn.Module, optimizer: torch.optim.Op
     step (and competes for ``best.pt``). A resumed session continues after the
     last checkpoint's epoch and ends where the uninterrupted run would have.
     ``banner`` (what trains on what) is logged once the checkpoint has loaded.
+    With ``schedule.budget`` training stops at the first step that spends it (that partial epoch is
+    validated and saved as any other) or after ``epochs``, whichever comes first. With ``ema`` (a decay
+    in (0, 1)) a :class:`WeightAverage` of the weights is what validation and ``best.pt`` see.
     """
     st = _State(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step)),
-                grad_scaler(s.device, s.precision.precision), best={spec.best_key: -math.inf, "epoch": -1})
+                grad_scaler(s.device, s.precision.precision), best={spec.best_key: -math.inf, "epoch": -1},
+                ema=WeightAverage(model, ema) if ema > 0 else None, budget=schedule.budget)
+    if st.budget is not None and s.dist.enabled:
+        st.budget.sync = lambda seconds: all_reduce_sum([seconds if s.is_main else 0.0], s.device, s.dist)[0]
     if s.resuming:
         _resume(s, spec, st, schedule, epochs)
     logger.info("%s; precision: %s", banner or "training", s.precision.reason)
     save = _Checkpoints(s, spec, st, kind, config)
     if validate_untrained and not st.history:
         t0 = time.perf_counter()
-        v = spec.validate(model, -1)
+        v = spec.validate(st.scored, -1)
         save.epoch({"epoch": 0, "train_loss": math.nan, **v, "lr": _epoch_lr(st, spec, schedule, 0),
                     "train_seconds": 0.0, "images_per_second": math.nan, "seconds": time.perf_counter() - t0})
         logger.info("epoch 0 (untrained)  %s", _fmt(v))
@@ -334,12 +471,14 @@ def fit(s: Session, spec: TrainSpec, model: nn.Module, optimizer: torch.optim.Op
             on_epoch(st.history[-1])
     wrap = _Wrapper(s, compile)
     for epoch in range(st.start, epochs):
+        if st.budget is not None and st.budget.over:
+            break
         t0 = time.perf_counter()
         lr = _epoch_lr(st, spec, schedule, epoch)
         spec.begin_epoch(model, epoch)
         sums = _train_epoch(s, spec, st, wrap(model), spec.epoch_batches(epoch), epoch)
         train_seconds = time.perf_counter() - t0
-        v = spec.validate(model, epoch)
+        v = spec.validate(st.scored, epoch)
         row = {"epoch": epoch + 1, "train_loss": sums.pop("loss") / max(sums.pop("steps"), 1),
                **spec.train_row(sums, sums["images"]), **v, "lr": lr, "train_seconds": train_seconds,
                "images_per_second": sums["images"] / max(train_seconds, 1e-9), "seconds": time.perf_counter() - t0}
@@ -350,7 +489,10 @@ def fit(s: Session, spec: TrainSpec, model: nn.Module, optimizer: torch.optim.Op
                     lr, row["images_per_second"], row["seconds"])
         if on_epoch is not None:
             on_epoch(row)
-    return Fitted(st.history, st.best)
+    if st.budget is not None:
+        logger.info("trained %.1fs of the %.1fs time budget in %d epoch(s)", st.budget.spent, st.budget.seconds,
+                    st.history[-1]["epoch"] if st.history else 0)
+    return Fitted(st.history, st.best, st.budget.spent if st.budget is not None else None)
 
 
 def _fmt(values: dict[str, float]) -> str:
@@ -358,8 +500,8 @@ def _fmt(values: dict[str, float]) -> str:
 
 
 def _epoch_lr(st: _State, spec: TrainSpec, schedule: Schedule, epoch: int) -> float:
-    """The rate ``metrics.csv`` reports for ``epoch``: the schedule's, before any warm-up."""
-    return st.scheduler.base_lrs[spec.lr_group] * schedule.decay(epoch)
+    """The rate ``metrics.csv`` reports for ``epoch``: the schedule's at its start, before any warm-up."""
+    return st.scheduler.base_lrs[spec.lr_group] * schedule.epoch_factor(epoch)
 
 
 def _train_epoch(s: Session, spec: TrainSpec, st: _State, net: nn.Module, batches: Sequence,
@@ -369,6 +511,7 @@ def _train_epoch(s: Session, spec: TrainSpec, st: _State, net: nn.Module, batche
     The loss is checked for NaN/inf without a device sync per step: the first
     bad step is recorded on the device and looked at every 25 steps. Without
     a progress bar (output to a file) a line is logged every two minutes.
+    With a time budget the epoch ends at the first step that spends it.
     """
     dev = s.device
     loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
@@ -378,6 +521,9 @@ def _train_epoch(s: Session, spec: TrainSpec, st: _State, net: nn.Module, batche
     last_note = started
     bar = tqdm(batches, desc=f"epoch {epoch + 1} train", unit="batch", leave=False,
                disable=None if s.progress and s.is_main else True, dynamic_ncols=True)
+    budget, steps = st.budget, 0
+    if budget is not None:
+        budget.begin()
     for step, batch in enumerate(bar):
         x, target = spec.inputs(batch)
         with s.autocast():
@@ -387,7 +533,11 @@ def _train_epoch(s: Session, spec: TrainSpec, st: _State, net: nn.Module, batche
         st.scaler.scale(loss).backward()
         st.scaler.step(st.optimizer)
         st.scaler.update()
+        if budget is not None:
+            budget.tick()  # before the scheduler: the next step's rate follows the time spent so far
         st.scheduler.step()
+        if st.ema is not None:
+            st.ema.update()
 
         loss_d = loss.detach()
         first_bad = torch.where(~torch.isfinite(loss_d) & (first_bad < 0), step, first_bad)
@@ -395,17 +545,24 @@ def _train_epoch(s: Session, spec: TrainSpec, st: _State, net: nn.Module, batche
         for k, v in extra.items():
             counts[k] = counts.get(k, 0) + v.detach()
         images += len(x)
-        if (step + 1) % 25 == 0 or step + 1 == len(batches):
+        steps = step + 1
+        if steps % 25 == 0 or steps == len(batches):
             _check_finite(first_bad, epoch)
             if not bar.disable:
-                bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}")
+                bar.set_postfix(loss=f"{loss_sum.item() / steps:.4f}")
             elif s.is_main and time.perf_counter() - last_note > 120:
                 last_note = time.perf_counter()
-                logger.info("epoch %d: step %d/%d, loss %.4f, %.1f img/s", epoch + 1, step + 1, len(batches),
-                            loss_sum.item() / (step + 1), images / (last_note - started))
+                logger.info("epoch %d: step %d/%d, loss %.4f, %.1f img/s", epoch + 1, steps, len(batches),
+                            loss_sum.item() / steps, images / (last_note - started))
+        if budget is not None and budget.over:
+            logger.info("epoch %d: the time budget is spent after step %d/%d", epoch + 1, steps, len(batches))
+            break
+    bar.close()
+    if budget is not None:
+        budget.end()
     _check_finite(first_bad, epoch)
     names = list(counts)
-    values = all_reduce_sum([loss_sum.item(), float(len(batches)), float(images),
+    values = all_reduce_sum([loss_sum.item(), float(steps), float(images),
                              *(float(counts[k]) for k in names)], dev, s.dist)
     return dict(zip(["loss", "steps", "images", *names], values))
 
@@ -478,12 +635,15 @@ class _Checkpoints:
         if self.s.is_main:
             if row[key] > st.best[key]:
                 st.best = {key: row[key], "epoch": row["epoch"]}
-                atomic_torch_save({"kind": self.kind, "model": st.model.state_dict(), "epoch": row["epoch"],
+                atomic_torch_save({"kind": self.kind, "model": st.scored.state_dict(), "epoch": row["epoch"],
                                    key: row[key], "config": self.config}, self.s.run.best_checkpoint)
+            extra = {"ema": st.ema.state_dict()} if st.ema is not None else {}
+            if st.budget is not None:
+                extra["budget_spent"] = st.budget.spent
             atomic_torch_save({
                 "kind": self.kind, "model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
                 "scheduler": st.scheduler.state_dict(), "scaler": st.scaler.state_dict(), "epoch": row["epoch"],
-                "rng": rngs, "history": st.history, "best": st.best, "config": self.config,
+                "rng": rngs, "history": st.history, "best": st.best, "config": self.config, **extra,
             }, self.s.run.last_checkpoint)
             self.s.run.write_metrics(st.history)
         st.best = broadcast_object(st.best, self.s.dist)
@@ -521,6 +681,10 @@ def _resume(s: Session, spec: TrainSpec, st: _State, schedule: Schedule, epochs:
     _restore(path, "scheduler", lambda: st.scheduler.load_state_dict(sched))
     if "scaler" in ckpt:
         _restore(path, "scaler", lambda: st.scaler.load_state_dict(ckpt["scaler"]))
+    if st.ema is not None:
+        _restore(path, "ema", lambda: st.ema.load_state_dict(ckpt["ema"]))
+    if st.budget is not None:
+        _restore(path, "budget_spent", lambda: st.budget.restore(float(ckpt["budget_spent"])))
     _restore(path, "rng", lambda: set_rng_state(rngs[min(s.dist.rank, len(rngs) - 1)], *spec.generators))
     st.history, st.best, st.start = ckpt["history"], best, ckpt["epoch"]
     logger.info("resuming %s after epoch %d", s.run.path, st.start)

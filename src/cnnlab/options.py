@@ -208,7 +208,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[s
             kw["type"], kw["nargs"] = float, "+"
         else:
             kw["type"] = t if t in (int, float, str) else str
-        kw["metavar"] = f.name.upper() if "choices" not in kw else None
+        kw["metavar"] = f.metadata.get("metavar", f.name.upper()) if "choices" not in kw else None
         group.add_argument(flag, help=help_text, **kw)
 
 
@@ -233,29 +233,37 @@ def config_overrides(args: argparse.Namespace, cls: type) -> dict:
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items() if k in names}
 
 
-def build_config(cls: type, args: argparse.Namespace) -> Any:
-    values: dict = {}
+def build_config(cls: type, args: argparse.Namespace,
+                 base: Callable[[dict, dict], tuple[dict, str]] | None = None) -> Any:
+    """``cls`` from --config FILE and the options; with ``base`` (a study's recipes) from the values
+    ``base(values, sources)`` gives below them, ``values`` being those of the file and the options and
+    ``sources`` where each was written."""
     # The file and the options are checked each on their own: a bad value is named where it was
     # written, and a bad file is refused even where an option overrides its value.
-    if getattr(args, "config", None):
-        values.update(check_fields(cls, load_yaml(args.config), source=args.config))
+    file_values = check_fields(cls, load_yaml(args.config), source=args.config) if getattr(args, "config", None) \
+        else {}
     options = check_fields(cls, config_overrides(args, cls), source="options")
-    values.update(options)
-    return from_dict(cls, values, source=args.config or "options", sources=dict.fromkeys(options, "options"))
+    sources = {**dict.fromkeys(file_values, args.config), **dict.fromkeys(options, "options")}
+    values = {**file_values, **options}
+    if base is not None:
+        preset, where = base(values, sources)
+        values, sources = {**preset, **values}, {**dict.fromkeys(preset, where), **sources}
+    return from_dict(cls, values, source=args.config or "options", sources=sources)
 
 
 # --- running and printing -------------------------------------------------------------
 
 
 def train_command(args: argparse.Namespace, cls: type, resume_config: Callable, train: Callable,
-                  command: str) -> dict:
-    """Start a run in --out, or continue the one in --resume (only runtime options may change)."""
+                  command: str, base: Callable[[dict, dict], tuple[dict, str]] | None = None) -> dict:
+    """Start a run in --out, or continue the one in --resume (only runtime options may change).
+    ``base``: see :func:`build_config`."""
     if args.resume:
         cfg = resume_config(args.resume, config_overrides(args, cls))
         return train(cfg, args.resume, resume=True)
     if not args.out:
         raise CnnlabError(f"{command}: give --out RUN_DIR (a new folder), or --resume RUN_DIR")
-    return train(build_config(cls, args), args.out)
+    return train(build_config(cls, args, base), args.out)
 
 
 def print_result(summary: dict, keys: tuple[str, ...], where: dict[str, Any] | None = None,

@@ -45,15 +45,24 @@ _STUDY_FIELDS = {"cifar": "blocks", "faces": "backbone"}
 _STUDIES = {"cifar": "the CIFAR-10 block study", "faces": "the face-verification study"}
 
 
-_ADDED_FIELDS = {"faces": {"align": "center"}}
+_ADDED_FIELDS = {"faces": {"align": "center"},
+                 "cifar": {"recipe": None, "pooling": "intended", "time_budget": None, "schedule": "exponential",
+                           "ema": 0.0, "tta": "none"}}
 """Fields added to a study's configuration since its first release, with the value that means what runs
-saved before they existed did (face runs before --align centre-cropped every image)."""
+saved before they existed did (face runs before --align centre-cropped every image; CIFAR runs recorded no
+recipe and trained the intended network with the exponential schedule, no weight average, no test-time
+augmentation and no time budget)."""
+_RENAMED_VALUES = {"cifar": {"augment": {True: "study", False: "none"}}}
+"""Values a field took before it took names: CIFAR's ``augment`` was on (the study's augmentation) or off."""
 
 
 def upgrade_config(config: dict) -> dict:
     """A saved configuration with the fields added since it was written, at the values it ran with."""
-    added = _ADDED_FIELDS.get(study_of(config) or "", {})
-    return {**config, **{k: v for k, v in added.items() if k not in config}}
+    study = study_of(config) or ""
+    added = _ADDED_FIELDS.get(study, {})
+    renamed = {k: names[config[k]] for k, names in _RENAMED_VALUES.get(study, {}).items()
+               if isinstance(config.get(k), bool) and config[k] in names}
+    return {**config, **renamed, **{k: v for k, v in added.items() if k not in config}}
 
 
 def study_of(config: dict) -> str | None:

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from cnnlab.data.augment import (CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, affine_matrices, augment, color_jitter,
-                                 draw_params, eval_transform, hflip, random_affine, train_transform)
+from cnnlab.data.augment import (CIFAR10_MEAN, CIFAR10_STD, CIFAR_AUGMENTS, AugmentConfig, CropFlip, affine_matrices,
+                                 augment, color_jitter, draw_params, eval_transform, hflip, random_affine,
+                                 train_transform)
 from cnnlab.data.augment import FaceAugment, draw_face_params, face_augment, face_train_transform
 
 # Floats compared across paths or with a reference: run again with the CPU kernels limited to AVX2 (.ci/run).
@@ -143,3 +144,53 @@ def test_draws_are_reproducible_and_within_range():
     out2 = face_train_transform(_face_batch(), torch.Generator().manual_seed(5), cfg)
     assert torch.equal(out1, out2) and out1.shape == (6, 3, 24, 24)
     assert float(out1.min()) >= 0 and float(out1.max()) <= 1
+
+
+# --- the standard CIFAR augmentation: crop of the reflect-padded image, flip -------------------
+
+
+def _crop_by_loop(x, dx, dy, flip, padding):
+    """What CropFlip does, one image at a time, as a reader checks it."""
+    out = []
+    for img, i, j, f in zip(x, dx.tolist(), dy.tolist(), flip.tolist()):
+        padded = torch.nn.functional.pad(img[None], (padding,) * 4, mode="reflect")[0]
+        crop = padded[:, j:j + img.shape[1], i:i + img.shape[2]]
+        out.append(crop.flip(2) if f else crop)
+    return torch.stack(out)
+
+
+def test_crop_flip_is_the_per_image_crop_of_the_reflect_padded_image():
+    x = _images(16).float() / 255
+    aug = CropFlip()
+    params = aug.draw(len(x), torch.Generator().manual_seed(3))
+    assert torch.equal(aug.apply(x, params), _crop_by_loop(x, params["dx"], params["dy"], params["flip"], 4))
+
+
+def test_crop_flip_centred_and_unflipped_is_the_identity_and_its_border_is_reflected():
+    x = _images(2).float() / 255
+    centre = {"dx": torch.tensor([4, 0]), "dy": torch.tensor([4, 0]), "flip": torch.tensor([False, False])}
+    out = CropFlip().apply(x, centre)
+    assert torch.equal(out[0], x[0])
+    # Shifted by the whole padding: the first 4 rows and columns mirror the image (no black bar).
+    assert torch.equal(out[1][:, 4:, 4:], x[1][:, :28, :28])
+    assert torch.equal(out[1][:, 0, 4:], x[1][:, 4, :28]) and torch.equal(out[1][:, 4:, 0], x[1][:, :28, 4])
+
+
+def test_crop_flip_draws_are_reproducible_and_cover_every_offset():
+    a = CropFlip().draw(4000, torch.Generator().manual_seed(0))
+    b = CropFlip().draw(4000, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for k in ("dx", "dy"):
+        assert sorted(a[k].unique().tolist()) == list(range(9))  # 0 .. 2 * padding
+    assert 0.45 < a["flip"].float().mean() < 0.55
+
+
+def test_every_named_augmentation_transforms_a_batch():
+    x = _images(4)
+    assert set(CIFAR_AUGMENTS) == {"study", "crop-flip", "none"} and CIFAR_AUGMENTS["none"] is None
+    for name, aug in CIFAR_AUGMENTS.items():
+        out = train_transform(x, torch.Generator().manual_seed(0), aug)
+        assert out.shape == (4, 3, 32, 32) and out.dtype == torch.float32, name
+        again = train_transform(x, torch.Generator().manual_seed(0), aug)
+        assert torch.equal(out, again), name
+    assert torch.equal(train_transform(x, torch.Generator(), None), eval_transform(x))

@@ -42,3 +42,42 @@ def test_macs_follow_the_three_pools():
 def test_bad_width_is_refused():
     with pytest.raises(ConfigError, match="width must be positive"):
         BaseCNN("A", width=0)
+
+
+# --- the study notebook's network: one MaxPool, after block 8 ------------------------------
+
+
+@pytest.mark.parametrize("blocks", list(STUDY_PARAMS))
+def test_the_original_pooling_has_the_same_parameters(blocks):
+    """Pooling has no parameters: the notebook's network is the study's table's, only more expensive."""
+    assert count_parameters(BaseCNN(blocks, pooling="original")) == STUDY_PARAMS[blocks]
+
+
+def _block_input_sides(model):
+    sides = []
+    hooks = [stage[0].register_forward_pre_hook(lambda m, args: sides.append(args[0].shape[-1]))
+             for stage in model.blocks]
+    with torch.no_grad():
+        model.eval()(torch.randn(2, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    return sides
+
+
+@pytest.mark.parametrize("blocks", block_names() + ["AABBCCDE"])
+def test_original_blocks_all_see_32x32_and_intended_ones_32_16_8(blocks):
+    assert _block_input_sides(BaseCNN(blocks, width=0.125, pooling="original")) == [32] * 8
+    assert _block_input_sides(BaseCNN(blocks, width=0.125)) == [32, 32, 32, 16, 16, 8, 8, 8]
+    feats, maps = BaseCNN(blocks, width=0.125, pooling="original").forward_features(torch.randn(2, 3, 32, 32),
+                                                                                    return_maps=True)
+    assert [m.shape[-1] for m in maps] == [32] * 8 + [16] and feats.shape == (2, 64)
+
+
+def test_the_original_pooling_costs_about_six_times_the_compute():
+    ratio = count_macs(BaseCNN("A", pooling="original")) / count_macs(BaseCNN("A"))
+    assert 5 < ratio < 7
+
+
+def test_an_unknown_pooling_is_refused():
+    with pytest.raises(ConfigError, match="pooling must be intended or original, got 'late'"):
+        BaseCNN("A", width=0.125, pooling="late")

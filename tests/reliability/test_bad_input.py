@@ -255,7 +255,7 @@ CASES = [
                                                "label_smoothing: expected a finite number, got None"), 2),
     ("config integer as a boolean", _config("batch_size: true\n", "batch_size: expected an integer, got True"), 2),
     ("config quoted false", _config("compile: 'false'\n", "compile: expected true or false, got 'false'"), 2),
-    ("config quoted no", _config("augment: 'no'\n", "augment: expected true or false, got 'no'"), 2),
+    ("config quoted no", _config("augment: 'no'\n", "augment: expected study, crop-flip or none, got 'no'"), 2),
     ("config infinite lr", _config("lr: .inf\n", "lr: expected a finite number, got inf"), 2),
     ("infinite width", _option("--width", "inf", culprit="--width: expected a finite number, got inf"), 2),
     ("NaN lr", _option("--lr", "nan", culprit="--lr: expected a finite number, got nan"), 2),

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from cnnlab import checks
-from cnnlab.config import CifarTrainConfig
+from cnnlab.config import AUGMENTS, DEFAULT_CIFAR_RECIPE, POOLINGS, CifarTrainConfig
 from cnnlab.errors import ConfigError, DataError, shown_path
 from cnnlab.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
                             add_figures_command, arg, build_config, config_options, data_dir, export_file,
@@ -69,7 +69,7 @@ def _summary(args: argparse.Namespace) -> int:
     variants = parse_variants(args.blocks)
     if not 0 < args.width < math.inf:
         raise ConfigError(f"--width: expected a positive number, got {args.width}")
-    summaries = [model_summary(v, args.width) for v in variants]
+    summaries = [model_summary(v, args.width, pooling=args.pooling) for v in variants]
     if args.json:  # one variant: its object; several: a list of them
         print(dumps_json(summaries[0] if len(summaries) == 1 else summaries, indent=2))
     else:
@@ -77,12 +77,29 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+RESULT_KEYS = ("best_val_accuracy", "best_epoch", "test_accuracy", "test_accuracy_tta", "train_seconds")
+
+
 def _train(args: argparse.Namespace) -> int:
     from cnnlab.cifar.train import resume_config
+    from cnnlab.recipes import recipe_base
 
-    summary = train_command(args, CifarTrainConfig, resume_config, _checked_train, "cifar train")
-    print_result(summary, ("best_val_accuracy", "best_epoch", "test_accuracy", "train_seconds"),
-                 where={"run": args.resume or args.out})
+    summary = train_command(args, CifarTrainConfig, resume_config, _checked_train, "cifar train", base=recipe_base)
+    print_result(summary, RESULT_KEYS, where={"run": args.resume or args.out})
+    return 0
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from cnnlab.recipes import describe, recipe_text
+
+    if args.name:
+        print(recipe_text(args.name), end="")
+        return 0
+    shown = describe()
+    width = max(len(name) for name, _ in shown)
+    for name, text in shown:
+        default = " (default)" if name == DEFAULT_CIFAR_RECIPE else ""
+        print(f"{name:<{width}}  {text}{default}")
     return 0
 
 
@@ -123,7 +140,7 @@ def _data_figures(args: argparse.Namespace) -> int:
 
     with _data_advice(_NO_DOWNLOAD):
         paths = data_figures(args.data_dir, args.out, seed=args.seed, val_per_class=args.val_per_class,
-                             skip_bad_images=args.skip_bad_images)
+                             skip_bad_images=args.skip_bad_images, augment=args.augment)
     for path in paths:
         print(shown_path(path))
     return 0
@@ -133,9 +150,11 @@ def _compare(args: argparse.Namespace) -> int:
     from cnnlab.cifar.compare import compare, parse_seeds, parse_variants, read_comparison, table_rows
     from cnnlab.report import markdown_table
 
+    from cnnlab.recipes import recipe_base
+
     variants = parse_variants(args.blocks)
     args.blocks = variants[0]  # the config is checked with one variant; compare sets each in turn
-    base = build_config(CifarTrainConfig, args)
+    base = build_config(CifarTrainConfig, args, recipe_base)
     seeds = parse_seeds(args.seeds, base.seed)
     checks.output_folder(args.out, "--out")
     if args.tsne_samples < 0:  # checked by each evaluation too, but that comes after the first training
@@ -188,14 +207,7 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
                            "train BaseCNN variants (blocks A-E), evaluate and compare them.")
     csub = cifar.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    add_command(
-        csub, "summary", _summary, help="layer table and trainable parameters of a variant",
-        description="Print the layer table, trainable parameters and MACs of a BaseCNN variant.",
-        args=[arg("--blocks", default="A", metavar="LIST",
-                  help="comma-separated variants, each one block name or eight, e.g. A, D-sep, AABBCCDE or "
-                       "A,E (default: A)"),
-              arg("--width", type=float, default=1.0, help="channel multiplier (default: 1.0)"),
-              arg("--json", action="store_true", help="print JSON instead of the table (a list for several variants)")])
+    _add_summary_command(csub)
 
     add_command(
         csub, "train", _train, help="train one variant into a run folder",
@@ -205,6 +217,8 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
         examples=["cnnlab cifar train --blocks B --data-dir data/cifar10 --download --out runs/B",
                   "cnnlab cifar train --blocks E --width 0.25 --epochs 5 --data-dir data/cifar10 "
                   "--out runs/E-quick",
+                  "cnnlab cifar train --blocks B --recipe fast --time-budget 20m --data-dir data/cifar10 "
+                  "--out runs/B-fast",
                   "cnnlab cifar train --resume runs/B",
                   "cnnlab cifar train --resume runs/B --epochs 40"],
         args=train_args(CifarTrainConfig))
@@ -233,16 +247,20 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
 
     add_command(
         csub, "data-figures", _data_figures, help="figures of the training data and its augmentation",
-        description="Write augmented_samples.png (50 augmented training images with their classes), "
-                    "val_class_distribution.png (the validation split training makes) and augment_draws.png "
-                    "(one image, 10 draws of ColorJitter and 10 of RandomAffine) into --out.",
+        description="Write augmented_samples.png (50 training images after --augment, with their classes), "
+                    "val_class_distribution.png (the validation split training makes) and, for the study's "
+                    "augmentation, augment_draws.png (one image, 10 draws of ColorJitter and 10 of RandomAffine) "
+                    "into --out.",
         args=[data_dir(f"CIFAR-10 folder (default: {CifarTrainConfig.data_dir})", default=CifarTrainConfig.data_dir),
               arg("--out", required=True, metavar="DIR", help="folder for the PNG files (created if needed)"),
               arg("--seed", type=int, default=0, help="seed of the split and of the drawn images (default: 0)"),
               arg("--val-per-class", type=int, default=None, metavar="N",
                   help="validation images per class, as in training (default: 1000, or 20%% of each class "
                        "on smaller sets)"),
-              arg("--skip-bad-images", action="store_true", help="skip image files that cannot be decoded")])
+              arg("--skip-bad-images", action="store_true", help="skip image files that cannot be decoded"),
+              arg("--augment", choices=AUGMENTS, default="study",
+                  help="the training augmentation shown: study, crop-flip or none, as cifar train takes it "
+                       "(default: study)")])
 
     compare = add_command(
         csub, "compare", _compare, help="train, evaluate and compare several variants (the study)",
@@ -264,7 +282,31 @@ def add_cifar(sub: argparse._SubParsersAction) -> None:
                              title="training options of every variant (saved in each run's config.yaml)")])
     compare.set_defaults(rerun_continues=True)  # interrupted, the same command again continues it
 
+    _add_recipes_command(csub)
     _add_use_commands(csub)
+
+
+def _add_summary_command(csub: argparse._SubParsersAction) -> None:
+    add_command(
+        csub, "summary", _summary, help="layer table and trainable parameters of a variant",
+        description="Print the layer table, trainable parameters and MACs of a BaseCNN variant.",
+        args=[arg("--blocks", default="A", metavar="LIST",
+                  help="comma-separated variants, each one block name or eight, e.g. A, D-sep, AABBCCDE or "
+                       "A,E (default: A)"),
+              arg("--width", type=float, default=1.0, help="channel multiplier (default: 1.0)"),
+              arg("--pooling", choices=POOLINGS, default="intended",
+                  help="intended (MaxPool after blocks 3, 5, 8) or original (the notebook's one MaxPool after "
+                       "block 8; the same parameters, about 6x the MACs) (default: intended)"),
+              arg("--json", action="store_true", help="print JSON instead of the table (a list for several variants)")])
+
+
+def _add_recipes_command(csub: argparse._SubParsersAction) -> None:
+    add_command(
+        csub, "recipes", _recipes, help="list the training recipes (--recipe NAME), or print one",
+        description="List the training recipes shipped with cnnlab, one line each, or print the YAML file of "
+                    "one, to copy and change: a run given --recipe FILE.yaml starts from it.",
+        examples=["cnnlab cifar recipes", "cnnlab cifar recipes fast > my.yaml"],
+        args=[arg("name", nargs="?", metavar="NAME", help="print this recipe's YAML file")])
 
 
 def _add_use_commands(csub: argparse._SubParsersAction) -> None:

@@ -18,10 +18,10 @@ import io
 import logging
 import math
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from cnnlab.cifar.train import RUNTIME_FIELDS, train
+from cnnlab.cifar.train import RUNTIME_FIELDS, describe_recipe, train
 from cnnlab.config import CifarTrainConfig, to_dict
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.files import atomic_write_text
@@ -46,6 +46,7 @@ class VariantResult:
     best_val: list[float]
     test: list[float]
     best_epochs: list[int]
+    test_tta: list[float] = field(default_factory=list)
 
     @property
     def val_mean(self) -> float:
@@ -59,7 +60,10 @@ class VariantResult:
         return {"variant": self.variant, "seeds": len(self.runs), "params": self.params, "macs": self.macs,
                 "train_seconds": sm, "best_val_accuracy": vm, "best_val_accuracy_std": vs,
                 "test_accuracy": tm, "test_accuracy_std": ts,
-                "best_epoch": " / ".join(str(e) for e in self.best_epochs)}  # one per seed
+                "best_epoch": " / ".join(str(e) for e in self.best_epochs),  # one per seed
+                # flip test-time augmentation, where every seed's run reported it
+                "test_accuracy_tta": statistics.fmean(self.test_tta) if len(self.test_tta) == len(self.runs)
+                else float("nan")}
 
 
 def parse_variants(text: str | list[str]) -> list[str]:
@@ -92,7 +96,7 @@ def _comparable(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in RUNTIME_FIELDS}
 
 
-def _train_or_reuse(cfg: CifarTrainConfig, out: Path) -> dict:
+def _train_or_reuse(cfg: CifarTrainConfig, out: Path, data: _StudyData) -> dict:
     run = RunDir(out)
     if run.exists():
         saved = run.read_config()
@@ -106,8 +110,24 @@ def _train_or_reuse(cfg: CifarTrainConfig, out: Path) -> dict:
             logger.info("reusing the finished run %s", out)
             return run.read_summary()
         logger.info("resuming the unfinished run %s", out)
-        return train(cfg, out, resume=True)
-    return train(cfg, out)
+        return train(cfg, out, resume=True, data=data.get())
+    return train(cfg, out, data=data.get())
+
+
+class _StudyData:
+    """The study's data set, loaded (decoded or read from the cache, its source files listed and
+    fingerprinted) once for all its runs, their evaluations and its data figures, and only when one needs it:
+    a rerun that reuses every finished run loads nothing."""
+
+    def __init__(self, base: CifarTrainConfig):
+        self.base, self.data = base, None
+
+    def get(self):
+        from cnnlab.data.cifar10 import load_cifar10
+
+        if self.data is None:
+            self.data = load_cifar10(self.base.data_dir, self.base.download, self.base.skip_bad_images)
+        return self.data
 
 
 def compare(base: CifarTrainConfig, variants: list[str], out: str | Path, seeds: list[int] | None = None,
@@ -116,6 +136,7 @@ def compare(base: CifarTrainConfig, variants: list[str], out: str | Path, seeds:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = seeds or [base.seed]
+    data = _StudyData(base)
     with log_to_file(out / "compare.log"):
         results = []
         for v in variants:
@@ -123,47 +144,52 @@ def compare(base: CifarTrainConfig, variants: list[str], out: str | Path, seeds:
             for s in seeds:
                 path = out / "runs" / run_name(v, s)
                 logger.info("== %s, seed %d", v, s)
-                summaries.append(_train_or_reuse(replace(base, blocks=v, seed=s), path))
+                summaries.append(_train_or_reuse(replace(base, blocks=v, seed=s), path, data))
                 runs.append(path)
                 if evaluate:
-                    _evaluate_if_needed(path, tsne_samples)
-            model = BaseCNN(v, base.width)
+                    _evaluate_if_needed(path, tsne_samples, data)
+            model = BaseCNN(v, base.width, pooling=base.pooling)
             results.append(VariantResult(
                 variant=v, runs=runs, params=summaries[0]["params"], macs=count_macs(model),
                 train_seconds=[s["train_seconds"] for s in summaries],
                 best_val=[s["best_val_accuracy"] for s in summaries],
                 test=[s["test_accuracy"] for s in summaries],
-                best_epochs=[s.get("best_epoch", 0) for s in summaries]))
+                best_epochs=[s.get("best_epoch", 0) for s in summaries],
+                test_tta=[s["test_accuracy_tta"] for s in summaries if "test_accuracy_tta" in s]))
         rows = [r.row() for r in results]
         best = max(results, key=lambda r: r.val_mean)
         write_comparison(out, rows, best.variant)
         if evaluate:
-            _data_figures(base, out)
+            _data_figures(base, out, data)
         write_study_report(out, results, best, base, seeds)
         logger.info("best variant by validation accuracy: %s (%.4f)", best.variant, best.val_mean, extra=FILE_ONLY)
     return rows
 
 
-def _evaluate_if_needed(run_dir: Path, tsne_samples: int) -> None:
+def _evaluate_if_needed(run_dir: Path, tsne_samples: int, data: _StudyData) -> None:
     from cnnlab.cifar.evaluate import evaluate_run
 
     if "evaluated_at" not in RunDir(run_dir).read_summary():
-        evaluate_run(run_dir, tsne_samples=tsne_samples)
+        evaluate_run(run_dir, tsne_samples=tsne_samples, data=data.get())
 
 
-def _data_figures(base: CifarTrainConfig, out: Path) -> None:
-    from cnnlab.cifar.evaluate import data_figures
+def _data_figures(base: CifarTrainConfig, out: Path, data: _StudyData) -> None:
+    from cnnlab.cifar.evaluate import DATA_FIGURES, data_figures
 
     folder = out / "data-figures"
-    if not (folder / "augment_draws.png").is_file():
-        data_figures(base.data_dir, folder, seed=base.seed, val_per_class=base.val_per_class)
+    drawn = DATA_FIGURES if base.augment == "study" else DATA_FIGURES[:2]  # the draws are the study augmentation's
+    if not all((folder / name).is_file() for name in drawn):
+        data_figures(base.data_dir, folder, seed=base.seed, val_per_class=base.val_per_class, augment=base.augment,
+                     data=data.get())
 
 
 COLUMNS = ("variant", "seeds", "params", "macs", "train_seconds", "best_val_accuracy", "best_val_accuracy_std",
-           "test_accuracy", "test_accuracy_std", "best_epoch")
+           "test_accuracy", "test_accuracy_std", "best_epoch", "test_accuracy_tta")
 
 
 def _pm(mean: float, std: float, pct: bool = True) -> str:
+    if math.isnan(mean):
+        return "–"
     scale = 100 if pct else 1
     s = f"{mean * scale:.2f}"
     return s if math.isnan(std) else f"{s} ± {std * scale:.2f}"
@@ -172,12 +198,15 @@ def _pm(mean: float, std: float, pct: bool = True) -> str:
 def table_rows(rows: list[dict], best: str) -> tuple[list[str], list[list]]:
     header = ["variant", "trainable params", "MACs / image", "train time (s)", "best val acc (%)", "best epoch",
               "test acc (%)"]
+    tta = any(isinstance(r.get("test_accuracy_tta"), float) and not math.isnan(r["test_accuracy_tta"]) for r in rows)
+    header += ["test acc, flip TTA (%)"] if tta else []
     body = []
     for r in rows:
         name = r["variant"] + (" (best)" if r["variant"] == best else "")
         body.append([name, int(r["params"]), int(r["macs"]), round(r["train_seconds"]),
                      _pm(r["best_val_accuracy"], r["best_val_accuracy_std"]), r.get("best_epoch", "–"),
-                     _pm(r["test_accuracy"], r["test_accuracy_std"])])
+                     _pm(r["test_accuracy"], r["test_accuracy_std"])]
+                    + ([_pm(r["test_accuracy_tta"], math.nan)] if tta else []))
     return header, body
 
 
@@ -198,6 +227,13 @@ def read_comparison(out: str | Path) -> list[dict]:
                 for r in csv.DictReader(f)]
 
 
+def _length(cfg: CifarTrainConfig) -> str:
+    """"30 epochs", or "a 20m time budget (at most 30 epochs)"."""
+    if cfg.time_budget is None:
+        return f"{cfg.epochs} epochs"
+    return f"a {cfg.time_budget} time budget of training per run (at most {cfg.epochs} epochs)"
+
+
 def write_study_report(out: Path, results: list[VariantResult], best: VariantResult, base: CifarTrainConfig,
                        seeds: list[int]) -> tuple[Path, Path]:
     from cnnlab.viz.compare import plot_curves_overlay
@@ -211,13 +247,12 @@ def write_study_report(out: Path, results: list[VariantResult], best: VariantRes
     num_train = first.get("num_train")
     size = f", {num_train:,} training images" if isinstance(num_train, int) else ""
     curves = plot_curves_overlay({r.variant: r.runs[0] / "metrics.csv" for r in results}, figs / "curves.png",
-                                 title=f"Validation curves: width {base.width:g}, {base.epochs} epochs{size}")
+                                 title=f"Validation curves: width {base.width:g}, {_length(base)}{size}")
     header, body = table_rows(rows, best.variant)
     seeds_txt = f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± std" if len(seeds) > 1 else \
         f"seed {seeds[0]}"
     sections = [
-        Section("Comparison", f"Width {base.width}, {base.epochs} epochs{size}, batch {base.batch_size}, "
-                f"{base.optimizer} lr {base.lr} with ExponentialLR gamma {base.gamma}; {seeds_txt}. "
+        Section("Comparison", f"Width {base.width}, {_length(base)}{size}; {describe_recipe(base)}; {seeds_txt}. "
                 f"The best variant is chosen by validation accuracy, never by test accuracy: "
                 f"**{best.variant}**.", [Table(header, body)]),
         Section("Training curves", "Validation accuracy and loss per epoch (first seed of each variant).",

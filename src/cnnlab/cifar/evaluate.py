@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from cnnlab.config import CifarTrainConfig, from_dict
-from cnnlab.data.augment import (AugmentConfig, affine_matrices, augment, color_jitter, draw_params, eval_transform,
-                                 random_affine)
-from cnnlab.data.cifar10 import load_cifar10, stratified_split
+from cnnlab.data.augment import (CIFAR_AUGMENTS, AugmentConfig, affine_matrices, color_jitter, draw_params,
+                                 eval_transform, random_affine)
+from cnnlab.data.cifar10 import Cifar10, load_cifar10, stratified_split
 from cnnlab.engine import check_finite, infer
 from cnnlab.errors import CnnlabError, ConfigError, DataError
 from cnnlab.files import atomic_open
@@ -53,13 +53,17 @@ MAX_MAP_CHANNELS = 16  # per layer: enough to see what a layer responds to, smal
 
 
 def evaluate_run(run_dir: str | Path, tsne_samples: int = 2000, feature_image: int = 0, device: str = "auto",
-                 data_dir: str | Path | None = None, progress: bool = True, allow_unfinished: bool = False) -> dict:
+                 data_dir: str | Path | None = None, progress: bool = True, allow_unfinished: bool = False,
+                 data: Cifar10 | None = None) -> dict:
     """Test ``best.pt`` of a run once, save what the figures need, draw them; returns the summary.
 
     ``tsne_samples`` test images (a seeded random subset; 0 = all) go into the
     t-SNE; ``feature_image`` is the index of the test image whose feature maps
     are drawn. ``data_dir`` overrides the run's ``--data-dir`` (a run folder
-    moved to another machine). A run that has not finished training is refused unless ``allow_unfinished``.
+    moved to another machine); ``data`` is the data set already loaded from there (a study evaluating
+    its runs loads it once). A run that has not finished training is refused unless ``allow_unfinished``.
+    With the run's ``tta: flip`` the test accuracy of flip test-time augmentation is recorded beside the
+    plain one (``test_accuracy_tta``).
     """
     if not isinstance(tsne_samples, int) or tsne_samples < 0:
         raise ConfigError(f"--tsne-samples: expected 0 (all test images) or a positive number, got {tsne_samples!r}")
@@ -68,12 +72,12 @@ def evaluate_run(run_dir: str | Path, tsne_samples: int = 2000, feature_image: i
     run = RunDir(run_dir)
     run.expect_study(CifarTrainConfig)
     with run.lock("cifar evaluate"):
-        return _evaluate_run(run, tsne_samples, feature_image, device, data_dir, progress, allow_unfinished)
+        return _evaluate_run(run, tsne_samples, feature_image, device, data_dir, progress, allow_unfinished, data)
 
 
 def _evaluate_run(run: RunDir, tsne_samples: int, feature_image: int, device: str, data_dir: str | Path | None,
-                  progress: bool, allow_unfinished: bool) -> dict:
-    from cnnlab.cifar.train import load_run_model
+                  progress: bool, allow_unfinished: bool, data: Cifar10 | None) -> dict:
+    from cnnlab.cifar.train import flipped_eval_transform, load_run_model
 
     cfg = from_dict(CifarTrainConfig, run.read_config(), source=str(run.config_path))
     summary = run.read_summary()
@@ -92,7 +96,8 @@ def _evaluate_run(run: RunDir, tsne_samples: int, feature_image: int, device: st
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
 
-        data = load_cifar10(data_dir if data_dir is not None else cfg.data_dir, False, cfg.skip_bad_images)
+        if data is None:
+            data = load_cifar10(data_dir if data_dir is not None else cfg.data_dir, False, cfg.skip_bad_images)
         n_test = len(data.test_labels)
         if feature_image >= n_test:
             raise ConfigError(f"--feature-image {feature_image}: the test set has {n_test} images "
@@ -101,15 +106,20 @@ def _evaluate_run(run: RunDir, tsne_samples: int, feature_image: int, device: st
         logger.info("evaluating %s (best epoch %s) on %d test images on %s, %s", run.path, ckpt.get("epoch", "?"),
                     n_test, dev, precision)
 
-        logits, feats = infer(model, data.test_images, eval_transform, device=dev, batch_size=cfg.eval_batch_size,
-                              precision=precision, channels_last=channels_last, features=True,
-                              desc="test" if progress else None)
+        kw = dict(device=dev, batch_size=cfg.eval_batch_size, precision=precision, channels_last=channels_last)
+        logits, feats = infer(model, data.test_images, eval_transform, features=True,
+                              desc="test" if progress else None, **kw)
         source = f"the network of {run.best_checkpoint} ({precision} on {dev})"
         check_finite(logits, "logits", source)
         check_finite(feats, "features", source)
         labels = data.test_labels.numpy()
         preds = logits.argmax(1).numpy()
         test_acc = accuracy(preds, labels)
+        tta = {}
+        if cfg.tta == "flip":
+            mirrored = infer(model, data.test_images, flipped_eval_transform, desc="test (flipped)" if progress else None,
+                             **kw)
+            tta["test_accuracy_tta"] = accuracy(((logits + mirrored) / 2).argmax(1).numpy(), labels)
         cm = confusion_matrix(preds, labels, len(classes))
         per_class = per_class_accuracy(cm)
         trained = summary.get("test_accuracy")
@@ -133,9 +143,10 @@ def _evaluate_run(run: RunDir, tsne_samples: int, feature_image: int, device: st
                   **{f"map_{i}": m for i, (_, m, _) in enumerate(maps)},
                   **{f"channels_{i}": c for i, (_, _, c) in enumerate(maps)})
 
-        written = _redraw_figures(run)
+        written = _redraw_figures(run, best_epoch=ckpt.get("epoch"))  # best.pt is loaded already
         summary = run.update_summary(
             test_accuracy=test_acc,
+            **tta,
             per_class_accuracy={c: (None if math.isnan(a) else float(a)) for c, a in zip(classes, per_class)},
             confusion_matrix=cm.tolist(),
             tsne_samples=len(subset),
@@ -212,7 +223,7 @@ def redraw_figures(run_dir: str | Path) -> list[Path]:
         return _redraw_figures(run)
 
 
-def _redraw_figures(run: RunDir) -> list[Path]:
+def _redraw_figures(run: RunDir, best_epoch: int | None = None) -> list[Path]:
     from cnnlab.viz import cifar as viz
 
     if not run.metrics_path.is_file():
@@ -224,7 +235,7 @@ def _redraw_figures(run: RunDir) -> list[Path]:
                                best_epoch=summary.get("best_epoch"),
                                title=f"Training curves: {name}{_training_facts(run, summary)}")]
 
-    best = run.best_epoch()
+    best = best_epoch if best_epoch is not None else run.best_epoch()
     pred = _load_npz(run.path / PREDICTIONS_FILE, ("predictions", "labels", "classes"), run, best)
     if pred is not None:
         classes = [str(c) for c in pred["classes"]]
@@ -271,12 +282,13 @@ def _run_name(run: RunDir, summary: dict) -> str:
             blocks, width = cfg.get("blocks"), cfg.get("width")
         except CnnlabError:
             return run.path.name
-    return f"BaseCNN {blocks}" + (f" (width {width:g})" if isinstance(width, (int, float)) else "")
+    pooling = ", original pooling" if summary.get("pooling") == "original" else ""
+    return f"BaseCNN {blocks}" + (f" (width {width:g}{pooling})" if isinstance(width, (int, float)) else "")
 
 
 def _training_facts(run: RunDir, summary: dict) -> str:
     """", 30 epochs, 49,000 training images": what a curve's title needs beside the network."""
-    epochs, num_train = summary.get("epochs"), summary.get("num_train")
+    epochs, num_train = summary.get("epochs_trained", summary.get("epochs")), summary.get("num_train")
     if epochs is None:
         try:
             epochs = run.read_config().get("epochs")
@@ -300,6 +312,7 @@ REPORT_CAPTIONS = {
 
 def write_run_report(run: RunDir, cfg: CifarTrainConfig, summary: dict, figures: list[Path]) -> tuple[Path, Path]:
     """``report.md`` and a self-contained ``report.html`` of one evaluated run."""
+    from cnnlab.cifar.train import describe_recipe
     from cnnlab.report import METRIC_COLUMNS, Figure, Section, Table, config_table, provenance, seconds, write_report
     from cnnlab.run import command_line
 
@@ -307,17 +320,20 @@ def write_run_report(run: RunDir, cfg: CifarTrainConfig, summary: dict, figures:
     pct = lambda v: f"{v:.2%}" if isinstance(v, (int, float)) else "–"  # noqa: E731
     sizes = [summary.get(k) for k in ("num_train", "num_val", "num_test")]
     intro = (f"{name}, {summary.get('params', 0):,} trainable parameters, trained "
-             f"{summary.get('epochs', cfg.epochs)} epochs on "
+             f"{summary.get('epochs_trained', summary.get('epochs', cfg.epochs))} epochs on "
              + (f"{sizes[0]:,} training images ({sizes[1]:,} validation, {sizes[2]:,} test)."
                 if all(isinstance(n, int) for n in sizes) else "CIFAR-10 (sizes not recorded).")
              + f" The test images were scored once, with the best checkpoint (epoch {summary.get('best_epoch', '?')}, "
-               "the best validation accuracy).")
+               "the best validation accuracy). Training: " + describe_recipe(cfg) + ".")
     rows = [
         ["best validation accuracy", f"{pct(summary.get('best_val_accuracy'))} (epoch {summary.get('best_epoch', '?')})"],
         ["test accuracy", pct(summary.get("test_accuracy"))],
+        *([["test accuracy with flip TTA", pct(summary["test_accuracy_tta"])]] if "test_accuracy_tta" in summary
+          else []),
         ["test loss", summary.get("test_loss", math.nan)],
         ["training images", summary.get("num_train", "–")],
         ["training time", seconds(summary.get("train_seconds"))],
+        *_recipe_rows(cfg, summary),
     ]
     sections = [
         Section("Results", "", [Table(METRIC_COLUMNS, rows)]),
@@ -329,6 +345,20 @@ def write_run_report(run: RunDir, cfg: CifarTrainConfig, summary: dict, figures:
     sections.append(Section("Configuration", "`config.yaml`; `cnnlab cifar train --config config.yaml` repeats it.",
                             [config_table(cfg)]))
     return write_report(run.path, f"CIFAR-10 run {run.path.name}", sections, intro=intro)
+
+
+def _recipe_rows(cfg: CifarTrainConfig, summary: dict) -> list[list]:
+    """How the run trained, for its report: the recipe, the network's pooling and the time budget."""
+    from cnnlab.report import seconds
+
+    rows = [["recipe", cfg.recipe or "none recorded"],
+            ["pooling", "original (one MaxPool, after block 8: the study notebook's network)"
+             if cfg.pooling == "original" else "intended (MaxPool after blocks 3, 5 and 8)"]]
+    if cfg.time_budget is not None:
+        used = summary.get("time_used_seconds")
+        rows.append(["time budget", f"{cfg.time_budget} ({seconds(cfg.time_budget_seconds)}); used {seconds(used)} "
+                                    f"in {summary.get('epochs_trained', '?')} epochs on {summary.get('device', '?')}"])
+    return rows
 
 
 def _save_npz(path: Path, **arrays) -> None:
@@ -363,33 +393,43 @@ def _load_npz(path: Path, keys: tuple[str, ...], run: RunDir, best_epoch: int | 
 # --- figures of the data ---------------------------------------------------------------
 
 
+AUGMENT_NAMES = {"study": "ColorJitter, RandomAffine, flip",
+                 "crop-flip": "random crop of the image padded by 4 reflected pixels, flip", "none": "none"}
+
+
 def data_figures(data_dir: str | Path, out: str | Path, seed: int = 0, val_per_class: int | None = None,
-                 skip_bad_images: bool = False, samples: int = 50, draws: int = 10) -> list[Path]:
+                 skip_bad_images: bool = False, samples: int = 50, draws: int = 10, augment: str = "study",
+                 data: Cifar10 | None = None) -> list[Path]:
     """The augmented training images, the validation split's classes and one image's augmentation draws.
 
     The split is the one training makes with the same ``seed`` and
-    ``val_per_class``; images are shown un-normalised.
+    ``val_per_class``; images are shown un-normalised, after the training augmentation ``augment``
+    (a name of :data:`~cnnlab.data.augment.CIFAR_AUGMENTS`). The draws of ColorJitter and RandomAffine
+    are the study augmentation's: they are drawn only for it. ``data``: the data set of ``data_dir``,
+    when already loaded.
     """
     from cnnlab.viz import cifar as viz
 
     if val_per_class is not None and val_per_class < 1:
         raise ConfigError(f"--val-per-class: expected a positive integer, got {val_per_class}")
+    if augment not in CIFAR_AUGMENTS:
+        raise ConfigError(f"--augment: expected {', '.join(CIFAR_AUGMENTS)}, got {augment!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CnnlabError(f"--out {out} is a file, expected a folder")
-    data = load_cifar10(data_dir, False, skip_bad_images)
+    data = data if data is not None else load_cifar10(data_dir, False, skip_bad_images)
     classes = list(data.classes)
     train_idx, val_idx = stratified_split(data.train_labels, val_per_class, seed)
-    aug = AugmentConfig()
+    aug = CIFAR_AUGMENTS[augment]
     g = torch.Generator().manual_seed(seed)
     written = []
 
     pick = train_idx[torch.randperm(len(train_idx), generator=g)[:samples]]
     x = data.train_images[pick].float() / 255  # (S, 3, H, W) in [0, 1]
-    shown = augment(x, draw_params(len(x), aug, g, size=x.shape[-1]))
+    shown = aug.apply(x, aug.draw(len(x), g, size=x.shape[-1])) if aug is not None else x
     written.append(viz.plot_image_grid(
         shown.numpy(), data.train_labels[pick].tolist(), classes, out / DATA_FIGURES[0], cols=10,
-        title=f"{len(pick)} random training images after augmentation (ColorJitter, RandomAffine, flip)"))
+        title=f"{len(pick)} random training images after augmentation ({AUGMENT_NAMES[augment]})"))
 
     counts = torch.bincount(data.train_labels[val_idx], minlength=len(classes)).numpy()
     rule = f"{val_per_class} a class" if val_per_class is not None else "20% of each class, at most 1,000"
@@ -397,7 +437,17 @@ def data_figures(data_dir: str | Path, out: str | Path, seed: int = 0, val_per_c
         counts, classes, out / DATA_FIGURES[1],
         title=f"Validation split: {int(counts.sum()):,} images ({rule}, seed {seed}); "
               f"{len(train_idx):,} left for training"))
+    if augment == "study":
+        written.append(_augment_draws(x, g, draws, classes[int(data.train_labels[pick[0]])], out / DATA_FIGURES[2]))
+    logger.debug("wrote %s to %s", ", ".join(p.name for p in written), out)
+    return written
 
+
+def _augment_draws(x: torch.Tensor, g: torch.Generator, draws: int, label: str, path: Path) -> Path:
+    """``draws`` draws of the study's ColorJitter and of its RandomAffine on the first image of ``x``."""
+    from cnnlab.viz import cifar as viz
+
+    aug = AugmentConfig()
     one = x[:1].expand(draws, -1, -1, -1)  # the first sample, drawn `draws` times
     p = draw_params(draws, aug, g, size=x.shape[-1])
     jitter = color_jitter(one.clone(), p["brightness"], p["contrast"], p["saturation"])
@@ -409,12 +459,10 @@ def data_figures(data_dir: str | Path, out: str | Path, seed: int = 0, val_per_c
     affine_captions = [f"{round(a):+d}° x{s:.2f}\nshift ({round(tx):+d}, {round(ty):+d})"
                        for a, s, tx, ty in zip(p["angle"].tolist(), p["scale"].tolist(), p["tx"].tolist(),
                                                p["ty"].tolist())]
-    written.append(viz.plot_augment_draws(
+    return viz.plot_augment_draws(
         x[0].numpy(), [("ColorJitter", jitter.numpy(), jitter_captions),
                        ("RandomAffine", affine.numpy(), affine_captions)],
-        out / DATA_FIGURES[2],
-        title=f"One training image ({classes[int(data.train_labels[pick[0]])]}): {draws} draws of ColorJitter "
+        path,
+        title=f"One training image ({label}): {draws} draws of ColorJitter "
               f"(brightness, contrast, saturation {aug.brightness}) and of RandomAffine "
-              f"(±{aug.degrees:g}°, translate {aug.translate}, scale {aug.scale[0]}–{aug.scale[1]})"))
-    logger.debug("wrote %s to %s", ", ".join(p.name for p in written), out)
-    return written
+              f"(±{aug.degrees:g}°, translate {aug.translate}, scale {aug.scale[0]}–{aug.scale[1]})")

@@ -6,12 +6,13 @@ from cnnlab.models.basecnn import BaseCNN
 from cnnlab.models.profile import count_macs, count_parameters, layer_table
 
 
-def model_summary(blocks: str = "A", width: float = 1.0, num_classes: int = 10) -> dict:
-    model = BaseCNN(blocks, width, num_classes=num_classes)
+def model_summary(blocks: str = "A", width: float = 1.0, num_classes: int = 10, pooling: str = "intended") -> dict:
+    model = BaseCNN(blocks, width, num_classes=num_classes, pooling=pooling)
     return {
         "blocks": model.variant,
         "block_list": list(model.block_names),
         "width": width,
+        "pooling": pooling,
         "trainable_parameters": count_parameters(model),
         "total_parameters": count_parameters(model, trainable_only=False),
         "macs_per_image": count_macs(model),
@@ -20,7 +21,8 @@ def model_summary(blocks: str = "A", width: float = 1.0, num_classes: int = 10) 
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"BaseCNN {s['blocks']} (width {s['width']})", ""]
+    pooling = "" if s.get("pooling", "intended") == "intended" else f", {s['pooling']} pooling"
+    lines = [f"BaseCNN {s['blocks']} (width {s['width']}{pooling})", ""]
     w = max(len(r["design"]) for r in s["layers"])
     lines.append(f"{'layer':<8} {'design':<{w}} {'output':>14} {'params':>12}")
     lines.append("-" * (8 + w + 14 + 12 + 3))

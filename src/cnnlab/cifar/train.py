@@ -16,10 +16,11 @@ from torch import nn
 
 from cnnlab import engine
 from cnnlab.config import RESUMABLE_FIELDS, CifarTrainConfig, from_dict, to_dict
-from cnnlab.data.augment import AugmentConfig, eval_transform, train_transform
+from cnnlab.data.augment import CIFAR_AUGMENTS, eval_transform, train_transform
 from cnnlab.data.cifar10 import Cifar10, load_cifar10, stratified_split, subsample
-from cnnlab.engine import (Fitted, Schedule, Session, batch_indices, exponential_decay, fit, infer, load_best,
-                           ranks_in_sync, session, timing)
+from cnnlab.engine import (Fitted, Schedule, Session, TimeBudget, batch_indices, cosine_decay, exponential_decay, fit,
+                           infer, linear_decay, load_best, one_cycle, ranks_in_sync, session, timing)
+from cnnlab.errors import ConfigError
 from cnnlab.files import load_checkpoint, load_model_state
 from cnnlab.metrics import accuracy
 from cnnlab.models.basecnn import BaseCNN
@@ -40,7 +41,22 @@ EVALUATION_KEYS = ("per_class_accuracy", "confusion_matrix", "tsne_samples", "fe
 
 
 def build_model(cfg: CifarTrainConfig, num_classes: int = 10) -> BaseCNN:
-    return BaseCNN(cfg.blocks, cfg.width, num_classes=num_classes)
+    return BaseCNN(cfg.blocks, cfg.width, num_classes=num_classes, pooling=cfg.pooling)
+
+
+def build_schedule(cfg: CifarTrainConfig, steps_per_epoch: int, clock=None) -> Schedule:
+    """The rate of every step for ``cfg.schedule``, by steps or, with ``cfg.time_budget``, by the elapsed
+    fraction of the budget (read from ``clock``; ``time.perf_counter`` unless given)."""
+    decays = {"exponential": lambda: exponential_decay(cfg.gamma),
+              "linear": lambda: linear_decay(cfg.epochs, cfg.warmup_epochs),
+              "cosine": lambda: cosine_decay(cfg.epochs, cfg.warmup_epochs),
+              "onecycle": lambda: one_cycle(cfg.epochs, cfg.warmup_epochs)}
+    # OneCycleLR's rise is its own warm-up.
+    warmup = 0.0 if cfg.schedule == "onecycle" else cfg.warmup_epochs * steps_per_epoch
+    budget = None
+    if cfg.time_budget is not None:
+        budget = TimeBudget(cfg.time_budget_seconds, **({"clock": clock} if clock is not None else {}))
+    return Schedule(steps_per_epoch, decays[cfg.schedule](), warmup_steps=warmup, budget=budget, epochs=cfg.epochs)
 
 
 def build_optimizer(model: nn.Module, cfg: CifarTrainConfig) -> torch.optim.Optimizer:
@@ -96,7 +112,7 @@ class _Spec:
         shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
         aug_gen = torch.Generator().manual_seed(cfg.seed + 2 + 1000 * s.dist.rank)
         self.generators = (shuffle_gen, aug_gen)
-        self.aug = AugmentConfig() if cfg.augment else None
+        self.aug = CIFAR_AUGMENTS[cfg.augment]
 
     def epoch_batches(self, epoch: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         return batch_indices(torch.arange(len(self.d.train_y)), self.cfg.batch_size, generator or self.generators[0],
@@ -124,79 +140,131 @@ class _Spec:
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Session, batch_size: int,
-             desc: str | None) -> tuple[float, float]:
-    """Loss and accuracy of ``x`` (sharded across ranks, sums reduced).
+             desc: str | None, tta: str = "none") -> tuple[float, float] | tuple[float, float, float]:
+    """Loss and accuracy of ``x`` (sharded across ranks, sums reduced); with ``tta="flip"`` also the
+    accuracy of the mean logits of each image and its mirror image.
 
     ``model`` is the bare module, not the DDP wrapper: ranks may run different
     numbers of batches here, and DDP's forward could wait on a collective."""
     shard = torch.arange(len(x))[s.dist.rank::s.dist.world_size]
-    logits = infer(model, x[shard], eval_transform, device=s.device, batch_size=batch_size,
-                   precision=s.precision.precision, channels_last=s.precision.channels_last, desc=desc)
+    kw = dict(device=s.device, batch_size=batch_size, precision=s.precision.precision,
+              channels_last=s.precision.channels_last)
+    logits = infer(model, x[shard], eval_transform, desc=desc, **kw)
     yy = y[shard]
     loss_sum = F.cross_entropy(logits, yy, reduction="sum").item() if len(yy) else 0.0
     correct = accuracy(logits, yy) * len(yy) if len(yy) else 0.0
-    loss_sum, correct, n = all_reduce_sum([loss_sum, correct, float(len(yy))], s.device, s.dist)
-    return loss_sum / max(n, 1), correct / max(n, 1)
+    sums = [loss_sum, correct, float(len(yy))]
+    if tta == "flip":
+        mirrored = infer(model, x[shard], flipped_eval_transform, desc=desc and f"{desc} (flipped)", **kw)
+        sums.append(accuracy((logits + mirrored) / 2, yy) * len(yy) if len(yy) else 0.0)
+    sums = all_reduce_sum(sums, s.device, s.dist)
+    n = max(sums[2], 1)
+    return (sums[0] / n, sums[1] / n) + ((sums[3] / n,) if tta == "flip" else ())
 
 
-def train(cfg: CifarTrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def flipped_eval_transform(images: torch.Tensor) -> torch.Tensor:
+    """The evaluation transform of the mirror images (test-time augmentation)."""
+    return eval_transform(images).flip(3)
+
+
+def train(cfg: CifarTrainConfig, out: str | Path, resume: bool = False, progress: bool = True,
+          data: Cifar10 | None = None) -> dict:
     """Train ``cfg`` into the run folder ``out`` and return its summary.
 
     With ``resume`` the run continues from ``checkpoints/last.pt`` and ends where
     the uninterrupted run would have ended; a finished run is left as it is,
     unless ``cfg.epochs`` is more than it trained: then it trains on to the new
     end, exactly as a run started with those epochs (the schedule is a function
-    of the epoch), and its test is scored again with the best checkpoint.
+    of the epoch), and its test is scored again with the best checkpoint. ``data`` is ``cfg.data_dir``'s data
+    set when the caller has loaded it already (a study training several runs loads it once).
     """
-    return session(cfg, out, lambda s: _train(cfg, s), resume=resume, progress=progress,
+    return session(cfg, out, lambda s: _train(cfg, s, data), resume=resume, progress=progress,
                    runtime_fields=RUNTIME_FIELDS, evaluation_keys=EVALUATION_KEYS)
 
 
-def _train(cfg: CifarTrainConfig, s: Session) -> dict:
-    data = s.main_first(lambda: load_cifar10(cfg.data_dir, cfg.download and s.is_main, cfg.skip_bad_images))
+def _train(cfg: CifarTrainConfig, s: Session, data: Cifar10 | None) -> dict:
+    if data is None:
+        data = s.main_first(lambda: load_cifar10(cfg.data_dir, cfg.download and s.is_main, cfg.skip_bad_images))
     d = _Data(cfg, data, s.device)
     seed_everything(cfg.seed)
     model = build_model(cfg, num_classes=len(d.classes)).to(s.device)
     if s.precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     spec = _Spec(cfg, d, s)
-    steps = len(spec.epoch_batches(0, torch.Generator()))
-    schedule = Schedule(steps, exponential_decay(cfg.gamma), warmup_steps=cfg.warmup_epochs * steps)
-    banner = (f"training {model.variant} (width {cfg.width}, {count_parameters(model):,} trainable parameters) on "
-              f"{device_name(s.device)}, {s.precision.precision}{' + channels_last' if s.precision.channels_last else ''}"
-              f"; train {d.sizes['train']} / val {d.sizes['val']} / test {d.sizes['test']} images"
-              f"{f'; {s.dist.world_size} processes' if s.dist.enabled else ''}")
+    schedule = build_schedule(cfg, len(spec.epoch_batches(0, torch.Generator())))
     fitted = fit(s, spec, model, build_optimizer(model, cfg), schedule, epochs=cfg.epochs, kind=KIND,
-                 config=to_dict(cfg), banner=banner, compile=cfg.compile)
+                 config=to_dict(cfg), banner=_banner(cfg, s, model, d), compile=cfg.compile, ema=cfg.ema)
 
     load_best(s, model, _what(model))
-    test_loss, test_acc = evaluate(model, d.test_x, d.test_y, s, cfg.eval_batch_size,
-                                   "test" if s.progress and s.is_main else None)
-    return _finish(cfg, s, model, d, data.layout, fitted, test_loss, test_acc)
+    test = evaluate(model, d.test_x, d.test_y, s, cfg.eval_batch_size, "test" if s.progress and s.is_main else None,
+                    tta=cfg.tta)
+    return _finish(cfg, s, model, d, data.layout, fitted, test)
+
+
+def _banner(cfg: CifarTrainConfig, s: Session, model: BaseCNN, d: _Data) -> str:
+    budget = f" for at most {cfg.time_budget} of training" if cfg.time_budget is not None else ""
+    return (f"training {model.variant} (width {cfg.width}, {cfg.pooling} pooling, {count_parameters(model):,} "
+            f"trainable parameters) with the {cfg.recipe or 'unnamed'} recipe{budget} on {device_name(s.device)}, "
+            f"{s.precision.precision}{' + channels_last' if s.precision.channels_last else ''}"
+            f"; train {d.sizes['train']} / val {d.sizes['val']} / test {d.sizes['test']} images"
+            f"{f'; {s.dist.world_size} processes' if s.dist.enabled else ''}")
+
+
+def recipe_facts(cfg: CifarTrainConfig, fitted: Fitted) -> dict:
+    """What a summary records of how the run trained: its recipe, network and, with one, its time budget."""
+    facts = {"recipe": cfg.recipe, "pooling": cfg.pooling, "augment": cfg.augment, "schedule": cfg.schedule,
+             "ema": cfg.ema, "epochs_trained": max((r["epoch"] for r in fitted.history), default=0)}
+    if cfg.time_budget is not None:
+        facts.update(time_budget=cfg.time_budget, time_budget_seconds=cfg.time_budget_seconds,
+                     time_used_seconds=fitted.budget_spent)
+    return facts
+
+
+def describe_recipe(cfg: CifarTrainConfig) -> str:
+    """One sentence of how a run trains: its recipe and the values that make it, its network's pooling."""
+    warmup = f" after {cfg.warmup_epochs:g} warm-up epochs" if cfg.warmup_epochs and cfg.schedule != "onecycle" else ""
+    schedule = (f"ExponentialLR gamma {cfg.gamma:g}" if cfg.schedule == "exponential" else
+                f"{cfg.schedule} schedule") + warmup
+    extras = [f"label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else "",
+              f"weight average (EMA {cfg.ema:g})" if cfg.ema else "", "flip TTA reported" if cfg.tta == "flip" else ""]
+    pooling = ("the notebook's original pooling (one MaxPool, after block 8)" if cfg.pooling == "original"
+               else "the intended pooling")
+    return (f"recipe {cfg.recipe or 'not recorded'}: batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g}, "
+            f"weight decay {cfg.weight_decay:g}, {schedule}, {cfg.augment} augmentation"
+            + "".join(f", {e}" for e in extras if e) + f", {cfg.precision} precision; {pooling}")
 
 
 def _finish(cfg: CifarTrainConfig, s: Session, model: BaseCNN, d: _Data, layout: str, fitted: Fitted,
-            test_loss: float, test_acc: float) -> dict:
+            test: tuple[float, ...]) -> dict:
     in_sync = ranks_in_sync(model, s.dist)
     if not in_sync:
         logger.warning("the processes ended with different weights; DistributedDataParallel lost sync")
     best = fitted.best
+    test_loss, test_acc = test[:2]
     summary = {
         "kind": KIND, "status": "finished", "blocks": model.variant, "width": cfg.width,
-        "params": count_parameters(model), "epochs": cfg.epochs, **timing(fitted.history),
-        "best_val_accuracy": best["val_accuracy"], "best_epoch": best["epoch"],
-        "test_accuracy": test_acc, "test_loss": test_loss,
+        "params": count_parameters(model), "epochs": cfg.epochs, **recipe_facts(cfg, fitted),
+        **timing(fitted.history), "best_val_accuracy": best["val_accuracy"], "best_epoch": best["epoch"],
+        "test_accuracy": test_acc, "test_loss": test_loss, **({"test_accuracy_tta": test[2]} if len(test) > 2 else {}),
         "num_train": d.sizes["train"], "num_val": d.sizes["val"], "num_test": d.sizes["test"],
         "classes": d.classes, "data_layout": layout, **s.facts(), "ranks_in_sync": in_sync,
     }
     if s.is_main:
         summary = s.run.update_summary(**summary)
-        logger.info("best val accuracy %.4f (epoch %d); test accuracy %.4f; %.1fs of training",
-                    best["val_accuracy"], best["epoch"], test_acc, summary["train_seconds"], extra=FILE_ONLY)
+        tta = f" ({summary['test_accuracy_tta']:.4f} with flip TTA)" if "test_accuracy_tta" in summary else ""
+        logger.info("best val accuracy %.4f (epoch %d); test accuracy %.4f%s; %.1fs of training",
+                    best["val_accuracy"], best["epoch"], test_acc, tta, summary["train_seconds"], extra=FILE_ONLY)
     barrier(s.dist)
     return summary
 
 
 def resume_config(run_dir: str | Path, overrides: dict | None = None) -> CifarTrainConfig:
-    """The saved config of a run, with only runtime fields overridden."""
-    return run_resume_config(CifarTrainConfig, run_dir, overrides, RUNTIME_FIELDS)
+    """The saved config of a run, with only runtime fields overridden (and ``epochs``, which extends a run
+    trained by epochs; a run with a time budget ends on its budget, and its epochs span its schedule)."""
+    cfg = run_resume_config(CifarTrainConfig, run_dir, overrides, RUNTIME_FIELDS)
+    saved = RunDir(run_dir).run_config(RUNTIME_FIELDS).get("epochs")
+    if cfg.time_budget is not None and cfg.epochs != saved:
+        raise ConfigError(f"--epochs {cfg.epochs}: the run in {run_dir} has a time budget ({cfg.time_budget}), "
+                          f"over which its schedule spans its {saved} epochs; a budgeted run ends on its budget "
+                          "and cannot be extended")
+    return cfg

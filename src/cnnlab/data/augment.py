@@ -5,7 +5,11 @@ RandomHorizontalFlip) as pure batch functions in the manner of airbench's
 ``batch_flip_lr``: the random parameters are drawn per sample on the CPU from
 an explicit generator (so a run is reproducible and resumable on any device),
 then applied to the whole batch at once on its device. No PIL, no per-image
-Python in the training loop.
+Python in the training loop. Beside it, the standard CIFAR augmentation
+(:class:`CropFlip`: a random crop of the padded image and a horizontal flip),
+built the same way. Each augmentation is a frozen dataclass with ``draw``
+(parameters, on the CPU) and ``apply`` (the batch, on its device);
+:data:`CIFAR_AUGMENTS` names them.
 
 Evaluation images are only normalised (:func:`eval_transform`); training and
 evaluation transforms are built apart.
@@ -26,6 +30,8 @@ _GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, with torchvision's rounding
 
 @dataclass(frozen=True)
 class AugmentConfig:
+    """The study's augmentation: ColorJitter, RandomAffine and a horizontal flip."""
+
     brightness: float = 0.25
     contrast: float = 0.25
     saturation: float = 0.25
@@ -33,6 +39,12 @@ class AugmentConfig:
     translate: float = 0.1
     scale: tuple[float, float] = (0.9, 1.1)
     flip_p: float = 0.5
+
+    def draw(self, n: int, generator: torch.Generator, size: int = 32) -> dict[str, torch.Tensor]:
+        return draw_params(n, self, generator, size)
+
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return augment(x, params)
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
@@ -114,12 +126,56 @@ def augment(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
     return hflip(x, p["flip"])
 
 
-def train_transform(images: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig | None = AugmentConfig(),
+@dataclass(frozen=True)
+class CropFlip:
+    """The standard CIFAR augmentation (as in the ResNet paper and airbench): pad each side by ``padding``
+    pixels, take a random crop of the original size, flip horizontally with probability ``flip_p``.
+
+    The padding reflects the image (airbench's choice; torchvision's ``RandomCrop(32, padding=4)`` pads
+    with zeros): a shifted image then shows plausible content at its edge instead of a black bar.
+    """
+
+    padding: int = 4
+    flip_p: float = 0.5
+
+    def draw(self, n: int, generator: torch.Generator, size: int = 32) -> dict[str, torch.Tensor]:
+        """Per-sample offsets of the crop in the padded image (0 .. 2 * padding) and flips, in a fixed order."""
+        span = 2 * self.padding + 1
+        return {"dx": torch.randint(0, span, (n,), generator=generator),
+                "dy": torch.randint(0, span, (n,), generator=generator),
+                "flip": torch.rand(n, generator=generator) < self.flip_p}
+
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return hflip(random_crop(x, params["dx"], params["dy"], self.padding), params["flip"].to(x.device))
+
+
+def random_crop(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, padding: int) -> torch.Tensor:
+    """Each image of ``x`` (B, C, H, W), reflect-padded by ``padding``, cropped back to (H, W) at its own
+    offset (``dx``, ``dy`` in 0 .. 2 * padding): one gather for the whole batch."""
+    b, _, h, w = x.shape
+    if padding == 0:
+        return x
+    padded = F.pad(x, (padding,) * 4, mode="reflect")  # (B, C, H + 2p, W + 2p)
+    dev = x.device
+    rows = dy.to(dev)[:, None] + torch.arange(h, device=dev)  # (B, H)
+    cols = dx.to(dev)[:, None] + torch.arange(w, device=dev)  # (B, W)
+    batch = torch.arange(b, device=dev)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+CIFAR_AUGMENTS: dict[str, AugmentConfig | CropFlip | None] = {
+    "study": AugmentConfig(), "crop-flip": CropFlip(), "none": None}
+"""The training augmentations a CIFAR run names (``--augment``)."""
+
+
+def train_transform(images: torch.Tensor, generator: torch.Generator,
+                    cfg: AugmentConfig | CropFlip | None = AugmentConfig(),
                     mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD) -> torch.Tensor:
-    """uint8 (B, 3, H, W) on any device -> augmented, normalised float32."""
+    """uint8 (B, 3, H, W) on any device -> augmented (``cfg``: see :data:`CIFAR_AUGMENTS`), normalised float32."""
     x = images.float().div_(255)
     if cfg is not None:
-        x = augment(x, draw_params(len(x), cfg, generator, size=x.shape[-1]))
+        x = cfg.apply(x, cfg.draw(len(x), generator, size=x.shape[-1]))
     return normalize(x, mean, std)
 
 

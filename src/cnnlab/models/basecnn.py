@@ -11,6 +11,12 @@ from cnnlab.models.blocks import create_block, format_blocks, parse_blocks
 STEM_CHANNELS = (32, 64, 128)
 BLOCK_CHANNELS = (128, 128, 128, 256, 256, 256, 512, 512, 512)
 POOL_AFTER = (3, 5, 8)  # 1-based block indices followed by MaxPool(2): 32 -> 16 -> 8 -> 4
+POOLINGS = {
+    "intended": POOL_AFTER,
+    # The study notebook's network: its pooling sat outside the block loop, so only one MaxPool(2) was
+    # added, after the last block; every block runs at 32x32 (about 6x the compute, the same parameters).
+    "original": (8,),
+}
 
 
 MIN_CHANNELS = 8
@@ -34,11 +40,17 @@ def min_width() -> float:
 
 
 class BaseCNN(nn.Module):
+    """The stem, eight blocks and the head of DESIGN.md. ``pooling="original"`` builds the study notebook's
+    network instead (one MaxPool, after block 8), to reproduce its table in its own conditions."""
+
     def __init__(self, blocks: str | tuple[str, ...] = "A", width: float = 1.0, num_classes: int = 10,
-                 dropout: float = 0.25):
+                 dropout: float = 0.25, pooling: str = "intended"):
         super().__init__()
         if not width > 0:
             raise ConfigError(f"width must be positive, got {width}")
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be {' or '.join(POOLINGS)}, got {pooling!r}")
+        self.pooling = pooling
         self.block_names = parse_blocks(blocks) if isinstance(blocks, str) else tuple(blocks)
         self.width = width
         stem = [_scaled(c, width) for c in STEM_CHANNELS]
@@ -53,11 +65,11 @@ class BaseCNN(nn.Module):
             raise ConfigError("the stem must end with as many channels as the first block takes")
 
         # The pooling lives inside the stage loop, so each of the three pools is really
-        # there (the notebook added one pool, at the end, and paid 6x the compute).
+        # there (the notebook added one pool, at the end, and paid 6x the compute: pooling="original").
         self.blocks = nn.ModuleList()
         for i, name in enumerate(self.block_names):
             stage = [create_block(name, chans[i], chans[i + 1])]
-            if i + 1 in POOL_AFTER:
+            if i + 1 in POOLINGS[pooling]:
                 stage.append(nn.MaxPool2d(2))
             self.blocks.append(nn.Sequential(*stage))
 
