@@ -318,6 +318,7 @@ def load_yaml(path: str | Path) -> dict:
 # --- face verification -----------------------------------------------------------------
 
 FACE_LOSSES = ("contrastive", "triplet")
+FACE_HEADS = ("relu", "bnneck")
 FACE_MINERS = ("batch-hard", "semi-hard", "all")
 FACE_PROTOCOLS = ("none", "lfw-view1")
 FACE_ALIGNS = ("auto", "detect", "center")
@@ -356,8 +357,12 @@ class _FaceFields:
                                               "(tests), or timm:NAME for any timm model, e.g. timm:resnet18")
     weights: str = opt("imagenet", "backbone weights: imagenet (for timm:NAME downloaded from timm's hub), none, "
                                    "or a path to a state-dict file")
-    embedding_dim: int = opt(512, "size D of the embedding (backbone -> Linear -> ReLU)")
+    embedding_dim: int = opt(512, "size D of the embedding (backbone -> Linear -> --head)")
     normalize_embeddings: bool = opt(True, "scale every embedding to unit length (distances in [0, 2])")
+    head: str = opt("relu", "embedding head after the Linear: relu (the study's) or bnneck (BatchNorm1d, no ReLU, "
+                            "as in ArcFace's output layer)", choices=FACE_HEADS)
+    flip_tta: bool = opt(False, "embed each validation, test and inference image and its mirror image and "
+                                "average the two (test-time augmentation; twice the inference time)")
     trainable_layers: int | None = opt(None, "train only the last N layers of the backbone (the rest keep "
                                              "their ImageNet weights); default: all")
     freeze_bn: bool = opt(True, "keep the backbone's BatchNorm statistics at their ImageNet values while "
@@ -421,6 +426,7 @@ class FaceTrainConfig(RuntimeConfig, _FaceFields):
                      "an integer >= 0", self.trainable_layers)
         if self.margin is None:
             self.margin = FACE_DEFAULT_MARGIN[self.loss]
+        _require(isinstance(self.head, str) and self.head in FACE_HEADS, "head", " or ".join(FACE_HEADS), self.head)
         if self.loss == "contrastive":
             _require(self.margin > 0, "margin", "a positive number for the contrastive loss", self.margin)
             _require(self.batch_size >= 2 and self.batch_size % 2 == 0, "batch_size",

@@ -84,7 +84,7 @@ EpochCallback = Callable[[dict], None]
 def build_model(cfg: FaceTrainConfig, weights: str | None = None) -> SiameseNet:
     """The run's network; ``weights`` overrides ``cfg.weights`` (``"none"`` when a checkpoint follows)."""
     return build_siamese(cfg.backbone, weights if weights is not None else cfg.weights, cfg.embedding_dim,
-                         cfg.normalize_embeddings)
+                         cfg.normalize_embeddings, head=cfg.head, flip_tta=cfg.flip_tta)
 
 
 def frozen_layers(model: SiameseNet, cfg: FaceTrainConfig, epoch: int) -> list[nn.Module]:

@@ -271,16 +271,53 @@ def build_backbone(name: str, weights: str = "imagenet") -> Backbone:
     return _BACKBONES[name](str(weights))
 
 
+# ---------------------------------------------------------------- embedding heads
+
+
+def _relu_head(num_features: int, dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(num_features, dim), nn.ReLU(inplace=True))
+
+
+def _bnneck_head(num_features: int, dim: int) -> nn.Sequential:
+    # The BatchNorm's shift makes a bias of the Linear redundant.
+    return nn.Sequential(nn.Linear(num_features, dim, bias=False), nn.BatchNorm1d(dim))
+
+
+HEADS: Mapping[str, Callable[[int, int], nn.Module]] = types.MappingProxyType({
+    "relu": _relu_head,
+    "bnneck": _bnneck_head,
+})
+"""Embedding heads by the name ``--head`` gives.
+
+``relu``: ``Linear(F, D)`` and ReLU, the study's head. ``bnneck``:
+``Linear(F, D)`` and ``BatchNorm1d(D)``, no ReLU, the output layer of the
+margin-loss face models (Deng et al., "ArcFace", CVPR 2019: setting "E";
+Luo et al., "Bag of Tricks and a Strong Baseline for Deep Person
+Re-identification", 2019: "BNNeck"): embeddings keep both signs, so the
+whole sphere is used once they are normalised, rather than its positive orthant.
+"""
+
+
 # ---------------------------------------------------------------- the Siamese network
 
 
 class SiameseNet(nn.Module):
-    """Backbone, then ``Linear(num_features, D)`` and ReLU, then optional L2 normalisation.
+    """Backbone, then an embedding head (:data:`HEADS`: Linear + ReLU by default), then optional L2 normalisation.
 
     ``forward`` takes a normalised float batch (B, 3, H, W), or a uint8 batch
     that it normalises itself with the backbone's mean and std (held as
     buffers, so this happens on the model's device); it returns embeddings
     (B, D).
+
+    With ``flip_tta`` the network in eval mode looks at every image and its
+    mirror image: :meth:`forward_features` returns the mean of the two pooled
+    features, which the head then embeds (and normalises). The ``bnneck`` head
+    is affine in eval mode, so this is exactly the mean of the two embeddings,
+    normalised; for the ``relu`` head the mean is taken before the ReLU.
+    Training (train mode) sees single images. Being part of the model, the
+    averaging reaches everything that builds a run's network from its config
+    (validation and test during training, and whatever loads the run later),
+    with nothing to do for the code that calls it.
     """
 
     def __init__(
@@ -291,12 +328,18 @@ class SiameseNet(nn.Module):
         normalize: bool = False,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        head: str = "relu",
+        flip_tta: bool = False,
     ):
         super().__init__()
         if embedding_dim < 1:
             raise ConfigError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
+        if head not in HEADS:
+            raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Linear(num_features, embedding_dim), nn.ReLU(inplace=True))
+        self.head = HEADS[head](num_features, embedding_dim)
+        self.head_name = head
+        self.flip_tta = bool(flip_tta)
         self.normalize = normalize
         self.embedding_dim = embedding_dim
         self.backbone_frozen = False
@@ -313,7 +356,11 @@ class SiameseNet(nn.Module):
         return (x - self.mean) / self.std
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone's pooled features (B, F) of a normalised float batch: the head's input."""
+        """The backbone's pooled features (B, F) of a normalised float batch: the head's input (with
+        ``flip_tta`` in eval mode the mean of the image's and its mirror's)."""
+        if self.flip_tta and not self.training:
+            # Two passes rather than one of 2B images: inference needs no more memory than without.
+            return (self.backbone.forward_features(x) + self.backbone.forward_features(x.flip(3))) / 2
         return self.backbone.forward_features(x)
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
@@ -391,11 +438,13 @@ def build_siamese(
     weights: str = "imagenet",
     embedding_dim: int = 512,
     normalize: bool = False,
+    head: str = "relu",
+    flip_tta: bool = False,
 ) -> SiameseNet:
     """A :class:`SiameseNet` on the backbone registered as ``backbone``, with its input mean and std."""
     b = build_backbone(backbone, weights)
     return SiameseNet(b.module, b.num_features, embedding_dim=embedding_dim, normalize=normalize,
-                      mean=b.mean, std=b.std)
+                      mean=b.mean, std=b.std, head=head, flip_tta=flip_tta)
 
 
 def upgrade_state_dict(model: SiameseNet, state: Mapping) -> Mapping:
