@@ -302,11 +302,13 @@ class _State:
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=dict)
     start: int = 0
+    modules: dict[str, nn.Module] = field(default_factory=dict)
 
 
 def fit(s: Session, spec: TrainSpec, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
         epochs: int, kind: str, config: dict, banner: str = "", compile: bool = False,
-        validate_untrained: bool = False, on_epoch: Callable[[dict], None] | None = None) -> Fitted:
+        validate_untrained: bool = False, on_epoch: Callable[[dict], None] | None = None,
+        modules: dict[str, nn.Module] | None = None) -> Fitted:
     """Train ``model`` for ``epochs`` into the session's run folder and return its history.
 
     After each epoch: validation (``spec.validate``), ``best.pt`` when
@@ -317,9 +319,13 @@ def fit(s: Session, spec: TrainSpec, model: nn.Module, optimizer: torch.optim.Op
     step (and competes for ``best.pt``). A resumed session continues after the
     last checkpoint's epoch and ends where the uninterrupted run would have.
     ``banner`` (what trains on what) is logged once the checkpoint has loaded.
+    ``modules`` are what the optimizer trains besides ``model`` (a loss's
+    learnt weights), by name: ``last.pt`` holds them for resuming; ``best.pt``
+    holds the network alone.
     """
     st = _State(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step)),
-                grad_scaler(s.device, s.precision.precision), best={spec.best_key: -math.inf, "epoch": -1})
+                grad_scaler(s.device, s.precision.precision), best={spec.best_key: -math.inf, "epoch": -1},
+                modules=dict(modules or {}))
     if s.resuming:
         _resume(s, spec, st, schedule, epochs)
     logger.info("%s; precision: %s", banner or "training", s.precision.reason)
@@ -427,7 +433,9 @@ def _check_epoch_finite(st: _State, row: dict, key: str) -> None:
     same weights and validation figures, so every rank stops together.
     """
     bad = [k for k in ("val_loss", key) if k in row and not math.isfinite(float(row[k]))]
-    floats = [(name, t) for name, t in st.model.state_dict().items() if t.is_floating_point()]
+    states = [st.model.state_dict(), *({f"{k}.{n}": t for n, t in m.state_dict().items()}
+                                       for k, m in st.modules.items())]
+    floats = [(name, t) for state in states for name, t in state.items() if t.is_floating_point()]
     finite = torch.stack([torch.isfinite(t).all() for _, t in floats]).tolist() if floats else []  # one sync
     weights = [name for (name, _), ok in zip(floats, finite) if not ok]
     if not bad and not weights:
@@ -484,6 +492,7 @@ class _Checkpoints:
                 "kind": self.kind, "model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
                 "scheduler": st.scheduler.state_dict(), "scaler": st.scaler.state_dict(), "epoch": row["epoch"],
                 "rng": rngs, "history": st.history, "best": st.best, "config": self.config,
+                **({"modules": {k: m.state_dict() for k, m in st.modules.items()}} if st.modules else {}),
             }, self.s.run.last_checkpoint)
             self.s.run.write_metrics(st.history)
         st.best = broadcast_object(st.best, self.s.dist)
@@ -517,6 +526,8 @@ def _resume(s: Session, spec: TrainSpec, st: _State, schedule: Schedule, epochs:
         sched = {**sched, "last_epoch": ckpt["epoch"] * schedule.steps_per_epoch, "lr_lambdas": [None]}
         sched = {k: v for k, v in sched.items() if k in st.scheduler.state_dict()}
     rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+    for name, module in st.modules.items():
+        _restore(path, "modules", lambda: module.load_state_dict(ckpt["modules"][name]))
     _restore(path, "optimizer", lambda: st.optimizer.load_state_dict(ckpt["optimizer"]))
     _restore(path, "scheduler", lambda: st.scheduler.load_state_dict(sched))
     if "scaler" in ckpt:

@@ -29,8 +29,9 @@ def test_the_config_offers_the_heads_the_model_has():
     cfg = FaceTrainConfig()
     assert (cfg.head, cfg.flip_tta) == ("relu", False)
     # A run saved before these options existed ran with the relu head and no TTA.
-    old = {k: v for k, v in vars(cfg).items() if k not in ("head", "flip_tta")}
-    assert {k: upgrade_config(old)[k] for k in ("head", "flip_tta")} == {"head": "relu", "flip_tta": False}
+    old = {k: v for k, v in vars(cfg).items() if k not in ("head", "flip_tta", "scale", "subcenters")}
+    assert {k: upgrade_config(old)[k] for k in ("head", "flip_tta", "scale", "subcenters")} == {
+        "head": "relu", "flip_tta": False, "scale": 30.0, "subcenters": 3}
 
 
 def test_the_relu_head_is_the_study_head_with_its_checkpoint_keys():
