@@ -42,10 +42,12 @@ CASES = [
         "--margin: expected an angle in radians in [0, 1.5708) for arcface, got 1.5708"))),
     ("subcenter-arcface margin in degrees", _option("--loss", "subcenter-arcface", "--margin", "28.6", culprit=(
         "--margin: expected an angle in radians in [0, 1.5708) for subcenter-arcface, got 28.6"))),
-    ("negative arcface margin", _option("--loss", "arcface", "--margin", "-0.1", culprit="--margin: expected an angle")),
+    ("negative arcface margin", _option("--loss", "arcface", "--margin", "-0.1",
+                                        culprit="--margin: expected an angle")),
     ("cosface margin of 1", _option("--loss", "cosface", "--margin", "1", culprit=(
         "--margin: expected a cosine margin in [0, 1) for cosface, got 1.0"))),
-    ("zero scale", _option("--loss", "cosface", "--scale", "0", culprit="--scale: expected a positive number, got 0.0")),
+    ("zero scale", _option("--loss", "cosface", "--scale", "0",
+                           culprit="--scale: expected a positive number, got 0.0")),
     ("negative scale", _option("--scale", "-30", culprit="--scale: expected a positive number, got -30.0")),
     ("NaN scale", _option("--scale", "nan", culprit="--scale: expected a finite number, got nan")),
     ("zero subcenters", _option("--loss", "subcenter-arcface", "--subcenters", "0", culprit=(
