@@ -385,15 +385,22 @@ def load_yaml(path: str | Path) -> dict:
 
 # --- face verification -----------------------------------------------------------------
 
-FACE_LOSSES = ("contrastive", "triplet")
+FACE_LOSSES = ("contrastive", "triplet", "cosface", "arcface", "subcenter-arcface")
+FACE_MARGIN_LOSSES = ("cosface", "arcface", "subcenter-arcface")
+"""The additive-margin softmax losses: they learn a weight per training person (see :mod:`cnnlab.losses`)."""
+FACE_HEADS = ("relu", "bnneck")
 FACE_MINERS = ("batch-hard", "semi-hard", "all")
 FACE_PROTOCOLS = ("none", "lfw-view1")
 FACE_ALIGNS = ("auto", "detect", "center")
 ALIGN_HELP = ("how the face is found in each image: auto (detect it and its five landmarks and align it to the "
               "standard template; where no face is found, the centre crop of --crop), detect (the same, but "
               "images without a face are skipped) or center (no detection: the centre crop of --crop)")
-FACE_DEFAULT_MARGIN = {"contrastive": 1.0, "triplet": 0.2}
-"""``--margin`` when none is given: the study's 1.0 for the contrastive loss, FaceNet's 0.2 for the triplet loss."""
+FACE_DEFAULT_MARGIN = {"contrastive": 1.0, "triplet": 0.2, "cosface": 0.35, "arcface": 0.5, "subcenter-arcface": 0.5}
+"""``--margin`` when none is given: the study's 1.0 for the contrastive loss, FaceNet's 0.2 for the triplet loss,
+the papers' cosine margin 0.35 for CosFace and angular margin 0.5 rad (28.6 degrees) for ArcFace."""
+MAX_ANGULAR_MARGIN = math.pi / 2
+"""ArcFace's margin is an angle added to the angle to the person's weight: from 90 degrees on, even an image
+that lies on its weight scores no higher than one at right angles to it."""
 
 
 @dataclass
@@ -424,16 +431,24 @@ class _FaceFields:
                                               "(tests), or timm:NAME for any timm model, e.g. timm:resnet18")
     weights: str = opt("imagenet", "backbone weights: imagenet (for timm:NAME downloaded from timm's hub), none, "
                                    "or a path to a state-dict file")
-    embedding_dim: int = opt(512, "size D of the embedding (backbone -> Linear -> ReLU)")
+    embedding_dim: int = opt(512, "size D of the embedding (backbone -> Linear -> --head)")
     normalize_embeddings: bool = opt(True, "scale every embedding to unit length (distances in [0, 2])")
+    head: str = opt("relu", "embedding head after the Linear: relu (the study's) or bnneck (BatchNorm1d, no ReLU, "
+                            "as in ArcFace's output layer)", choices=FACE_HEADS)
+    flip_tta: bool = opt(False, "embed each validation, test and inference image and its mirror image and "
+                                "average the two (test-time augmentation; twice the inference time)")
     trainable_layers: int | None = opt(None, "train only the last N layers of the backbone (the rest keep "
                                              "their ImageNet weights); default: all")
     freeze_bn: bool = opt(True, "keep the backbone's BatchNorm statistics at their ImageNet values while "
                                 "training")
     # loss
-    loss: str = opt("contrastive", "contrastive (pairs) or triplet (P x K batches with --miner)",
-                    choices=FACE_LOSSES)
-    margin: float | None = opt(None, "margin of the loss (default: 1.0 contrastive, 0.2 triplet)")
+    loss: str = opt("contrastive", "contrastive (pairs), triplet (P x K batches with --miner), or a margin softmax "
+                                   "over the training people on random batches: cosface, arcface or "
+                                   "subcenter-arcface (tolerates mislabelled images)", choices=FACE_LOSSES)
+    margin: float | None = opt(None, "margin of the loss (default: 1.0 contrastive, 0.2 triplet, 0.35 cosface "
+                                     "(cosine), 0.5 arcface and subcenter-arcface (radians))")
+    scale: float = opt(30.0, "s, the scale of the cosines in cosface, arcface and subcenter-arcface")
+    subcenters: int = opt(3, "K, weights per person in subcenter-arcface")
     miner: str = opt("batch-hard", "triplet mining inside a batch: batch-hard, semi-hard or all",
                      choices=FACE_MINERS)
     pk_images: int = opt(4, "K, images per person in a triplet batch (P = --batch-size / K people)")
@@ -462,7 +477,7 @@ class FaceTrainConfig(RuntimeConfig, _FaceFields):
 
     def __post_init__(self) -> None:
         _require(self.protocol in FACE_PROTOCOLS, "protocol", " or ".join(FACE_PROTOCOLS), self.protocol)
-        _require(self.loss in FACE_LOSSES, "loss", " or ".join(FACE_LOSSES), self.loss)
+        _require(self.loss in FACE_LOSSES, "loss", f"{', '.join(FACE_LOSSES[:-1])} or {FACE_LOSSES[-1]}", self.loss)
         _require(self.miner in FACE_MINERS, "miner", " or ".join(FACE_MINERS), self.miner)
         _require(0 < self.val_fraction < 1, "val_fraction", "a fraction in (0, 1)", self.val_fraction)
         _require(0 <= self.test_fraction < 1, "test_fraction", "a fraction in [0, 1)", self.test_fraction)
@@ -489,10 +504,16 @@ class FaceTrainConfig(RuntimeConfig, _FaceFields):
                      "an integer >= 0", self.trainable_layers)
         if self.margin is None:
             self.margin = FACE_DEFAULT_MARGIN[self.loss]
+        _require(isinstance(self.head, str) and self.head in FACE_HEADS, "head", " or ".join(FACE_HEADS), self.head)
+        _require(0 < self.scale, "scale", "a positive number", self.scale)
+        _require(isinstance(self.subcenters, int) and self.subcenters >= 1, "subcenters", "a positive integer",
+                 self.subcenters)
         if self.loss == "contrastive":
             _require(self.margin > 0, "margin", "a positive number for the contrastive loss", self.margin)
             _require(self.batch_size >= 2 and self.batch_size % 2 == 0, "batch_size",
                      "an even number of at least 2 (two images a pair)", self.batch_size)
+        elif self.loss in FACE_MARGIN_LOSSES:
+            self._check_margin_loss()
         else:
             _require(self.margin >= 0, "margin", "a number >= 0 for the triplet loss", self.margin)
             _require(isinstance(self.pk_images, int) and self.pk_images >= 2, "pk_images",
@@ -509,6 +530,16 @@ class FaceTrainConfig(RuntimeConfig, _FaceFields):
         _require(0 <= self.backbone_lr_mult and self.lr * self.backbone_lr_mult <= MAX_LR, "backbone_lr_mult",
                  f"a value >= 0 that keeps the backbone's rate (--lr x this) at most {MAX_LR:g}",
                  self.backbone_lr_mult)
+
+    def _check_margin_loss(self) -> None:
+        if self.loss == "cosface":
+            # The margin is subtracted from a cosine; from 1 on, the person's own weight never wins.
+            _require(0 <= self.margin < 1, "margin", "a cosine margin in [0, 1) for cosface", self.margin)
+        else:
+            _require(0 <= self.margin < MAX_ANGULAR_MARGIN, "margin",
+                     f"an angle in radians in [0, {MAX_ANGULAR_MARGIN:.4f}) for {self.loss}", self.margin)
+        # The bnneck head's batch statistics need two images at least.
+        _require(self.batch_size >= 2, "batch_size", f"at least 2 for {self.loss}", self.batch_size)
 
 
 @dataclass

@@ -427,6 +427,7 @@ class _State:
     start: int = 0
     ema: WeightAverage | None = None
     budget: TimeBudget | None = None
+    modules: dict[str, nn.Module] = field(default_factory=dict)
 
     @property
     def scored(self) -> nn.Module:
@@ -437,7 +438,7 @@ class _State:
 def fit(s: Session, spec: TrainSpec, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
         epochs: int, kind: str, config: dict, banner: str = "", compile: bool = False,
         validate_untrained: bool = False, on_epoch: Callable[[dict], None] | None = None,
-        ema: float = 0.0) -> Fitted:
+        ema: float = 0.0, modules: dict[str, nn.Module] | None = None) -> Fitted:
     """Train ``model`` for ``epochs`` into the session's run folder and return its history.
 
     After each epoch: validation (``spec.validate``), ``best.pt`` when
@@ -451,10 +452,14 @@ def fit(s: Session, spec: TrainSpec, model: nn.Module, optimizer: torch.optim.Op
     With ``schedule.budget`` training stops at the first step that spends it (that partial epoch is
     validated and saved as any other) or after ``epochs``, whichever comes first. With ``ema`` (a decay
     in (0, 1)) a :class:`WeightAverage` of the weights is what validation and ``best.pt`` see.
+    ``modules`` are what the optimizer trains besides ``model`` (a loss's
+    learnt weights), by name: ``last.pt`` holds them for resuming; ``best.pt``
+    holds the network alone.
     """
     st = _State(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step)),
                 grad_scaler(s.device, s.precision.precision), best={spec.best_key: -math.inf, "epoch": -1},
-                ema=WeightAverage(model, ema) if ema > 0 else None, budget=schedule.budget)
+                ema=WeightAverage(model, ema) if ema > 0 else None, budget=schedule.budget,
+                modules=dict(modules or {}))
     if st.budget is not None and s.dist.enabled:
         st.budget.sync = lambda seconds: all_reduce_sum([seconds if s.is_main else 0.0], s.device, s.dist)[0]
     if s.resuming:
@@ -584,7 +589,9 @@ def _check_epoch_finite(st: _State, row: dict, key: str) -> None:
     same weights and validation figures, so every rank stops together.
     """
     bad = [k for k in ("val_loss", key) if k in row and not math.isfinite(float(row[k]))]
-    floats = [(name, t) for name, t in st.model.state_dict().items() if t.is_floating_point()]
+    states = [st.model.state_dict(), *({f"{k}.{n}": t for n, t in m.state_dict().items()}
+                                       for k, m in st.modules.items())]
+    floats = [(name, t) for state in states for name, t in state.items() if t.is_floating_point()]
     finite = torch.stack([torch.isfinite(t).all() for _, t in floats]).tolist() if floats else []  # one sync
     weights = [name for (name, _), ok in zip(floats, finite) if not ok]
     if not bad and not weights:
@@ -640,6 +647,8 @@ class _Checkpoints:
             extra = {"ema": st.ema.state_dict()} if st.ema is not None else {}
             if st.budget is not None:
                 extra["budget_spent"] = st.budget.spent
+            if st.modules:
+                extra["modules"] = {k: m.state_dict() for k, m in st.modules.items()}
             atomic_torch_save({
                 "kind": self.kind, "model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
                 "scheduler": st.scheduler.state_dict(), "scaler": st.scaler.state_dict(), "epoch": row["epoch"],
@@ -677,6 +686,8 @@ def _resume(s: Session, spec: TrainSpec, st: _State, schedule: Schedule, epochs:
         sched = {**sched, "last_epoch": ckpt["epoch"] * schedule.steps_per_epoch, "lr_lambdas": [None]}
         sched = {k: v for k, v in sched.items() if k in st.scheduler.state_dict()}
     rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+    for name, module in st.modules.items():
+        _restore(path, "modules", lambda: module.load_state_dict(ckpt["modules"][name]))
     _restore(path, "optimizer", lambda: st.optimizer.load_state_dict(ckpt["optimizer"]))
     _restore(path, "scheduler", lambda: st.scheduler.load_state_dict(sched))
     if "scaler" in ckpt:

@@ -11,17 +11,28 @@ tensors into a labelled batch.
   2015): ``max(d(a, p) - d(a, n) + margin, 0)``, with semi-hard negatives as in
   FaceNet and batch-hard mining as in Hermans, Beyer and Leibe, "In Defense of
   the Triplet Loss for Person Re-Identification", 2017.
+* Additive-margin softmax losses over the training people, each with a learnt
+  weight per person: CosFace (Wang et al., "CosFace: Large Margin Cosine Loss
+  for Deep Face Recognition", CVPR 2018), ArcFace (Deng et al., "ArcFace:
+  Additive Angular Margin Loss for Deep Face Recognition", CVPR 2019) and
+  sub-center ArcFace (Deng et al., "Sub-center ArcFace: Boosting Face
+  Recognition by Large-Scale Noisy Web Faces", ECCV 2020). They give the same
+  values as pytorch-metric-learning's ``CosFaceLoss``, ``ArcFaceLoss`` and
+  ``SubCenterArcFaceLoss`` (tests/test_margin_losses.py).
 
 The face study trains through :class:`FaceLoss` objects, registered by the
 name ``--loss`` gives (:func:`register_face_loss`). Each says what it needs
-from a batch (pairs, or labelled P x K batches it mines itself), builds an
-epoch's batches from the training people, scores a batch's embeddings, and
-scores the fixed validation pairs or triplets; training has no branch per
-loss.
+from a batch (pairs, labelled P x K batches it mines itself, or random
+batches of images with their person's class), builds an epoch's batches from
+the training people, scores a batch's embeddings, and scores the fixed
+validation pairs or triplets; training has no branch per loss. A loss with
+learnt weights (the margin losses) is given the number of training people and
+trains with the network.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -47,6 +58,10 @@ __all__ = [
     "FaceLoss",
     "ContrastiveFaceLoss",
     "TripletFaceLoss",
+    "MarginSoftmaxLoss",
+    "CosFaceLoss",
+    "ArcFaceLoss",
+    "SubCenterArcFaceLoss",
     "register_face_loss",
     "face_loss_names",
     "face_loss_class",
@@ -352,9 +367,11 @@ class FaceLoss(nn.Module):
 
     As in pytorch-metric-learning, a loss says what it takes. ``needs`` is
     ``"pairs"`` (a batch is image pairs laid out ``[first images; second
-    images]``, its target 1 for the same person, 0 for different people) or
+    images]``, its target 1 for the same person, 0 for different people),
     ``"labels"`` (a batch is P people x K images, its target their person ids;
-    pairs or triplets are mined inside the batch). Training asks the loss for
+    pairs or triplets are mined inside the batch) or ``"classes"`` (a batch is
+    training images drawn at random, its target the index of each one's person
+    among the training people, 0 .. num_classes - 1). Training asks the loss for
     each epoch's batches (:meth:`epoch_batches`), scores every batch
     (``loss(embeddings, target)``) and, after each epoch, the fixed validation
     pairs and triplets (:meth:`validation_loss`). A loss is a module, so one
@@ -371,8 +388,12 @@ class FaceLoss(nn.Module):
         self.margin = margin
 
     @classmethod
-    def from_config(cls, cfg: Any) -> FaceLoss:
-        """The loss a face training config asks for (``margin`` and whatever else this loss reads)."""
+    def from_config(cls, cfg: Any, num_classes: int | None = None) -> FaceLoss:
+        """The loss a face training config asks for (``margin`` and whatever else this loss reads).
+
+        ``num_classes`` is the number of training people; a loss that learns a
+        weight per person (``needs == "classes"``) cannot be built without it.
+        """
         raise NotImplementedError
 
     def epoch_batches(self, labels: Tensor, batch_size: int, generator: torch.Generator) -> list[Batch]:
@@ -453,7 +474,7 @@ class ContrastiveFaceLoss(FaceLoss):
         self.pair_loss = ContrastiveLoss(margin)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> ContrastiveFaceLoss:
+    def from_config(cls, cfg: Any, num_classes: int | None = None) -> ContrastiveFaceLoss:
         return cls(cfg.margin)
 
     def epoch_batches(self, labels: Tensor, batch_size: int, generator: torch.Generator) -> list[Batch]:
@@ -482,7 +503,7 @@ class TripletFaceLoss(FaceLoss):
         self.triplet_loss = TripletMarginLoss(margin)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> TripletFaceLoss:
+    def from_config(cls, cfg: Any, num_classes: int | None = None) -> TripletFaceLoss:
         return cls(cfg.margin, cfg.miner, cfg.pk_images)
 
     def epoch_batches(self, labels: Tensor, batch_size: int, generator: torch.Generator) -> list[Batch]:
@@ -504,3 +525,191 @@ class TripletFaceLoss(FaceLoss):
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, miner={self.miner!r}, images_per_person={self.images_per_person}"
+
+
+# --------------------------------------------------------------------------- margin softmax losses
+
+
+def _random_batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """Indices 0 .. n - 1 shuffled into batches of ``batch_size``; a last partial batch is dropped unless it is
+    the only one."""
+    batches = list(torch.split(torch.randperm(n, generator=generator), batch_size))
+    if len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+def _full(x: Tensor) -> Tensor:
+    """``x`` in float32 if it is in half precision (cosines near 1 need the digits), else as it is."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+class MarginSoftmaxLoss(FaceLoss):
+    """Softmax cross-entropy over the training people, on cosines, with a margin for each image's own person.
+
+    The loss holds ``weight`` (num_classes x subcenters, D), a learnt direction
+    per training person (row ``c * subcenters + k`` is sub-centre k of person
+    c). For an embedding x and person c the logit is ``scale * cos(x, W_c)``
+    (both normalised, so only directions count); the person's own logit is
+    first made smaller (:meth:`target_cosine`), so that training must bring
+    each image nearer its person's weight than to any other by the margin. With
+    several sub-centres a person's cosine is the highest of its sub-centres',
+    and the margin then applies to that one. The loss is the batch mean, in
+    float32 at least, also under autocast.
+
+    **Batches**: training images drawn at random, every image once an epoch
+    (``needs == "classes"``). A classification loss compares each image with
+    every person's weight, not with the others in its batch, so it needs no P
+    x K batch; random batches are what the margin-loss papers train on, and
+    they also use the people with a single image, which a P x K batch cannot.
+
+    **People with a single image are classes** like any other: their one
+    image still teaches their weight, and through the softmax that weight pushes
+    every other person's images away from it, as an impostor does in a pair.
+
+    **Validation loss**: the validation people are not among the classes, so
+    the loss itself cannot score them. ``val_loss`` is the contrastive loss
+    (margin 1, on unit-length embeddings) of the fixed validation pairs:
+    comparable between margin-loss runs and epochs, not with the training
+    loss. The best checkpoint is chosen by validation ROC AUC, as for every loss.
+
+    Verification uses the embeddings alone: the weights exist only for training
+    (saved in ``last.pt`` for resuming, not in ``best.pt``).
+    """
+
+    needs = "classes"
+    subcenters: int = 1
+
+    def __init__(self, num_classes: int, embedding_dim: int, margin: float, scale: float = 30.0,
+                 subcenters: int = 1):
+        super().__init__(margin)
+        if not (isinstance(num_classes, int) and num_classes >= 2):
+            raise ConfigError(f"a margin softmax loss needs at least two training people, got {num_classes!r}")
+        if not (isinstance(subcenters, int) and subcenters >= 1):
+            raise ConfigError(f"subcenters must be a positive integer, got {subcenters!r}")
+        if not scale > 0:
+            raise ConfigError(f"scale must be a positive number, got {scale!r}")
+        self.num_classes, self.scale, self.subcenters = num_classes, float(scale), subcenters
+        # Random unit rows: only directions count, and unit length gives Adam steps the head's relative size.
+        self.weight = nn.Parameter(F.normalize(torch.randn(num_classes * subcenters, embedding_dim), dim=1))
+        self.pair_loss = ContrastiveLoss(1.0, LpDistance(normalize_embeddings=True))
+
+    @classmethod
+    def from_config(cls, cfg: Any, num_classes: int | None = None) -> MarginSoftmaxLoss:
+        if num_classes is None:
+            raise ValueError(f"the {cls.name} loss learns a weight per training person: give num_classes")
+        return cls(num_classes, cfg.embedding_dim, cfg.margin, cfg.scale, **cls._options(cfg))
+
+    @classmethod
+    def _options(cls, cfg: Any) -> dict:
+        return {}
+
+    def classes(self, labels: Tensor) -> Tensor:
+        """(N,) class indices 0 .. num_classes - 1 of person ids ``labels`` (N,), in the order of the ids."""
+        ids, classes = torch.unique(labels, return_inverse=True)
+        if len(ids) != self.num_classes:
+            raise ValueError(f"the training images show {len(ids)} people, but the loss holds weights for "
+                             f"{self.num_classes}")
+        return classes
+
+    def epoch_batches(self, labels: Tensor, batch_size: int, generator: torch.Generator) -> list[Batch]:
+        classes = self.classes(labels)
+        return [(idx, classes[idx]) for idx in _random_batches(len(labels), batch_size, generator)]
+
+    def cosines(self, embeddings: Tensor) -> Tensor:
+        """(B, num_classes) cosines between embeddings (B, D) and each person's (nearest sub-centre) weight."""
+        _check_embeddings(embeddings, "embeddings")
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            x = F.normalize(_full(embeddings), dim=1)
+            cos = x @ F.normalize(_full(self.weight).to(x.dtype), dim=1).T  # (B, C * K)
+        if self.subcenters > 1:
+            cos = cos.view(len(x), self.num_classes, self.subcenters).amax(dim=2)  # (B, C)
+        return cos
+
+    def target_cosine(self, cos: Tensor) -> Tensor:
+        """The cosines (T,) of images with their own person's weight, with the margin applied."""
+        raise NotImplementedError
+
+    def forward(self, embeddings: Tensor, target: Tensor) -> Tensor:
+        cos = self.cosines(embeddings)  # (B, C)
+        target = target.to(device=cos.device, dtype=torch.int64)
+        if target.shape != (len(cos),):
+            raise ValueError(f"target must hold one class per image, shape ({len(cos)},), got {tuple(target.shape)}")
+        own = F.one_hot(target, self.num_classes).bool()  # (B, C)
+        with_margin = self.target_cosine(cos[own])  # (B,)
+        logits = torch.where(own, with_margin[:, None], cos)
+        return F.cross_entropy(self.scale * logits, target)
+
+    def validation_loss(self, embeddings: Tensor, pairs: tuple[Tensor, Tensor, Tensor],
+                        triplets: Triplets) -> Tensor:
+        i, j, same = pairs
+        return self.pair_loss(embeddings[i], embeddings[j], same)
+
+    def describe(self) -> str:
+        return f"{super().describe()}, scale {self.scale:g}, {self.num_classes} training people"
+
+    def summary(self) -> dict:
+        return {**super().summary(), "scale": self.scale}
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, embedding_dim={self.weight.shape[1]}, margin={self.margin}, "
+                f"scale={self.scale}, subcenters={self.subcenters}")
+
+
+@register_face_loss("cosface")
+class CosFaceLoss(MarginSoftmaxLoss):
+    """Large margin cosine loss: the own person's cosine less ``margin``, ``cos(theta) - m`` (m = 0.35 in the paper)."""
+
+    def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.35, scale: float = 30.0):
+        super().__init__(num_classes, embedding_dim, margin, scale)
+
+    def target_cosine(self, cos: Tensor) -> Tensor:
+        return cos - self.margin
+
+
+@register_face_loss("arcface")
+class ArcFaceLoss(MarginSoftmaxLoss):
+    """Additive angular margin: the own person's angle grows by ``margin`` radians, ``cos(theta + m)``
+    (m = 0.5 in the paper).
+
+    Where ``theta + m`` would pass 180 degrees, ``cos(theta + m)`` would rise
+    again and reward moving away from the own weight; there ``cos(theta) -
+    m sin(m)`` is used instead, as in the paper's code and in
+    pytorch-metric-learning, which keeps the logit falling as the angle grows.
+    """
+
+    def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.5, scale: float = 30.0,
+                 subcenters: int = 1):
+        super().__init__(num_classes, embedding_dim, margin, scale, subcenters)
+
+    def target_cosine(self, cos: Tensor) -> Tensor:
+        # arccos has an infinite slope at +-1: clamp just inside, where the gradient is large but finite.
+        theta = torch.acos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
+        m = self.margin
+        return torch.where(theta <= math.pi - m, torch.cos(theta + m), cos - m * math.sin(m))
+
+
+@register_face_loss("subcenter-arcface")
+class SubCenterArcFaceLoss(ArcFaceLoss):
+    """ArcFace with ``subcenters`` (K, 3 in the paper) weights per person; an image counts with the nearest.
+
+    An image mislabelled as a person (common in sets gathered from the web)
+    need not pull the person's main weight towards it: it can gather on a
+    sub-centre of its own, while the person's clean images share the dominant
+    one. The paper then drops the non-dominant sub-centres and retrains; here
+    they are kept, since only the embeddings are used after training.
+    """
+
+    def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.5, scale: float = 30.0,
+                 subcenters: int = 3):
+        super().__init__(num_classes, embedding_dim, margin, scale, subcenters)
+
+    @classmethod
+    def _options(cls, cfg: Any) -> dict:
+        return {"subcenters": cfg.subcenters}
+
+    def describe(self) -> str:
+        return f"{super().describe()}, {self.subcenters} sub-centres each"
+
+    def summary(self) -> dict:
+        return {**super().summary(), "subcenters": self.subcenters}

@@ -45,7 +45,7 @@ _STUDY_FIELDS = {"cifar": "blocks", "faces": "backbone"}
 _STUDIES = {"cifar": "the CIFAR-10 block study", "faces": "the face-verification study"}
 
 
-_ADDED_FIELDS = {"faces": {"align": "center"},
+_ADDED_FIELDS = {"faces": {"align": "center", "head": "relu", "flip_tta": False, "scale": 30.0, "subcenters": 3},
                  "cifar": {"recipe": None, "pooling": "intended", "time_budget": None, "schedule": "exponential",
                            "ema": 0.0, "tta": "none"}}
 """Fields added to a study's configuration since its first release, with the value that means what runs

@@ -264,7 +264,8 @@ def test_too_few_validation_people_is_a_clear_error(tmp_path):
     (dict(protocol="view2"), "--protocol"),
     (dict(image_size=8), "--image-size"),
     (dict(trainable_layers=-2), "--trainable-layers"),
-    (dict(backbone="resnet18"), "--backbone: expected efficientnet_lite0, efficientnet_b0, tiny or timm:NAME"),
+    (dict(backbone="resnet18"), "--backbone: expected efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, "
+                                "efficientnet_b0, tiny or timm:NAME"),
     (dict(backbone="timm:resnet_nope"), "--backbone: .*got 'timm:resnet_nope'"),
 ])
 

@@ -62,7 +62,8 @@ def _tiny_siamese(**kw) -> SiameseNet:
 
 
 def test_registry_names():
-    assert backbone_names() == ["efficientnet_lite0", "efficientnet_b0", "tiny"]
+    assert backbone_names() == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "efficientnet_b0",
+                                "tiny"]
 
 
 @pytest.mark.parametrize(
@@ -91,8 +92,8 @@ def test_backbone_features_and_siamese_embeddings(name, features, mean, std, flu
 
 
 def test_unknown_backbone_names_the_value_and_the_choices():
-    with pytest.raises(ConfigError, match=r"backbone must be one of efficientnet_lite0, efficientnet_b0, "
-                                          r"tiny or timm:NAME, got 'resnet50'"):
+    with pytest.raises(ConfigError, match=r"backbone must be one of efficientnet_lite0, efficientnet_lite1, "
+                                          r"efficientnet_lite2, efficientnet_b0, tiny or timm:NAME, got 'resnet50'"):
         build_siamese("resnet50", "none")
     with pytest.raises(ConfigError, match=r"timm has no model named 'resnet_nope'"):
         build_siamese("timm:resnet_nope", "none")

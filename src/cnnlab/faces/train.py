@@ -5,18 +5,22 @@
 head on the engine shared with the CIFAR study (:func:`cnnlab.engine.fit`).
 The loss (:class:`cnnlab.losses.FaceLoss`, chosen by ``--loss``) decides
 what a batch holds: fresh pairs every epoch for the contrastive loss, P x K
-batches with in-batch mining for the triplet loss. Images stay uint8 in
-memory; each batch is indexed, moved to the device, augmented
-(:func:`cnnlab.data.augment.face_train_transform`) and normalised there.
+batches with in-batch mining for the triplet loss, random batches of images
+and their person for the margin losses (CosFace, ArcFace, sub-center ArcFace),
+whose weight per training person trains with the network at the head's rate.
+Images stay uint8 in memory; each batch is indexed, moved to the device,
+augmented (:func:`cnnlab.data.augment.face_train_transform`) and normalised
+there.
 
 The run folder is as for CIFAR: ``config.yaml``; ``metrics.csv`` with one row
 per epoch (train loss, validation loss and ROC AUC, learning rate, seconds),
 plus an epoch-0 row scoring the untrained network; ``checkpoints/last.pt``
-(model, optimizer, scheduler, RNG states, history: ``--resume`` ends exactly
-where the uninterrupted run would); ``checkpoints/best.pt`` by validation ROC
-AUC (epoch 0 included, so training can never make the kept model worse on
-validation); ``summary.json``; ``test_pairs.csv`` and ``test_embeddings.pt``,
-from which every figure is drawn again without the model.
+(model, a margin loss's weights, optimizer, scheduler, RNG states, history:
+``--resume`` ends exactly where the uninterrupted run would);
+``checkpoints/best.pt`` (the network alone) by validation ROC AUC (epoch 0
+included, so training can never make the kept model worse on validation);
+``summary.json``; ``test_pairs.csv`` and ``test_embeddings.pt``, from which
+every figure is drawn again without the model.
 
 The test is scored once, with the best checkpoint (:func:`test_run`):
 ``accuracy`` at the threshold chosen on the validation pairs (never on the
@@ -54,7 +58,8 @@ from cnnlab.losses import FaceLoss, Triplets, face_loss_class
 from cnnlab.metrics import (best_threshold, mean_average_precision_at_r, pair_distances, precision_at_1, roc_auc,
                             verification_report)
 from cnnlab.models.profile import count_parameters
-from cnnlab.models.siamese import SiameseNet, backbone_layers, build_siamese, set_train_mode, set_trainable
+from cnnlab.models.siamese import (SiameseNet, backbone_layers, build_siamese, check_weights, set_train_mode,
+                                   set_trainable)
 from cnnlab.run import FILE_ONLY, RunDir
 from cnnlab.run import resume_config as run_resume_config
 from cnnlab.runtime import barrier, device_name, seed_everything
@@ -83,7 +88,7 @@ EpochCallback = Callable[[dict], None]
 def build_model(cfg: FaceTrainConfig, weights: str | None = None) -> SiameseNet:
     """The run's network; ``weights`` overrides ``cfg.weights`` (``"none"`` when a checkpoint follows)."""
     return build_siamese(cfg.backbone, weights if weights is not None else cfg.weights, cfg.embedding_dim,
-                         cfg.normalize_embeddings)
+                         cfg.normalize_embeddings, head=cfg.head, flip_tta=cfg.flip_tta)
 
 
 def frozen_layers(model: SiameseNet, cfg: FaceTrainConfig, epoch: int) -> list[nn.Module]:
@@ -120,18 +125,34 @@ def load_run_model(run: RunDir, checkpoint: str = "best", device: str | torch.de
     return model.to(device).eval(), cfg
 
 
-def build_loss(cfg: FaceTrainConfig) -> FaceLoss:
-    """The loss ``cfg.loss`` names, with its options from ``cfg`` (see :class:`cnnlab.losses.FaceLoss`)."""
-    return face_loss_class(cfg.loss).from_config(cfg)
+def build_loss(cfg: FaceTrainConfig, num_classes: int | None = None) -> FaceLoss:
+    """The loss ``cfg.loss`` names, with its options from ``cfg`` (see :class:`cnnlab.losses.FaceLoss`);
+    ``num_classes``, the number of training people, for a loss that learns a weight per person."""
+    return face_loss_class(cfg.loss).from_config(cfg, num_classes)
 
 
-def build_optimizer(model: SiameseNet, cfg: FaceTrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: SiameseNet, cfg: FaceTrainConfig, loss: FaceLoss | None = None) -> torch.optim.Optimizer:
+    """The optimizer of the network's groups (see :meth:`SiameseNet.param_groups`) and, where ``loss`` learns
+    weights, a group ``loss`` of them before the head's, at the head's rate and weight decay."""
     # Every parameter gets a group now, frozen or not: layers that join later
     # (after --freeze-epochs) then train at their group's rate.
     for p in model.parameters():
         p.requires_grad_(True)
     groups = model.param_groups(cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay)
+    learnt = list(loss.parameters()) if loss is not None else []
+    if learnt:  # before the head's, which stays last: metrics.csv reports the last group's rate
+        at = next(i for i, g in enumerate(groups) if g["name"].startswith("head"))
+        groups.insert(at, {"name": "loss", "params": learnt, "lr": cfg.lr, "weight_decay": cfg.weight_decay})
     return engine.build_optimizer(groups, cfg.optimizer, cfg.lr, momentum=0.9)
+
+
+def _mean_over_ranks(grad: torch.Tensor) -> torch.Tensor:
+    """A gradient averaged over the processes, as DDP averages the network's (the loss is outside DDP)."""
+    import torch.distributed as dist
+
+    grad = grad.clone()
+    dist.all_reduce(grad)
+    return grad / dist.get_world_size()
 
 
 def embed(model: SiameseNet, images: torch.Tensor, *, device: torch.device, batch_size: int = 256,
@@ -149,11 +170,14 @@ class _Spec:
     lr_group = -1  # the head's group: metrics.csv reports its rate
     best_key = "val_roc_auc"
 
-    def __init__(self, cfg: FaceTrainConfig, d: StudyData, s: Session, model: SiameseNet):
+    def __init__(self, cfg: FaceTrainConfig, d: StudyData, s: Session, model: SiameseNet, loss_fn: FaceLoss):
         self.cfg, self.d, self.s, self.model = cfg, d, s, model
         self.generators = (torch.Generator().manual_seed(cfg.seed + 1),  # pairs and P x K batches
                            torch.Generator().manual_seed(cfg.seed + 2 + 1000 * s.dist.rank))  # augmentation
-        self.loss_fn = build_loss(cfg).to(s.device)
+        self.loss_fn = loss_fn
+        if s.dist.enabled:
+            for p in loss_fn.parameters():
+                p.register_hook(_mean_over_ranks)
         self.aug = FaceAugment() if cfg.augment else None
         self.train_labels = d.faces.labels[d.train]
         # The fixed validation sets as rows of the validation embeddings.
@@ -281,18 +305,21 @@ def train(cfg: FaceTrainConfig, out: str | Path, resume: bool = False, progress:
 
 
 def _train(cfg: FaceTrainConfig, s: Session, on_epoch: EpochCallback | None) -> dict:
+    if not s.resuming:  # a missing weights file or package is told before the faces are decoded
+        check_weights(cfg.backbone, cfg.weights)
     d = s.main_first(lambda: load_study_data(cfg) if s.is_main else load_study_data(replace(cfg, download=False)))
     seed_everything(cfg.seed)
     model = build_model(cfg, weights="none" if s.resuming else None).to(s.device)
     if s.precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg)
-    spec = _Spec(cfg, d, s, model)
+    loss_fn = build_loss(cfg, len(torch.unique(d.faces.labels[d.train]))).to(s.device)
+    optimizer = build_optimizer(model, cfg, loss_fn)
+    spec = _Spec(cfg, d, s, model, loss_fn)
     schedule = Schedule(len(spec.epoch_batches(0, torch.Generator().manual_seed(0))),
                         step_decay(cfg.step_size, cfg.gamma))
     fitted = fit(s, spec, model, optimizer, schedule, epochs=cfg.epochs, kind=KIND, config=to_dict(cfg),
                  banner=_banner(cfg, s, d, spec.loss_fn), compile=cfg.compile, validate_untrained=True,
-                 on_epoch=on_epoch)
+                 on_epoch=on_epoch, modules={"loss": loss_fn} if loss_fn.state_dict() else None)
     load_best(s, model)
     in_sync = ranks_in_sync(model, s.dist)
     if not s.is_main:  # the test writes files: rank 0 alone

