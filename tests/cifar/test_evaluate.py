@@ -126,11 +126,11 @@ def test_evaluate_saves_predictions_features_and_feature_maps(trained, evaluated
 
 
 def test_feature_maps_keep_the_strongest_channels_of_the_real_outputs(trained):
-    from cnnlab.cifar.train import load_run_model
+    from cnnlab.inference.runs import load_cifar_network
     from cnnlab.data.augment import eval_transform
     from cnnlab.run import RunDir
 
-    model, _ = load_run_model(RunDir(trained["run"]))
+    model, _ = load_cifar_network(RunDir(trained["run"]))
     image = load_cifar10(trained["data"]).test_images[5]
     maps = ev.feature_maps(model, image, torch.device("cpu"), max_channels=4)
     with torch.no_grad():

@@ -8,7 +8,8 @@ import yaml
 
 from cnnlab.cli import main
 from cnnlab import engine
-from cnnlab.cifar.train import load_run_model, resume_config, train
+from cnnlab.cifar.train import resume_config, train
+from cnnlab.inference.runs import load_cifar_network
 from cnnlab.config import CifarTrainConfig
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError
 from cnnlab.files import load_checkpoint
@@ -62,7 +63,7 @@ def test_best_checkpoint_is_the_best_validation_epoch(cifar_batches, tmp_path):
     best = load_checkpoint(out / "checkpoints" / "best.pt")
     best_row = max(rows, key=lambda r: r["val_accuracy"])  # the first of ties, as the run keeps it
     assert best["epoch"] == best_row["epoch"]
-    model, _ = load_run_model(RunDir(out))
+    model, _ = load_cifar_network(RunDir(out))
     assert model.variant == "A"
 
 
@@ -135,7 +136,7 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(cifar_batches, tmp_
     cfg["blocks"] = "E"
     (out / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(CheckpointError, match="best.pt was saved from another architecture than E"):
-        load_run_model(RunDir(out))
+        load_cifar_network(RunDir(out))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -8,10 +8,11 @@ import yaml
 from cnnlab.cli import main
 from cnnlab.config import FaceTrainConfig
 from cnnlab.errors import CnnlabError, ConfigError, DataError
-from cnnlab.faces.train import build_model, frozen_layers, load_run_model
+from cnnlab.faces.train import build_model, frozen_layers
 from cnnlab.models.siamese import backbone_layers, set_trainable
 from cnnlab.faces.train import build_loss, resume_config, train
 from cnnlab.files import load_checkpoint
+from cnnlab.inference.runs import load_face_network
 from cnnlab.models.efficientnet_lite import key_map
 from cnnlab.models.timm_backbone import TimmBackbone
 from cnnlab.run import RunDir
@@ -71,7 +72,7 @@ def test_best_checkpoint_is_the_best_validation_epoch(face_dir, tmp_path):
     rows = RunDir(out).read_metrics()
     best = load_checkpoint(out / "checkpoints" / "best.pt")
     assert best["epoch"] == max(rows, key=lambda r: r["val_roc_auc"])["epoch"]  # first of ties
-    model, cfg = load_run_model(RunDir(out))
+    model, cfg = load_face_network(RunDir(out))
     assert not model.training and cfg.epochs == 3
 
 
@@ -315,7 +316,7 @@ def test_timm_backbone_trains_end_to_end(face_dir, tmp_path):
     cfg = tiny_config(face_dir, backbone="timm:resnet18", image_size=16, trainable_layers=2, freeze_bn=False)
     s = train(cfg, out, progress=False)
     assert s["status"] == "finished" and s["backbone"] == "timm:resnet18" and 0 <= s["roc_auc"] <= 1
-    model, saved = load_run_model(RunDir(out))
+    model, saved = load_face_network(RunDir(out))
     assert saved.backbone == "timm:resnet18" and isinstance(model.backbone, TimmBackbone)
     assert len(backbone_layers(model.backbone)) == 9  # stem, 8 basic blocks: the last 2 trained
     torch.manual_seed(0)
@@ -353,7 +354,7 @@ def test_run_of_the_former_lite0_port_evaluates_and_resumes(face_dir, tmp_path):
         _as_port_checkpoint(old / "checkpoints" / name, model)
     assert "backbone.blocks.15.project.bn.running_var" in load_checkpoint(old / "checkpoints" / "last.pt")["model"]
 
-    loaded, _ = load_run_model(RunDir(old), "last", allow_unfinished=True)  # as evaluate, verify and analyze load a run
+    loaded, _ = load_face_network(RunDir(old), "last", allow_unfinished=True)  # as evaluate, verify and analyze load a run
     before = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in before.items())
 

@@ -158,7 +158,7 @@ def _predict(args: argparse.Namespace) -> int:
     for image in args.images:
         checks.input_file(image, "image")
     checks.positive(args.k, "-k")
-    from cnnlab.api import Classifier
+    from cnnlab.inference.cifar import Classifier
     from cnnlab.files import dumps_json
 
     clf = Classifier.from_run(args.run_dir, device=args.device, allow_unfinished=args.allow_unfinished)

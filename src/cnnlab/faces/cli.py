@@ -148,7 +148,7 @@ def _verify(args: argparse.Namespace) -> int:
     checks.run_folder(args.run_dir, FaceTrainConfig)
     checks.input_file(args.image_a, "image")
     checks.input_file(args.image_b, "image")
-    from cnnlab.api import FaceVerifier
+    from cnnlab.inference.faces import FaceVerifier
     from cnnlab.files import dumps_json
 
     fv = FaceVerifier.from_run(args.run_dir, device=args.device, align=args.align,
@@ -181,7 +181,7 @@ def _identify(args: argparse.Namespace) -> int:
     checks.input_file(args.probe, "image")
     checks.input_folder(args.gallery, "--gallery")
     checks.positive(args.k, "-k")
-    from cnnlab.api import FaceVerifier
+    from cnnlab.inference.faces import FaceVerifier
     from cnnlab.files import dumps_json
 
     fv = FaceVerifier.from_run(args.run_dir, device=args.device, align=args.align,

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from cnnlab.errors import CnnlabError
 from cnnlab.faces.analyze import read_test_pairs, roc_of
-from cnnlab.faces.train import run_config
 from cnnlab.files import atomic_write_text
+from cnnlab.inference.runs import face_config
 from cnnlab.run import RunDir
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
     rows, curves, histories = [], [], []
     unresolved = []  # the caveat of each run whose test pairs cannot resolve FAR = 1e-3
     for run, name in zip(runs, _names(runs)):
-        cfg = run_config(run)
+        cfg = face_config(run)
         summary = run.read_summary()
         if summary.get("status") != "finished":
             raise CnnlabError(f"{run.path} is not a finished face run; finish it with "
