@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 
 
 class Reached(AssertionError):

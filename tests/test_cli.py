@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab.cli import build_parser, main
+from cnnlab.commands.main import build_parser, main
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cnnlab"
 STUDIES = ("cifar", "faces")

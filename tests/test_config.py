@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.config import CifarTrainConfig, FaceSearchConfig, FaceTrainConfig, from_dict, to_dict
 from cnnlab.errors import ConfigError
 

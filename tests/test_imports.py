@@ -161,7 +161,7 @@ def test_find_cycles_names_each_circle():
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert len(graph) > 30 and "cnnlab.cli" in graph  # the walk found the package
+    assert len(graph) > 30 and "cnnlab.commands.main" in graph  # the walk found the package
     cycles = find_cycles(graph)
     assert not cycles, "import cycles:\n" + "\n".join("  " + " -> ".join(c) for c in cycles)
 
@@ -177,8 +177,8 @@ def test_help_lists_both_studies():
         assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("study", ["cifar", "faces"])
-def test_study_cli_stands_alone(study):
-    """A study's command line is built from the shared options alone, never from the root that composes it."""
+@pytest.mark.parametrize("command", ["cifar", "faces", "serve"])
+def test_a_command_module_stands_alone(command):
+    """A command module is built from the shared options alone, never from the root that composes it."""
     graph = import_graph()
-    assert "cnnlab.cli" not in graph[f"cnnlab.{study}.cli"]
+    assert "cnnlab.commands.main" not in graph[f"cnnlab.commands.{command}"]

@@ -17,7 +17,7 @@ from PIL import Image
 
 import cnnlab.data.align as align_module
 from cnnlab.inference.faces import FaceVerifier
-from cnnlab.cli import build_parser, main
+from cnnlab.commands.main import build_parser, main
 from cnnlab.data.align import DetectorMissing, NoFace
 from tests.faces.conftest import tiny_config
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.config import FaceSearchConfig
 from cnnlab.errors import ConfigError, Terminated
 from cnnlab.search import DEFAULT_SPACE, read_space, search

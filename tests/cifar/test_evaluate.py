@@ -12,7 +12,7 @@ from PIL import Image
 from cnnlab.cifar import evaluate as ev
 from cnnlab.cifar.evaluate import FIGURES, data_figures, evaluate_run, redraw_figures
 from cnnlab.cifar.train import train
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.config import CifarTrainConfig
 from cnnlab.data.cifar10 import load_cifar10, stratified_split
 from cnnlab.errors import CnnlabError, ConfigError, DataError

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab import engine
 from cnnlab.cifar.train import resume_config, train
 from cnnlab.inference.runs import load_cifar_network
@@ -154,8 +154,8 @@ def test_bad_options_exit_2_with_the_option_named(cifar_batches, tmp_path, capsy
 
 
 def test_config_file_is_overridden_by_options(cifar_batches, tmp_path):
-    from cnnlab.cli import build_parser
-    from cnnlab.options import build_config
+    from cnnlab.commands.main import build_parser
+    from cnnlab.commands.options import build_config
 
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(yaml.safe_dump({"blocks": "C", "lr": "1e-3", "epochs": 7}))

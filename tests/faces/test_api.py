@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.errors import CnnlabError, DataError
 from tests.conftest import ACROSS_PATHS, NEAR_ZERO_DISTANCE
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.faces.evaluate import evaluate_pairs
 from cnnlab.inference.faces import FaceVerifier

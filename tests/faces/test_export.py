@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.export import read_metadata
 
 # Floats compared across paths or with a reference: run again with the CPU kernels limited to AVX2 (.ci/run).

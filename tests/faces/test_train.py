@@ -5,7 +5,7 @@ import pytest
 import torch
 import yaml
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.config import FaceTrainConfig
 from cnnlab.errors import CnnlabError, ConfigError, DataError
 from cnnlab.faces.train import build_model, frozen_layers

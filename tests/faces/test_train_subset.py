@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.config import FaceTrainConfig
 from cnnlab.data import images
 from cnnlab.errors import ConfigError, DataError

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.data.align import NoFace
 from cnnlab.errors import DataError
 from cnnlab.inference.faces import FaceVerifier

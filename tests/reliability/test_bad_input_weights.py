@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.errors import CheckpointError, NonFiniteOutput
 from cnnlab.files import atomic_torch_save, load_checkpoint
 from tests.faces.conftest import _fast_cpu, finished_run  # noqa: F401 -- a finished tiny face run, reused

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import pytest
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.errors import CnnlabError
 from cnnlab.serve.server import TOKEN_ENV, resolve_token
 from tests.serve.conftest import faces_of, image_bytes, needs_extra

@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.errors import CnnlabError
 from cnnlab.serve.server import TOKEN_ENV, is_loopback, resolve_token
 from tests.serve.conftest import faces_of, image_bytes, needs_extra, running_service

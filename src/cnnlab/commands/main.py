@@ -1,8 +1,8 @@
 """The ``cnnlab`` command line. Thin: it parses, then calls one function per subcommand.
 
-This module only composes the studies: ``cnnlab.cifar.cli`` and ``cnnlab.faces.cli``
-declare their subcommands with the shared helpers of ``cnnlab.options``; neither
-imports this module.
+This module only composes the commands: :mod:`cnnlab.commands.cifar`, :mod:`cnnlab.commands.faces`
+and :mod:`cnnlab.commands.serve` declare their subcommands with the shared helpers of
+:mod:`cnnlab.commands.options`; none imports this module.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 from cnnlab import __version__
-from cnnlab.cifar.cli import add_cifar
+from cnnlab.commands.cifar import add_cifar
+from cnnlab.commands.faces import add_faces
+from cnnlab.commands.serve import add_serve
 from cnnlab.errors import CnnlabError, OutOfMemory, Terminated, UnfinishedRun, shown_path
-from cnnlab.faces.cli import add_faces
-from cnnlab.serve.cli import add_serve
 
 
 def build_parser() -> argparse.ArgumentParser:

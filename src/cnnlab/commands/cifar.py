@@ -7,10 +7,10 @@ import contextlib
 import math
 from pathlib import Path
 
-from cnnlab import checks
+from cnnlab.commands import checks
 from cnnlab.config import CifarTrainConfig
 from cnnlab.errors import ConfigError, DataError, shown_path
-from cnnlab.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
+from cnnlab.commands.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
                             add_figures_command, arg, build_config, config_options, data_dir, export_file,
                             offline_advice, print_result, report_files, run_dir, train_args, train_command)
 

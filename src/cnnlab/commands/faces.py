@@ -8,10 +8,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from cnnlab import checks
+from cnnlab.commands import checks
 from cnnlab.config import FACE_ALIGNS, FaceSearchConfig, FaceTrainConfig, from_dict
 from cnnlab.errors import ConfigError, DataError, shown_path
-from cnnlab.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
+from cnnlab.commands.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
                             add_figures_command, arg, build_config, config_options, config_overrides, data_dir,
                             export_file, offline_advice, print_result, report_files, run_dir, train_args, train_command)
 from cnnlab.search import RANKING
