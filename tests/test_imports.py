@@ -35,7 +35,7 @@ def _with_parents(name: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _base_of(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+def base_of(node: ast.ImportFrom, module: str, is_package: bool) -> str:
     if not node.level:
         return node.module or ""
     here = module.split(".") if is_package else module.split(".")[:-1]
@@ -53,7 +53,7 @@ def imported_modules(path: Path, module: str, known: set[str]) -> set[str]:
             for alias in node.names:
                 found.update(_with_parents(alias.name))
         elif isinstance(node, ast.ImportFrom):
-            base = _base_of(node, module, is_package)
+            base = base_of(node, module, is_package)
             found.update(_with_parents(base))
             # ``from cnnlab.cifar import train``: ``train`` may be a submodule, not a name.
             found.update(f"{base}.{alias.name}" for alias in node.names)

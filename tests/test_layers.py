@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_imports import PACKAGE, SRC, _base_of, package_modules
+from tests.test_imports import PACKAGE, SRC, base_of, package_modules
 
 # Lowest first. A module belongs to the layer of the longest name here that is it or a package above it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
@@ -67,7 +67,7 @@ def imports_of(path: Path, module: str, known: set[str]) -> list[tuple[str, int]
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = _base_of(node, module, is_package)
+            base = base_of(node, module, is_package)
             # ``from cnnlab.cifar import train``: a submodule; ``from cnnlab.data.images import decode_rgb``: a name.
             found += [(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base, node.lineno) for a in node.names]
     return [(m, line) for m, line in found if m in known and m != module]
@@ -143,7 +143,7 @@ def private_uses(path: Path, module: str) -> list[str]:
     found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            base = _base_of(node, module, path.name == "__init__.py")
+            base = base_of(node, module, path.name == "__init__.py")
             if base.split(".")[0] == PACKAGE and base != module:
                 hidden = any(_is_private(part) for part in base.split("."))
                 found += [(node.lineno, f"from {base} import {a.name}") for a in node.names
