@@ -135,11 +135,31 @@ def _own_names(tree: ast.AST) -> set[str]:
     return {n for n in own if _is_private(n)}
 
 
+def _foreign_names(tree: ast.AST) -> set[str]:
+    """Names bound to other packages' modules and objects (``argparse``, ``torch``): their private names are
+    their own business."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names if not a.name.startswith(PACKAGE))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] != PACKAGE:
+            names.update(a.asname or a.name for a in node.names)
+    return names
+
+
+def _root(node: ast.expr) -> str | None:
+    """The name an attribute chain starts from (``a`` of ``a.b._c``), or None."""
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
 def private_uses(path: Path, module: str) -> list[str]:
     """Where the module at ``path`` uses a private name of another module: imports one (``from cnnlab.x import
-    _y``), or reads or sets a private attribute it does not define itself (``cnnlab.x._y``, ``obj._y``)."""
+    _y``), or reads or sets a private attribute of another object that it does not define itself
+    (``cnnlab.x._y``, ``obj._y``; ``self._y`` is the object's own)."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    own = _own_names(tree)
+    own, foreign = _own_names(tree), _foreign_names(tree)
     found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -151,7 +171,8 @@ def private_uses(path: Path, module: str) -> list[str]:
         elif isinstance(node, ast.Import):
             found += [(node.lineno, f"import {a.name}") for a in node.names
                       if any(_is_private(part) for part in a.name.split("."))]
-        elif isinstance(node, ast.Attribute) and _is_private(node.attr) and node.attr not in own:
+        elif isinstance(node, ast.Attribute) and _is_private(node.attr) and node.attr not in own \
+                and _root(node) not in foreign | {"self", "cls"}:  # an object's own attributes, inherited too
             found.append((node.lineno, ast.unparse(node)))
     return [f"line {line}: {text}" for line, text in sorted(found)]
 
@@ -159,6 +180,7 @@ def private_uses(path: Path, module: str) -> list[str]:
 def test_the_checker_finds_private_uses(tmp_path):
     (tmp_path / "m.py").write_text(
         "from cnnlab.faces import _gallery\n"          # another module's private name
+        "import argparse\n"
         "import cnnlab.data.images\n"
         "from ._local import x\n"                       # a private module
         "class A:\n"
@@ -166,11 +188,12 @@ def test_the_checker_finds_private_uses(tmp_path):
         "        self._mine = 1\n"                      # its own: fine
         "        self._mine += fv._run.x\n"             # another object's
         "        cnnlab.data.images._to_rgb(None)\n"    # another module's, by attribute
+        "        argparse._SubParsersAction\n"         # another package's: its own business
         "def _helper():\n"
         "    return _helper\n")
     found = private_uses(tmp_path / "m.py", "cnnlab.m")
-    assert found == ["line 1: from cnnlab.faces import _gallery", "line 3: from cnnlab._local import x",
-                     "line 7: fv._run", "line 8: cnnlab.data.images._to_rgb"], found
+    assert found == ["line 1: from cnnlab.faces import _gallery", "line 4: from cnnlab._local import x",
+                     "line 8: fv._run", "line 9: cnnlab.data.images._to_rgb"], found
 
 
 @pytest.mark.parametrize("module", sorted(package_modules()))
