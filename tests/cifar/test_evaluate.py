@@ -299,7 +299,7 @@ def test_data_figures_val_per_class_as_in_training(cifar_folders, tmp_path, monk
     monkeypatch.setattr(viz, "plot_class_distribution", keep)
     data_figures(cifar_folders, tmp_path / "out", val_per_class=3)
     assert seen["counts"].tolist() == [3] * 10
-    with pytest.raises(ConfigError, match="--val-per-class 10: class 0 has only 10 training images"):
+    with pytest.raises(ConfigError, match="^val_per_class 10: class 0 has only 10 training images"):
         data_figures(cifar_folders, tmp_path / "out2", val_per_class=10)
 
 

@@ -99,7 +99,7 @@ def test_identify_finds_the_probes_own_person(verifier, finished_run):
     assert [r["rank"] for r in rows] == [1, 2]
     assert rows[0]["name"] == "Person_C" and rows[0]["image"] == "Person_C/Person_C_0003.jpg"
     assert rows[0]["distance"] == pytest.approx(0.0, abs=NEAR_ZERO_DISTANCE) and rows[0]["same_person"]
-    with pytest.raises(CnnlabError, match="-k"):
+    with pytest.raises(CnnlabError, match="^k: expected a positive integer"):
         verifier.identify(probe, _faces(finished_run), k=0)
 
 

@@ -96,7 +96,7 @@ def test_a_missing_gallery_folder_stops_the_start(finished_run, tmp_path):
     from cnnlab.errors import CnnlabError
     from cnnlab.serve.app import create_app
 
-    with pytest.raises(CnnlabError, match="--gallery .*nope: no such folder"):
+    with pytest.raises(CnnlabError, match="^gallery .*nope: no such folder"):
         create_app(finished_run, gallery=tmp_path / "nope", device="cpu")
 
 

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except CnnlabError as e:
         if args.debug:
             raise
-        print(f"cnnlab: error: {e}{_hint(e, args, argv)}", file=sys.stderr)
+        print(f"cnnlab: error: {e.worded(flag)}{_hint(e, args, argv)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # whoever read the output has gone (cnnlab ... | head): stop quietly
         if args.debug:
@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         command = continue_command(args, argv)
         print(f"cnnlab: interrupted by {how}" + (f"; continue with: {command}" if command else ""), file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+
+
+def flag(name: str) -> str:
+    """The command line's flag for the parameter or config field ``name``: ``-k``, ``--image-size``."""
+    return ("-" if len(name) == 1 else "--") + name.replace("_", "-")
 
 
 # The status of a command whose output nobody reads any more: what a shell reports for a Unix tool that

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cnnlab.errors import DataError
+from cnnlab.errors import DataError, param
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def load_many(
     bad = [r for r in results if isinstance(r, BadImage)]
     fatal = [r for r in bad if not isinstance(r, Skipped)]
     if fatal and not skip_bad:
-        raise DataError(f"{fatal[0]} (use --skip-bad-images to skip such files)")
+        raise DataError(f"{fatal[0]} (use {param('skip_bad_images')} to skip such files)")
     kept = [i for i, r in enumerate(results) if not isinstance(r, BadImage)]
     if fatal:
         shown = ", ".join(str(b.path) for b in fatal[:10])

@@ -54,7 +54,7 @@ def read_test_pairs(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist; it is written at the end of cnnlab faces train "
-                        "(finish the run with --resume, or run cnnlab faces analyze on it)")
+                        "(finish the run with cnnlab faces train --resume, or run cnnlab faces analyze on it)")
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"same", "distance"} <= set(rows[0]):

@@ -27,7 +27,7 @@ import torch
 
 from cnnlab.data.faces import load_faces
 from cnnlab.data.lfw import read_pairs, resolve_pairs
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import ConfigError, DataError, param
 from cnnlab.faces.analyze import pairs_file_name, write_run_report
 from cnnlab.engine import check_finite
 from cnnlab.faces.train import infer_embeddings
@@ -82,8 +82,8 @@ def _evaluate_pairs(run: RunDir, pairs: str | os.PathLike, data_dir: str | None,
         cfg = replace(cfg, align=align)
     pair_list = read_pairs(pairs)
     if pair_list.num_folds < 2:
-        raise ConfigError(f"--pairs {pairs}: holds a single fold of pairs; View 2 evaluation needs several "
-                          f"(LFW's pairs.txt has 10). pairsDevTest.txt is the test of --protocol lfw-view1")
+        raise ConfigError(f"{param('pairs')} {pairs}: holds a single fold of pairs; View 2 evaluation needs several "
+                          f"(LFW's pairs.txt has 10). pairsDevTest.txt is the test of {param('protocol')} lfw-view1")
     faces = load_faces(cfg.data_dir, image_size=cfg.image_size, crop=cfg.crop, skip_bad=cfg.skip_bad_images,
                            align=cfg.align)
     i, j = resolve_pairs(pair_list, faces)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from cnnlab.data.align import DetectorMissing, NoFace, Prepared
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, param
 from cnnlab.inference.gallery import Gallery
 from cnnlab.inference.images import face_dict, prepare_faces, stack
 from cnnlab.inference.runs import FaceRun, open_face_run
@@ -40,7 +40,7 @@ def _centre_crop_advice():
 def check_k(k) -> None:
     """``k``, how many people or classes to list, is a positive integer (a :class:`CnnlabError` otherwise)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise CnnlabError(f"-k: expected a positive integer, got {k!r}")
+        raise CnnlabError(f"{param('k')}: expected a positive integer, got {k!r}")
 
 
 def pair_verdict(e: torch.Tensor, threshold: float) -> dict:

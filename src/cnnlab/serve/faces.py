@@ -28,7 +28,7 @@ from PIL import Image
 
 from cnnlab.data.align import DetectorMissing, NoFace
 from cnnlab.data.images import BadImage, decode_rgb
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, param
 from cnnlab.inference.faces import FaceVerifier
 from cnnlab.serve.service import Service, api_errors, finite
 from cnnlab.serve.batching import Batcher
@@ -68,7 +68,7 @@ def check_gallery(folder: str | os.PathLike) -> Path:
     path = Path(folder)
     if not path.is_dir():
         what = "not a folder" if path.exists() else "no such folder"
-        raise CnnlabError(f"--gallery {folder}: {what} (one sub-folder of images per person)")
+        raise CnnlabError(f"{param('gallery')} {folder}: {what} (one sub-folder of images per person)")
     return path
 
 
