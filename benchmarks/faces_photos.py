@@ -113,17 +113,17 @@ def _pair_files(data_dir: Path):
 
 def score(run_dir: str, folder: Path, pairs, align: str) -> dict:
     """ROC AUC, EER and accuracy at the run's threshold of ``pairs`` with the images of ``folder``."""
-    from cnnlab.api import FaceVerifier
     from cnnlab.data.faces import load_faces
     from cnnlab.data.lfw import resolve_pairs
+    from cnnlab.inference.faces import FaceVerifier
     from cnnlab.metrics import accuracy_at_threshold, equal_error_rate, pair_distances, roc_auc
 
     fv = FaceVerifier.from_run(run_dir, device="cpu", align=align)
-    cfg = fv._run.cfg
+    cfg = fv.cfg
     faces = load_faces(folder, image_size=cfg.image_size, crop=cfg.crop, align=align)
     i, j = resolve_pairs(pairs, faces)
     used = torch.unique(torch.cat([i, j]))
-    emb = fv._run.embed(faces.images[used])
+    emb = fv.network(faces.images[used])
     d = pair_distances(emb, torch.searchsorted(used, i), torch.searchsorted(used, j))
     same = pairs.same
     a = faces.alignment
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = p.parse_args(argv)
 
-    from cnnlab.faces.train import run_config
+    from cnnlab.inference.runs import face_config
     from cnnlab.run import RunDir
     from cnnlab.runtime import cpu_features
 
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows, left_out = [], []
     for run in args.runs:
-        own = run_config(RunDir(run)).align
+        own = face_config(RunDir(run)).align
         for align in dict.fromkeys([own, *args.align.split(",")]):
             t = time.perf_counter()
             if rows and args.max_seconds and t - start > args.max_seconds:  # the first row always

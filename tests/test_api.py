@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from cnnlab.cifar.train import train
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.config import CifarTrainConfig
 from cnnlab.errors import DataError
 from tests.conftest import CLASSES, write_cifar_batches

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 
 
 class Reached(AssertionError):
@@ -28,8 +28,8 @@ def _spy(name):
 # The costly step behind each command (module, attribute), all spied on in every case.
 COSTLY = [
     ("torch", "load"),
-    ("cnnlab.api.Classifier", "from_run"),
-    ("cnnlab.api.FaceVerifier", "from_run"),
+    ("cnnlab.inference.cifar.Classifier", "from_run"),
+    ("cnnlab.inference.faces.FaceVerifier", "from_run"),
     ("cnnlab.cifar.train", "train"),
     ("cnnlab.cifar.evaluate", "evaluate_run"),
     ("cnnlab.cifar.evaluate", "redraw_figures"),
@@ -56,7 +56,7 @@ def spied(monkeypatch):
 
     for module, attr in COSTLY:
         parent, last = module.rpartition(".")[::2]
-        # "cnnlab.api.Classifier": a class of a module; "cnnlab.cifar.train": a module.
+        # "cnnlab.inference.cifar.Classifier": a class of a module; "cnnlab.cifar.train": a module.
         owner = getattr(importlib.import_module(parent), last) if last[0].isupper() else importlib.import_module(module)
         monkeypatch.setattr(owner, attr, _spy(f"{module}.{attr}"))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab.cli import build_parser, main
+from cnnlab.commands.main import build_parser, main
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cnnlab"
 STUDIES = ("cifar", "faces")
@@ -139,9 +139,9 @@ def _{name}(args):
 
 
 def test_study_command_lines_share_no_code():
-    cifar, faces = ((SRC / study / "cli.py").read_text() for study in STUDIES)
+    cifar, faces = ((SRC / "commands" / f"{study}.py").read_text() for study in STUDIES)
     assert len(code_lines(cifar)) > 30 and len(code_lines(faces)) > 30
-    assert shared_windows(cifar, faces) == [], "cifar/cli.py and faces/cli.py repeat six lines of code"
+    assert shared_windows(cifar, faces) == [], "commands/cifar.py and commands/faces.py repeat six lines of code"
 
 
 def test_version_prints_the_package_version(capsys):

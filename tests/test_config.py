@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.config import CifarTrainConfig, FaceSearchConfig, FaceTrainConfig, from_dict, to_dict
 from cnnlab.errors import ConfigError
 
@@ -52,8 +52,11 @@ def test_every_config_class_is_checked_the_same_way(cls, data, culprit):
 
 
 def test_command_line_values_are_named_as_options():
-    with pytest.raises(ConfigError, match=r"^--width: expected a finite number, got inf$"):
+    from cnnlab.commands.main import flag
+
+    with pytest.raises(ConfigError, match=r"^width: expected a finite number, got inf$") as e:
         from_dict(CifarTrainConfig, {"width": float("inf")}, source="options")
+    assert e.value.worded(flag) == "--width: expected a finite number, got inf"  # as the command line says it
 
 
 @pytest.mark.parametrize("opts, culprit", [
@@ -97,7 +100,7 @@ def test_channels_last_takes_auto_true_false_and_null(value, taken, tmp_path):
     for cls in (CifarTrainConfig, FaceTrainConfig):
         assert from_dict(cls, load_yaml(f), source=str(f)).channels_last is taken
     assert CifarTrainConfig(channels_last=value).channels_last is taken  # from Python too
-    with pytest.raises(ConfigError, match=r"--channels-last: expected auto, true or false, got 'yes'"):
+    with pytest.raises(ConfigError, match=r"^channels_last: expected auto, true or false, got 'yes'"):
         CifarTrainConfig(channels_last="yes")
 
 

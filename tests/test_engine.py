@@ -20,7 +20,7 @@ from cnnlab.data.samplers import PKBatchSampler, sample_pairs
 from cnnlab.faces.train import frozen_layers
 from cnnlab.faces.train import build_model as build_face_model
 from cnnlab.faces.train import build_optimizer as build_face_optimizer
-from cnnlab.faces.train import embed as face_embed
+from cnnlab.faces.train import infer_embeddings as face_embed
 from cnnlab.faces.train import train as faces_train
 from cnnlab.files import atomic_torch_save, load_checkpoint
 from cnnlab.losses import AllTripletsMiner, BatchHardMiner, ContrastiveLoss, SemiHardMiner, TripletMarginLoss

@@ -35,7 +35,7 @@ def _with_parents(name: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _base_of(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+def base_of(node: ast.ImportFrom, module: str, is_package: bool) -> str:
     if not node.level:
         return node.module or ""
     here = module.split(".") if is_package else module.split(".")[:-1]
@@ -53,7 +53,7 @@ def imported_modules(path: Path, module: str, known: set[str]) -> set[str]:
             for alias in node.names:
                 found.update(_with_parents(alias.name))
         elif isinstance(node, ast.ImportFrom):
-            base = _base_of(node, module, is_package)
+            base = base_of(node, module, is_package)
             found.update(_with_parents(base))
             # ``from cnnlab.cifar import train``: ``train`` may be a submodule, not a name.
             found.update(f"{base}.{alias.name}" for alias in node.names)
@@ -161,7 +161,7 @@ def test_find_cycles_names_each_circle():
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert len(graph) > 30 and "cnnlab.cli" in graph  # the walk found the package
+    assert len(graph) > 30 and "cnnlab.commands.main" in graph  # the walk found the package
     cycles = find_cycles(graph)
     assert not cycles, "import cycles:\n" + "\n".join("  " + " -> ".join(c) for c in cycles)
 
@@ -177,8 +177,8 @@ def test_help_lists_both_studies():
         assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("study", ["cifar", "faces"])
-def test_study_cli_stands_alone(study):
-    """A study's command line is built from the shared options alone, never from the root that composes it."""
+@pytest.mark.parametrize("command", ["cifar", "faces", "serve"])
+def test_a_command_module_stands_alone(command):
+    """A command module is built from the shared options alone, never from the root that composes it."""
     graph = import_graph()
-    assert "cnnlab.cli" not in graph[f"cnnlab.{study}.cli"]
+    assert "cnnlab.commands.main" not in graph[f"cnnlab.commands.{command}"]

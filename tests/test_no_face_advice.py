@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 import cnnlab.data.align as align_module
-from cnnlab.api import FaceVerifier
-from cnnlab.cli import build_parser, main
+from cnnlab.inference.faces import FaceVerifier
+from cnnlab.commands.main import build_parser, main
 from cnnlab.data.align import DetectorMissing, NoFace
 from tests.faces.conftest import tiny_config
 
@@ -44,10 +44,10 @@ def trouble(request, monkeypatch):
 
 
 def _verifier(tmp_path, align="detect") -> FaceVerifier:
-    """A FaceVerifier on a stand-in for an opened run: what prepare() needs, and an embed that gives zeros."""
+    """A FaceVerifier on a stand-in for an opened run: what prepare() needs, and a network that gives zeros."""
     opened = SimpleNamespace(cfg=tiny_config(tmp_path), threshold=1.0, device=torch.device("cpu"),
                              model=torch.nn.Identity(), align=align,
-                             embed=lambda x: torch.zeros(len(x), EMBEDDING))
+                             embeddings=lambda x: torch.zeros(len(x), EMBEDDING))
     return FaceVerifier(opened)
 
 
@@ -60,11 +60,11 @@ def _grey(path=None):
 
 
 def test_the_library_names_no_option(tmp_path, monkeypatch):
-    from cnnlab.faces.verify import load_image
+    from cnnlab.inference.images import load_face
 
     monkeypatch.setattr(align_module, "detector", lambda: _NoFaces())
     with pytest.raises(NoFace) as err:
-        load_image(_grey(tmp_path / "g.png"), tiny_config(tmp_path), "detect")
+        load_face(_grey(tmp_path / "g.png"), tiny_config(tmp_path), "detect")
     message = str(err.value)
     assert message.startswith(f"{tmp_path / 'g.png'}: no face found; ") and "centre crop" in message
     assert "--" not in message and "align=" not in message

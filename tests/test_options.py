@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from cnnlab.errors import CnnlabError
-from cnnlab.options import (DEVICE, add_command, add_config_args, arg, build_config, config_options, print_result,
+from cnnlab.commands.options import (DEVICE, add_command, add_config_args, arg, build_config, config_options, print_result,
                             train_args, train_command)
 
 
@@ -163,7 +163,7 @@ def test_a_switch_refuses_another_word_naming_what_it_takes(capsys):
 def test_channels_last_auto_is_run_and_saved_as_auto(tmp_path):
     import yaml
 
-    from cnnlab.cli import build_parser
+    from cnnlab.commands.main import build_parser
     from cnnlab.config import CifarTrainConfig, save_yaml
     from cnnlab.report import config_table
 

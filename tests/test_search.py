@@ -9,7 +9,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from cnnlab.cli import main
+from cnnlab.commands.main import flag, main
 from cnnlab.config import FaceSearchConfig
 from cnnlab.errors import ConfigError, Terminated
 from cnnlab.search import DEFAULT_SPACE, read_space, search
@@ -131,7 +131,8 @@ def test_a_bad_space_file_names_the_file_and_the_key(tmp_path, content, message)
     path.write_text(yaml.safe_dump(content))
     with pytest.raises(ConfigError, match=message) as e:
         read_space(path)
-    assert str(e.value).startswith(f"--space {path}: ")
+    assert str(e.value).startswith(f"space {path}: ")  # the parameter; the command line shows --space
+    assert e.value.worded(flag).startswith(f"--space {path}: ")
 
 
 def test_a_space_file_takes_numbers_written_as_yaml_strings_and_optional_nulls(tmp_path):

@@ -1,4 +1,4 @@
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

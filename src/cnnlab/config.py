@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, param
 
 C = TypeVar("C")
 
@@ -59,7 +59,7 @@ def opt(default: Any, help: str, **extra: Any) -> Any:
 
 def _require(cond: bool, option: str, expected: str, value: Any) -> None:
     if not cond:
-        raise ConfigError(f"--{option.replace('_', '-')}: expected {expected}, got {value!r}")
+        raise ConfigError(f"{param(option)}: expected {expected}, got {value!r}")
 
 
 def check_common(cfg: Any) -> None:
@@ -200,7 +200,7 @@ class CifarTrainConfig(RuntimeConfig, _CifarFields):
         _require(0 <= self.momentum < 1, "momentum", "a value in [0, 1)", self.momentum)
         _require(self.schedule in SCHEDULES, "schedule", ", ".join(SCHEDULES[:-1]) + " or " + SCHEDULES[-1],
                  self.schedule)
-        _require(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", "a value in [0, --epochs]",
+        _require(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", f"a value in [0, {param('epochs')}]",
                  self.warmup_epochs)
         # A decay of 1 never moves the average from the initial weights.
         _require(0 <= self.ema < 1, "ema", "a decay in [0, 1) (0 = off)", self.ema)
@@ -235,7 +235,7 @@ def _check_width(width: float) -> None:
     from cnnlab.models.basecnn import MIN_CHANNELS, min_width
 
     if width < min_width():
-        raise ConfigError(f"--width: expected a width of at least {min_width():g}, got {width!r}: it makes "
+        raise ConfigError(f"{param('width')}: expected a width of at least {min_width():g}, got {width!r}: it makes "
                           f"every layer the minimum {MIN_CHANNELS} channels wide, the same network as any "
                           f"smaller width")
 
@@ -248,7 +248,8 @@ def from_dict(cls: type[C], data: dict, source: str = "config", sources: dict[st
     """``cls(**data)``, every value first checked against the field's declared type.
 
     ``source`` names where the values come from: a YAML file (messages say
-    ``FILE: key``) or ``"options"``, the command line (messages say ``--key``);
+    ``FILE: key``) or ``"options"``, given one by one (messages name the
+    field with :func:`~cnnlab.errors.param`: ``key`` from Python, ``--key`` on the command line);
     ``sources`` names it per key where ``data`` mixes a file and options.
     """
     checked = check_fields(cls, data, source)
@@ -259,12 +260,14 @@ def from_dict(cls: type[C], data: dict, source: str = "config", sources: dict[st
 
 
 def _named_by_source(error: ConfigError, sources: dict[str, str]) -> ConfigError:
-    """A range check's ``--key: expected ...`` as ``FILE: key: expected ...`` when the value came from a file."""
-    m = re.match(r"--([a-z0-9-]+): ", str(error))
-    key = m.group(1).replace("-", "_") if m else None
+    """A range check's ``key: expected ...`` (the field named by :func:`~cnnlab.errors.param`) as
+    ``FILE: key: expected ...`` when the value came from a file."""
+    text = error.worded()  # its parameters still marked
+    m = re.match(re.escape(param("KEY")).replace("KEY", r"(\w+)") + ": ", text)
+    key = m.group(1) if m else None
     if key is None or sources.get(key, "options") == "options":
         return error
-    return ConfigError(f"{sources[key]}: {key}: {str(error)[m.end():]}")
+    return ConfigError(f"{sources[key]}: {key}: {text[m.end():]}")
 
 
 def check_fields(cls: type, data: dict, source: str = "config") -> dict:
@@ -285,7 +288,7 @@ def check_fields(cls: type, data: dict, source: str = "config") -> dict:
 
 
 def _where(source: str, key: str) -> str:
-    return "--" + key.replace("_", "-") if source == "options" else f"{source}: {key}"
+    return param(key) if source == "options" else f"{source}: {key}"
 
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
@@ -482,10 +485,10 @@ class FaceTrainConfig(RuntimeConfig, _FaceFields):
         _require(0 < self.val_fraction < 1, "val_fraction", "a fraction in (0, 1)", self.val_fraction)
         _require(0 <= self.test_fraction < 1, "test_fraction", "a fraction in [0, 1)", self.test_fraction)
         if self.protocol == "none":
-            _require(self.test_fraction > 0, "test_fraction", "a fraction in (0, 1) with --protocol none",
+            _require(self.test_fraction > 0, "test_fraction", f"a fraction in (0, 1) with {param('protocol')} none",
                      self.test_fraction)
             _require(self.val_fraction + self.test_fraction < 1, "val_fraction",
-                     "a fraction that leaves training people beside --test-fraction", self.val_fraction)
+                     f"a fraction that leaves training people beside {param('test_fraction')}", self.val_fraction)
         if self.max_train_images is not None:
             _require(isinstance(self.max_train_images, int) and self.max_train_images >= 2, "max_train_images",
                      "an integer of at least 2 (a person's two images)", self.max_train_images)
@@ -519,7 +522,7 @@ class FaceTrainConfig(RuntimeConfig, _FaceFields):
             _require(isinstance(self.pk_images, int) and self.pk_images >= 2, "pk_images",
                      "an integer of at least 2", self.pk_images)
             _require(self.batch_size % self.pk_images == 0 and self.batch_size // self.pk_images >= 2,
-                     "batch_size", f"a multiple of --pk-images ({self.pk_images}) holding at least two people",
+                     "batch_size", f"a multiple of {param('pk_images')} ({self.pk_images}) holding at least two people",
                      self.batch_size)
         _require(isinstance(self.epochs, int) and self.epochs >= 0, "epochs", "an integer >= 0", self.epochs)
         _require(isinstance(self.freeze_epochs, int) and self.freeze_epochs >= 0, "freeze_epochs",
@@ -528,7 +531,7 @@ class FaceTrainConfig(RuntimeConfig, _FaceFields):
                  self.step_size)
         check_common(self)
         _require(0 <= self.backbone_lr_mult and self.lr * self.backbone_lr_mult <= MAX_LR, "backbone_lr_mult",
-                 f"a value >= 0 that keeps the backbone's rate (--lr x this) at most {MAX_LR:g}",
+                 f"a value >= 0 that keeps the backbone's rate ({param('lr')} x this) at most {MAX_LR:g}",
                  self.backbone_lr_mult)
 
     def _check_margin_loss(self) -> None:

@@ -4,13 +4,41 @@ Anything raised as :class:`CnnlabError` is a problem with the user's input (a
 file, a folder, an option); the CLI prints its message and exits with status 2,
 without a traceback unless ``--debug`` is given. :func:`shown_path` is how a
 message, or a command's printed result, shows a path.
+
+A message speaks of values and of the parameters that carried them, in the
+words of whoever reads it: a parameter is written :func:`param` (``width``),
+which the message reads as the parameter's name from Python and as the flag
+that carried the value on the command line (``--width``, see
+:meth:`CnnlabError.worded`). The library never has to know the flags.
 """
 
 import os
+import re
+from collections.abc import Callable
+
+_MARK = "\x1f"  # around a parameter's name inside a message; never shown
+_MARKED = re.compile(f"{_MARK}([A-Za-z_][A-Za-z0-9_]*){_MARK}")
+
+
+def param(name: str) -> str:
+    """The parameter or config field ``name`` as a message names it: ``name`` read from Python, the flag that
+    carried it read on the command line (:meth:`CnnlabError.worded`)."""
+    return f"{_MARK}{name}{_MARK}"
 
 
 class CnnlabError(Exception):
-    """A problem with the user's input, worded for the user."""
+    """A problem with the user's input, worded for the user (parameters by name, see :func:`param`)."""
+
+    def __str__(self) -> str:
+        return _MARKED.sub(r"\1", super().__str__())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+    def worded(self, flag: Callable[[str], str] = param) -> str:
+        """The message with each parameter named by ``flag(name)``: the command line gives its flags. The
+        default, :func:`param`, keeps the parameters marked, for a message built around this one."""
+        return _MARKED.sub(lambda m: flag(m.group(1)), super().__str__())
 
 
 class ConfigError(CnnlabError, ValueError):

@@ -80,9 +80,9 @@ def _face_preprocessing(cfg) -> dict:
 
 def face_export(run_dir: str | os.PathLike, allow_unfinished: bool = False) -> tuple[nn.Module, dict]:
     """The embedding network of a finished face run (best checkpoint, CPU, fp32) and its metadata."""
-    from cnnlab.faces.verify import open_run
+    from cnnlab.inference.runs import open_face_run
 
-    r = open_run(run_dir, "cpu", allow_unfinished=allow_unfinished)
+    r = open_face_run(run_dir, "cpu", allow_unfinished=allow_unfinished)
     run, model, cfg, threshold = r.run, r.model, r.cfg, r.threshold
     mean, std = model.mean.flatten().tolist(), model.std.flatten().tolist()
     meta = {
@@ -99,11 +99,11 @@ def face_export(run_dir: str | os.PathLike, allow_unfinished: bool = False) -> t
 
 def cifar_export(run_dir: str | os.PathLike, allow_unfinished: bool = False) -> tuple[nn.Module, dict]:
     """The classifier of a finished CIFAR run (best checkpoint, CPU, fp32) and its metadata."""
-    from cnnlab.api import Classifier
     from cnnlab.data.augment import CIFAR10_MEAN, CIFAR10_STD
     from cnnlab.data.cifar10 import IMAGE_SIZE
+    from cnnlab.inference.runs import open_cifar_run
 
-    clf = Classifier.from_run(run_dir, device="cpu", allow_unfinished=allow_unfinished)
+    clf = open_cifar_run(run_dir, device="cpu", allow_unfinished=allow_unfinished)
     model = clf.model
     meta = {
         "cnnlab_version": __version__, "study": "cifar", "run": str(clf.run.path), "checkpoint": "best",

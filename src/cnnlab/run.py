@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import yaml
 
 from cnnlab.config import load_yaml
-from cnnlab.errors import CheckpointError, CnnlabError, UnfinishedRun
+from cnnlab.errors import CheckpointError, CnnlabError, UnfinishedRun, param
 from cnnlab.files import atomic_write_json, atomic_write_text, load_checkpoint, read_json
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ class RunDir:
     def exists(self) -> bool:
         return self.config_path.is_file()
 
-    def prepare(self, config: dict, resume: bool, option: str = "--out", ignore: tuple[str, ...] = ()) -> list[str]:
+    def prepare(self, config: dict, resume: bool, option: str = param("out"),
+                ignore: tuple[str, ...] = ()) -> list[str]:
         """Check the folder can take this run, create it and write ``config.yaml``.
 
         A folder that already holds a run is only continued with ``--resume``, and
@@ -104,14 +105,14 @@ class RunDir:
                 what = "this run" if self.read_config() == config else "a different run"
                 raise CnnlabError(
                     f"{option} {self.path} already holds {what} (config.yaml); "
-                    f"continue it with --resume {self.path}, or choose another {option}"
+                    f"continue it with {param('resume')} {self.path}, or choose another {option}"
                 )
             may_differ = (*ignore, *EXTENDABLE)
             saved = self.run_config(may_differ)
             diff = _differences(saved, config, "this command", skip=may_differ)
             if diff:
                 raise CnnlabError(
-                    f"--resume {self.path}: the options differ from the run's ({'; '.join(diff)}); "
+                    f"{param('resume')} {self.path}: the options differ from the run's ({'; '.join(diff)}); "
                     "a resumed run keeps the options it was started with"
                 )
             if self.last_checkpoint.is_file():
@@ -190,10 +191,11 @@ class RunDir:
         diff = _differences(truth, saved, "config.yaml", skip=may_differ)
         if diff:
             raise CnnlabError(
-                f"--resume {self.path}: config.yaml differs from the configuration saved in "
+                f"{param('resume')} {self.path}: config.yaml differs from the configuration saved in "
                 f"{self.last_checkpoint}, which is the run's: {'; '.join(diff)}. To continue this run, put "
                 f"config.yaml back as it was (the values \"in the run\"); to train with the edited options, "
-                f"start a new run: --config {self.config_path} --out NEW_FOLDER"
+                f"start a new run: cnnlab {self.study() or '<study>'} train --config {self.config_path} "
+                "--out NEW_FOLDER"
             )
         return {**truth, **{k: saved[k] for k in may_differ if k in saved}}
 
@@ -204,8 +206,8 @@ class RunDir:
         done = load_checkpoint(self.last_checkpoint).get("epoch")
         if isinstance(done, int) and config["epochs"] < done:
             raise CnnlabError(
-                f"--resume {self.path} --epochs {config['epochs']}: the run has already trained {done} epochs "
-                f"(checkpoints/last.pt); --epochs can extend a run, not shorten it"
+                f"{param('resume')} {self.path} {param('epochs')} {config['epochs']}: the run has already trained "
+                f"{done} epochs (checkpoints/last.pt); {param('epochs')} can extend a run, not shorten it"
             )
 
     @contextlib.contextmanager
@@ -398,8 +400,8 @@ def resume_config(cls: type, run_dir: str | Path, overrides: dict | None, runtim
     bad = sorted(k for k in overrides if k not in may_change and not _same(overrides[k], saved.get(k)))
     if bad:
         raise CnnlabError(
-            f"--resume {run.path}: cannot change {', '.join('--' + b.replace('_', '-') for b in bad)} "
-            f"of a run (only {', '.join('--' + f.replace('_', '-') for f in may_change)} may change)"
+            f"{param('resume')} {run.path}: cannot change {', '.join(map(param, bad))} "
+            f"of a run (only {', '.join(map(param, may_change))} may change)"
         )
     cfg = from_dict(cls, saved, source=str(run.config_path))
     return replace(cfg, **{k: v for k, v in overrides.items() if k in may_change})

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from cnnlab.config import PRECISIONS
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, param
 
 logger = logging.getLogger(__name__)
 
@@ -26,18 +26,19 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu")
+            raise ConfigError(f"{param('device')} {name}: no CUDA GPU is available on this machine; use "
+                              f"{param('device')} cpu")
         index = int(name.split(":")[1]) if ":" in name else (dist_local_rank() if is_distributed() else 0)
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise ConfigError(f"{param('device')} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         return torch.device("cuda", index)
     if name == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ConfigError("--device mps: Apple MPS is not available on this machine")
+            raise ConfigError(f"{param('device')} mps: Apple MPS is not available on this machine")
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    raise ConfigError(f"{param('device')} {name!r}: expected auto, cpu, cuda, cuda:N or mps")
 
 
 def device_name(device: torch.device) -> str:

@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 
 from cnnlab.config import FaceSearchConfig, FaceTrainConfig, check_type, load_yaml, type_name
-from cnnlab.errors import CnnlabError, ConfigError, TrainingDiverged
+from cnnlab.errors import CnnlabError, ConfigError, TrainingDiverged, param
 from cnnlab.files import atomic_write_text
 from cnnlab.run import FILE_ONLY
 
@@ -87,7 +87,7 @@ def read_space(path: str | os.PathLike | None) -> dict[str, dict]:
     if path is None:
         return {k: dict(v) for k, v in DEFAULT_SPACE.items()}
     data = load_yaml(path)
-    where = f"--space {path}"
+    where = f"{param('space')} {path}"
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{where}: expected a mapping of option names to ranges")
     hints = typing.get_type_hints(FaceTrainConfig)
@@ -151,7 +151,8 @@ def check_space(base: FaceTrainConfig, space: dict[str, dict], where: str) -> No
             try:
                 replace(base, **{key: v})
             except ConfigError as e:
-                raise ConfigError(f"{where}: {key}: the {what} {v!r} is refused by the training options ({e})") from None
+                raise ConfigError(f"{where}: {key}: the {what} {v!r} is refused by the training options "
+                                  f"({e.worded()})") from None
 
 
 def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
@@ -198,17 +199,19 @@ def _open_study(cfg: FaceSearchConfig, out: Path):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     except ImportError as e:
-        raise ConfigError(f"--storage {url}: the database driver is not installed ({e}); install the SQLAlchemy "
-                          "driver for it, e.g. pip install psycopg2-binary (PostgreSQL) or PyMySQL (MySQL)") from None
+        raise ConfigError(f"{param('storage')} {url}: the database driver is not installed ({e}); install the "
+                          "SQLAlchemy driver for it, e.g. pip install psycopg2-binary (PostgreSQL) or PyMySQL "
+                          "(MySQL)") from None
     except Exception as e:
-        raise ConfigError(f"--storage {url}: cannot open the study storage ({type(e).__name__}: "
+        raise ConfigError(f"{param('storage')} {url}: cannot open the study storage ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
     study = optuna.create_study(study_name=cfg.study, storage=storage, sampler=_sampler(cfg.search_seed),
                                 direction="maximize", load_if_exists=True,
                                 pruner=(optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
                                         if cfg.prune else optuna.pruners.NopPruner()))
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise ConfigError(f"--study {cfg.study}: an existing study in {url} that minimises; choose another name")
+        raise ConfigError(f"{param('study')} {cfg.study}: an existing study in {url} that minimises; choose another "
+                          "name")
     return study, storage
 
 
@@ -322,9 +325,9 @@ def search(base: FaceTrainConfig, cfg: FaceSearchConfig, out: str | os.PathLike,
 
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise CnnlabError(f"--out {out} is a file, expected a folder")
+        raise CnnlabError(f"{param('out')} {out} is a file, expected a folder")
     space = read_space(cfg.space)  # before the folder exists: a bad space leaves nothing behind
-    check_space(base, space, f"--space {cfg.space}" if cfg.space else "the default search space")
+    check_space(base, space, f"{param('space')} {cfg.space}" if cfg.space else "the default search space")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -347,7 +350,8 @@ def search(base: FaceTrainConfig, cfg: FaceSearchConfig, out: str | os.PathLike,
         try:
             trial_cfg = replace(base, **params)
         except ConfigError as e:
-            raise CnnlabError(f"--space: trial {trial.number} drew values the training options refuse: {e}") from None
+            raise CnnlabError(f"{param('space')}: trial {trial.number} drew values the training options refuse: "
+                              f"{e.worded()}") from None
         run_dir = out / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", os.path.relpath(run_dir, out))
         logger.info("trial %d: %s -> %s", trial.number, ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()),

@@ -4,7 +4,7 @@ import pytest
 
 from cnnlab.cifar import compare as compare_mod
 from cnnlab.cifar.compare import compare, parse_seeds, parse_variants, read_comparison
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.config import CifarTrainConfig
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.run import RunDir

@@ -12,7 +12,7 @@ from PIL import Image
 from cnnlab.cifar import evaluate as ev
 from cnnlab.cifar.evaluate import FIGURES, data_figures, evaluate_run, redraw_figures
 from cnnlab.cifar.train import train
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.config import CifarTrainConfig
 from cnnlab.data.cifar10 import load_cifar10, stratified_split
 from cnnlab.errors import CnnlabError, ConfigError, DataError
@@ -126,11 +126,11 @@ def test_evaluate_saves_predictions_features_and_feature_maps(trained, evaluated
 
 
 def test_feature_maps_keep_the_strongest_channels_of_the_real_outputs(trained):
-    from cnnlab.cifar.train import load_run_model
+    from cnnlab.inference.runs import load_cifar_network
     from cnnlab.data.augment import eval_transform
     from cnnlab.run import RunDir
 
-    model, _ = load_run_model(RunDir(trained["run"]))
+    model, _ = load_cifar_network(RunDir(trained["run"]))
     image = load_cifar10(trained["data"]).test_images[5]
     maps = ev.feature_maps(model, image, torch.device("cpu"), max_channels=4)
     with torch.no_grad():
@@ -299,7 +299,7 @@ def test_data_figures_val_per_class_as_in_training(cifar_folders, tmp_path, monk
     monkeypatch.setattr(viz, "plot_class_distribution", keep)
     data_figures(cifar_folders, tmp_path / "out", val_per_class=3)
     assert seen["counts"].tolist() == [3] * 10
-    with pytest.raises(ConfigError, match="--val-per-class 10: class 0 has only 10 training images"):
+    with pytest.raises(ConfigError, match="^val_per_class 10: class 0 has only 10 training images"):
         data_figures(cifar_folders, tmp_path / "out2", val_per_class=10)
 
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from cnnlab.cifar.train import train
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.config import DEFAULT_CIFAR_RECIPE, CifarTrainConfig, to_dict
 from cnnlab.files import atomic_torch_save, load_checkpoint
 from cnnlab.recipes import describe, load_recipe, recipe_names, recipe_text

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import cnnlab.cifar.evaluate as ev
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 
 
 def test_a_study_loads_its_data_once_and_each_best_checkpoint_once_per_use(cifar_batches, tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import torch
 
 import cnnlab.cifar.train as cifar_train
 from cnnlab.cifar.train import load_run_model, resume_config, train
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.config import CifarTrainConfig
 from cnnlab.data.augment import eval_transform
 from cnnlab.data.cifar10 import load_cifar10
@@ -153,8 +153,8 @@ def test_flip_tta_is_reported_beside_the_plain_test_accuracy(cifar_batches, tmp_
 
 
 def test_the_time_budget_option_takes_seconds_minutes_and_hours(cifar_batches, tmp_path):
-    from cnnlab.cli import build_parser
-    from cnnlab.options import build_config
+    from cnnlab.commands.main import build_parser
+    from cnnlab.commands.options import build_config
 
     for text, seconds in (("90s", 90), ("20m", 1200), ("1.5h", 5400), ("45", 45)):
         args = build_parser().parse_args(["cifar", "train", "--time-budget", text, "--out", str(tmp_path / "r")])

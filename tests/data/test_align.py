@@ -151,7 +151,7 @@ def test_a_folder_detect_skips_faceless_images_and_says_which(tmp_path, astronau
 
 
 def test_faces_align_writes_an_aligned_folder_that_trains_as_it_is(tmp_path, astronaut, capsys):
-    from cnnlab.cli import main
+    from cnnlab.commands.main import main
 
     src = _people(tmp_path / "people", astronaut)
     dst = tmp_path / "aligned"
@@ -176,7 +176,7 @@ def test_faces_align_writes_an_aligned_folder_that_trains_as_it_is(tmp_path, ast
 
 
 def test_faces_align_refuses_a_folder_it_did_not_write_or_one_inside_src(tmp_path, astronaut, capsys):
-    from cnnlab.cli import main
+    from cnnlab.commands.main import main
 
     src = _people(tmp_path / "people", astronaut)
     other = tmp_path / "other"

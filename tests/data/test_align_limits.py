@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.data.align import DETECT_SIDE, MIN_FACE, FaceDetector, NoFace, align, prepare, similarity, template
 from cnnlab.data.images import MAX_ASPECT, MAX_IMAGE_PIXELS, BadImage, decode_rgb
 from tests.faces.conftest import _fast_cpu, finished_run  # noqa: F401 -- the face tests' fixtures, reused

@@ -13,7 +13,7 @@ from unittest import mock
 import pytest
 import torch
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.data import cache
 from tests.conftest import write_cifar_batches
 

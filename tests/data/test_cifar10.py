@@ -77,7 +77,7 @@ def test_missing_empty_and_wrong_layout(tmp_path, contents, message):
         root.mkdir()
         for name in contents:
             (root / name).mkdir() if name.endswith("/") else (root / name).write_text("x")
-    with pytest.raises(DataError, match=f"--data-dir {root}.*{message}"):
+    with pytest.raises(DataError, match=f"^data_dir {root}.*{message}"):
         load_cifar10(root)
 
 
@@ -125,7 +125,7 @@ def test_default_split_is_1000_a_class_on_the_full_set_and_proportional_below():
 
 
 def test_split_refuses_more_validation_than_a_class_has():
-    with pytest.raises(ConfigError, match="--val-per-class 5"):
+    with pytest.raises(ConfigError, match="^val_per_class 5"):
         stratified_split(torch.arange(10).repeat_interleave(5), val_per_class=5)
 
 

@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.data import download
 from cnnlab.data.download import DownloadFailed, download_url, made_folder
 from tests.data.test_download import DATA, DATA_MD5, ServerState, serve  # noqa: F401 (serve: a fixture)

@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from cnnlab import FaceVerifier
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.data.align import TEMPLATE_112
 from cnnlab.export import read_metadata
 

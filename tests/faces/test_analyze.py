@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.errors import CnnlabError
 from cnnlab.faces.analyze import FIGURES, analyze, read_test_pairs, redraw_figures
 from cnnlab.files import load_checkpoint

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.errors import CnnlabError, DataError
 from tests.conftest import ACROSS_PATHS, NEAR_ZERO_DISTANCE
 
@@ -99,7 +99,7 @@ def test_identify_finds_the_probes_own_person(verifier, finished_run):
     assert [r["rank"] for r in rows] == [1, 2]
     assert rows[0]["name"] == "Person_C" and rows[0]["image"] == "Person_C/Person_C_0003.jpg"
     assert rows[0]["distance"] == pytest.approx(0.0, abs=NEAR_ZERO_DISTANCE) and rows[0]["same_person"]
-    with pytest.raises(CnnlabError, match="-k"):
+    with pytest.raises(CnnlabError, match="^k: expected a positive integer"):
         verifier.identify(probe, _faces(finished_run), k=0)
 
 
@@ -120,10 +120,12 @@ def test_a_missing_file_is_named(verifier, tmp_path):
 
 
 def test_importing_cnnlab_does_not_import_the_models():
-    code = ("import sys, cnnlab; assert 'cnnlab.api' not in sys.modules and 'torch' not in sys.modules; "
-            "from cnnlab import FaceVerifier, Classifier; print(FaceVerifier.__module__, Classifier.__module__)")
+    code = ("import sys, cnnlab; assert not {'cnnlab.api', 'cnnlab.inference', 'torch'} & set(sys.modules); "
+            "from cnnlab import FaceVerifier, Classifier; import cnnlab.api as api; "
+            "assert (api.FaceVerifier, api.Classifier) == (FaceVerifier, Classifier); "
+            "print(FaceVerifier.__module__, Classifier.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["cnnlab.api", "cnnlab.api"]
+    assert out.split() == ["cnnlab.inference.faces", "cnnlab.inference.cifar"]
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         import cnnlab
 

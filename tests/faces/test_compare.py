@@ -1,6 +1,6 @@
 import re
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.faces.train import train
 
 from .conftest import tiny_config

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cnnlab.faces.train import embed
+from cnnlab.faces.train import infer_embeddings
 from cnnlab.metrics import pair_distances
 from cnnlab.models.siamese import build_siamese
 from tests.conftest import ACROSS_PATHS
@@ -17,10 +17,10 @@ def _model(normalize=True):
 
 def test_embedding_is_deterministic_and_batch_independent():
     model = _model()
-    model.train()  # embed switches to eval mode itself
+    model.train()  # infer_embeddings switches to eval mode itself
     x = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
-    a = embed(model, x, device=torch.device("cpu"), batch_size=3)
-    b = embed(model, x, device=torch.device("cpu"), batch_size=10)
+    a = infer_embeddings(model, x, device=torch.device("cpu"), batch_size=3)
+    b = infer_embeddings(model, x, device=torch.device("cpu"), batch_size=10)
     assert not model.training
     assert a.shape == (10, 8) and torch.allclose(a, b, atol=ACROSS_PATHS)
     with torch.no_grad():
@@ -31,7 +31,7 @@ def test_embedding_is_deterministic_and_batch_independent():
 def test_features_come_from_the_same_pass():
     model = _model(normalize=False)
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    emb, feats = embed(model, x, device=torch.device("cpu"), features=True)
+    emb, feats = infer_embeddings(model, x, device=torch.device("cpu"), features=True)
     assert feats.shape == (4, 128)
     with torch.no_grad():
         assert torch.allclose(emb, model.head(feats), atol=1e-6)

@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.faces.evaluate import evaluate_pairs
-from cnnlab.faces.verify import verify
+from cnnlab.inference.faces import FaceVerifier
 from cnnlab.metrics import kfold_accuracy
 from cnnlab.report import fmt
 
@@ -38,15 +38,15 @@ def test_view2_accuracy_is_the_10_fold_protocol_on_the_run_distances(finished_ru
     s = json.loads((run / "summary.json").read_text())
 
     dist, same, fold = [], [], []
+    fv = FaceVerifier.from_run(run, device="cpu")
     for f, (matched, mismatched) in enumerate(FOLDS):
         for name, i, j in matched:
-            dist.append(verify(run, faces / name / f"{name}_{i:04d}.jpg", faces / name / f"{name}_{j:04d}.jpg",
-                               device="cpu")["distance"])
+            dist.append(fv.verify(faces / name / f"{name}_{i:04d}.jpg", faces / name / f"{name}_{j:04d}.jpg")
+                        ["distance"])
             same.append(1)
             fold.append(f)
         for n1, i, n2, j in mismatched:
-            dist.append(verify(run, faces / n1 / f"{n1}_{i:04d}.jpg", faces / n2 / f"{n2}_{j:04d}.jpg",
-                               device="cpu")["distance"])
+            dist.append(fv.verify(faces / n1 / f"{n1}_{i:04d}.jpg", faces / n2 / f"{n2}_{j:04d}.jpg")["distance"])
             same.append(0)
             fold.append(f)
     expected = kfold_accuracy(np.array(dist), np.array(same), np.array(fold))

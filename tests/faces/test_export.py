@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.export import read_metadata
 
 # Floats compared across paths or with a reference: run again with the CPU kernels limited to AVX2 (.ci/run).
@@ -16,11 +16,11 @@ pytestmark = pytest.mark.numerics
 def _batch(finished_run):
     """Five faces as uint8 (5, 3, S, S), decoded as in training, and their fp32 PyTorch embeddings."""
     from cnnlab import FaceVerifier
-    from cnnlab.faces.train import embed
+    from cnnlab.faces.train import infer_embeddings
 
     fv = FaceVerifier.from_run(finished_run, device="cpu")
     x = fv.preprocess(sorted((finished_run.parent / "faces").rglob("*.jpg"))[:5])
-    return x, embed(fv.model, x, device=torch.device("cpu"), precision="fp32")
+    return x, infer_embeddings(fv.model, x, device=torch.device("cpu"), precision="fp32")
 
 
 def _check_metadata(meta, finished_run, fmt):

@@ -1,17 +1,19 @@
 import json
 import math
+import re
 
 import pytest
 import torch
 import yaml
 
-from cnnlab.cli import main
+from cnnlab.commands.main import flag, main
 from cnnlab.config import FaceTrainConfig
 from cnnlab.errors import CnnlabError, ConfigError, DataError
-from cnnlab.faces.train import build_model, frozen_layers, load_run_model
+from cnnlab.faces.train import build_model, frozen_layers
 from cnnlab.models.siamese import backbone_layers, set_trainable
 from cnnlab.faces.train import build_loss, resume_config, train
 from cnnlab.files import load_checkpoint
+from cnnlab.inference.runs import load_face_network
 from cnnlab.models.efficientnet_lite import key_map
 from cnnlab.models.timm_backbone import TimmBackbone
 from cnnlab.run import RunDir
@@ -71,7 +73,7 @@ def test_best_checkpoint_is_the_best_validation_epoch(face_dir, tmp_path):
     rows = RunDir(out).read_metrics()
     best = load_checkpoint(out / "checkpoints" / "best.pt")
     assert best["epoch"] == max(rows, key=lambda r: r["val_roc_auc"])["epoch"]  # first of ties
-    model, cfg = load_run_model(RunDir(out))
+    model, cfg = load_face_network(RunDir(out))
     assert not model.training and cfg.epochs == 3
 
 
@@ -123,8 +125,9 @@ def test_resume_of_a_finished_run_changes_nothing(face_dir, tmp_path):
 def test_resume_refuses_to_change_what_the_run_computes(face_dir, tmp_path):
     out = tmp_path / "run"
     train(tiny_config(face_dir), out, progress=False)
-    with pytest.raises(CnnlabError, match="cannot change --margin"):
+    with pytest.raises(CnnlabError, match="cannot change margin ") as e:
         resume_config(out, {"margin": 2.0})
+    assert "cannot change --margin " in e.value.worded(flag)  # as the command line says it
     assert resume_config(out, {"device": "cpu", "eval_batch_size": 8}).eval_batch_size == 8
 
 
@@ -250,7 +253,7 @@ def test_too_few_validation_people_is_a_clear_error(tmp_path):
     # Three people: each split gets one (too few for two each), and one person cannot make a
     # different-people pair.
     faces = make_people(tmp_path / "faces", [("Ann", 4), ("Bob", 4), ("Cid", 4)])
-    with pytest.raises(DataError, match="validation people .*--val-fraction"):
+    with pytest.raises(DataError, match="validation people .*val_fraction"):
         train(tiny_config(faces, val_fraction=0.1, test_fraction=0.1), tmp_path / "run", progress=False)
 
 
@@ -271,8 +274,10 @@ def test_too_few_validation_people_is_a_clear_error(tmp_path):
 
 
 def test_bad_options_name_the_option(face_dir, kw, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError) as e:
         tiny_config(face_dir, **kw)
+    assert re.search(message, e.value.worded(flag)), e.value.worded(flag)  # the command line: the flags
+    assert "--" not in str(e.value)  # Python: the fields' own names
 
 
 def test_bad_cli_options_exit_2(face_dir, tmp_path, capsys):
@@ -316,7 +321,7 @@ def test_timm_backbone_trains_end_to_end(face_dir, tmp_path):
     cfg = tiny_config(face_dir, backbone="timm:resnet18", image_size=16, trainable_layers=2, freeze_bn=False)
     s = train(cfg, out, progress=False)
     assert s["status"] == "finished" and s["backbone"] == "timm:resnet18" and 0 <= s["roc_auc"] <= 1
-    model, saved = load_run_model(RunDir(out))
+    model, saved = load_face_network(RunDir(out))
     assert saved.backbone == "timm:resnet18" and isinstance(model.backbone, TimmBackbone)
     assert len(backbone_layers(model.backbone)) == 9  # stem, 8 basic blocks: the last 2 trained
     torch.manual_seed(0)
@@ -354,7 +359,7 @@ def test_run_of_the_former_lite0_port_evaluates_and_resumes(face_dir, tmp_path):
         _as_port_checkpoint(old / "checkpoints" / name, model)
     assert "backbone.blocks.15.project.bn.running_var" in load_checkpoint(old / "checkpoints" / "last.pt")["model"]
 
-    loaded, _ = load_run_model(RunDir(old), "last", allow_unfinished=True)  # as evaluate, verify and analyze load a run
+    loaded, _ = load_face_network(RunDir(old), "last", allow_unfinished=True)  # as evaluate and analyze load it
     before = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in before.items())
 

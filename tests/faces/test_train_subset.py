@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.config import FaceTrainConfig
 from cnnlab.data import images
 from cnnlab.errors import ConfigError, DataError
@@ -122,7 +122,7 @@ def test_a_subset_too_small_to_hold_a_pair_is_refused_before_decoding(face_dir, 
                                         "more images") as e:
         load_study_data(tiny_config(face_dir, max_train_images=2, seed=4))
     assert str(face_dir) in str(e.value) and decoded == []
-    with pytest.raises(ConfigError, match="--max-train-images: expected an integer of at least 2"):
+    with pytest.raises(ConfigError, match="^max_train_images: expected an integer of at least 2"):
         FaceTrainConfig(max_train_images=1)
 
 

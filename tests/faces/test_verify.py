@@ -4,10 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.data.align import NoFace
 from cnnlab.errors import DataError
-from cnnlab.faces.verify import identify, load_image, to_tensor, verify
+from cnnlab.inference.faces import FaceVerifier
+from cnnlab.inference.images import load_face, to_tensor
 from tests.faces.conftest import tiny_config
 from tests.conftest import ACROSS_PATHS, NEAR_ZERO_DISTANCE
 
@@ -29,13 +30,13 @@ def test_verify_json_on_two_images(finished_run, capsys):
     summary = json.loads((finished_run / "summary.json").read_text())
     assert r["threshold"] == summary["threshold"]
     assert r["same_person"] == (r["distance"] <= r["threshold"])
-    assert verify(finished_run, a, a, device="cpu")["distance"] == pytest.approx(0.0, abs=NEAR_ZERO_DISTANCE)
+    assert FaceVerifier.from_run(finished_run, device="cpu").verify(a, a)["distance"] == pytest.approx(0.0, abs=NEAR_ZERO_DISTANCE)
 
 
 def test_verify_distance_matches_the_saved_test_embeddings(finished_run):
     saved = torch.load(finished_run / "test_embeddings.pt", weights_only=True)
     f0, f1 = saved["files"][0], saved["files"][1]
-    r = verify(finished_run, _faces(finished_run) / f0, _faces(finished_run) / f1, device="cpu")
+    r = FaceVerifier.from_run(finished_run, device="cpu").verify(_faces(finished_run) / f0, _faces(finished_run) / f1)
     expected = float((saved["embeddings"][0] - saved["embeddings"][1]).norm())
     assert r["distance"] == pytest.approx(expected, abs=ACROSS_PATHS)
 
@@ -52,22 +53,22 @@ def test_images_are_decoded_as_in_training(tmp_path):
     img = Image.new("L", (60, 40), 128)  # grayscale, not square
     img.save(tmp_path / "g.png")
     cfg = tiny_config(tmp_path, image_size=32, crop=0.5)
-    p = load_image(tmp_path / "g.png", cfg)
+    p = load_face(tmp_path / "g.png", cfg)
     x = to_tensor(p.image)
     assert x.shape == (3, 32, 32) and x.dtype == torch.uint8 and int(x.float().mean()) == 128
     assert p.how == "center" and p.face is None
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match="bad.jpg"):
-        load_image(tmp_path / "bad.jpg", cfg)
+        load_face(tmp_path / "bad.jpg", cfg)
     # A run that detects faces refuses an input without one, naming it (auto has no fallback for one input).
     for align in ("auto", "detect"):
         with pytest.raises(NoFace, match=r"g\.png: no face found; .*centre crop"):
-            load_image(tmp_path / "g.png", cfg, align)
+            load_face(tmp_path / "g.png", cfg, align)
 
 
 def test_identify_lists_the_nearest_people_and_caches_the_gallery(finished_run, capsys, monkeypatch):
     probe = _faces(finished_run) / "Person_C" / "Person_C_0003.jpg"
-    rows = identify(finished_run, probe, _faces(finished_run), k=4, device="cpu")
+    rows = FaceVerifier.from_run(finished_run, device="cpu").identify(probe, _faces(finished_run), k=4)
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
     assert rows[0]["name"] == "Person_C" and rows[0]["distance"] == pytest.approx(0.0, abs=NEAR_ZERO_DISTANCE)
     assert rows[0]["image"] == "Person_C/Person_C_0003.jpg" and rows[0]["same_person"]
@@ -75,11 +76,11 @@ def test_identify_lists_the_nearest_people_and_caches_the_gallery(finished_run, 
     assert len({r["name"] for r in rows}) == 4
 
     # Second call: the gallery embeddings come from the cache, the model embeds only the probe.
-    from cnnlab.faces import verify as verify_mod
+    from cnnlab.inference import runs
 
     calls = []
-    real = verify_mod.embed
-    monkeypatch.setattr(verify_mod, "embed", lambda model, x, **kw: calls.append(len(x)) or real(model, x, **kw))
+    real = runs.infer_embeddings
+    monkeypatch.setattr(runs, "infer_embeddings", lambda model, x, **kw: calls.append(len(x)) or real(model, x, **kw))
     assert main(["faces", "identify", str(finished_run), str(probe), "--gallery", str(_faces(finished_run)),
                  "-k", "2", "--json"]) == 0
     assert calls == [1]
@@ -102,7 +103,7 @@ def test_a_gallery_cache_naming_other_people_is_rebuilt(finished_run, tmp_path, 
 
     monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "cache"))
     probe = _faces(finished_run) / "Person_C" / "Person_C_0003.jpg"
-    first = identify(finished_run, probe, _faces(finished_run), k=3, device="cpu")
+    first = FaceVerifier.from_run(finished_run, device="cpu").identify(probe, _faces(finished_run), k=3)
     (path,) = (tmp_path / "cache" / "faces-gallery").iterdir()
     record = torch.load(path, weights_only=True)
     data = record["data"]
@@ -111,7 +112,7 @@ def test_a_gallery_cache_naming_other_people_is_rebuilt(finished_run, tmp_path, 
     torch.save(record, path)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cnnlab"):
-        again = identify(finished_run, probe, _faces(finished_run), k=3, device="cpu")
+        again = FaceVerifier.from_run(finished_run, device="cpu").identify(probe, _faces(finished_run), k=3)
     assert "gallery cache" in caplog.text and "not those of the gallery" in caplog.text
     assert [r["name"] for r in again] == [r["name"] for r in first] and again[0]["name"] == "Person_C"
 
@@ -122,15 +123,14 @@ def test_a_gallery_cache_naming_other_people_is_rebuilt(finished_run, tmp_path, 
 def test_verify_embeds_in_the_runs_precision_unless_this_device_emulates_it(run_copy, monkeypatch, cpu_bf16,
                                                                             expected):
     from cnnlab import runtime
-    from cnnlab.faces import verify as verify_module
-    from cnnlab.faces.train import load_run_model
+    from cnnlab.inference import runs
     from cnnlab.run import RunDir
 
     cpu = runtime.Hardware("cpu", "test CPU", cpu_bf16=cpu_bf16,
                            cpu_features=("AVX2", "AVX512") + (("AVX512-BF16",) if cpu_bf16 else ()))
-    monkeypatch.setattr(verify_module, "probe_hardware", lambda device: cpu)
+    monkeypatch.setattr(runs, "probe_hardware", lambda device: cpu)
     monkeypatch.setattr(runtime, "probe_hardware", lambda device: cpu)
     run = RunDir(run_copy)
     run.update_summary(precision="bf16", channels_last=True)
-    _, cfg = load_run_model(run, "best", torch.device("cpu"))
-    assert verify_module._precision(run, cfg, torch.device("cpu")) == expected
+    _, cfg = runs.load_face_network(run, "best", torch.device("cpu"))
+    assert runs.embedding_precision(run, cfg, torch.device("cpu")) == expected

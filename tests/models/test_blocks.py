@@ -56,7 +56,7 @@ def test_parse_blocks(spec, expected):
     ("A,A,B,B,C,C,D,E", "a comma separates variants \\(8 here\\)"),
 ])
 def test_bad_block_strings_name_the_option(spec, message):
-    with pytest.raises(ConfigError, match=f"--blocks.*{message}"):
+    with pytest.raises(ConfigError, match=f"^blocks.*{message}"):
         parse_blocks(spec)
 
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from tests.conftest import TouchesOnLoad, write_cifar_batches, write_cifar_folders
 from tests.reliability.conftest import check_bad_input, lock_held_elsewhere
 

@@ -17,7 +17,7 @@ import yaml
 
 import cnnlab.cifar.train as cifar_train
 import cnnlab.engine as engine
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.config import CifarTrainConfig, from_dict
 from cnnlab.files import load_checkpoint
 from cnnlab.models.basecnn import BaseCNN, min_width, scaled_channels

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.errors import TargetRefused
 from cnnlab.export import read_metadata
 from cnnlab.files import atomic_open
@@ -243,7 +243,7 @@ def test_a_closed_pipe_on_stdout_ends_quietly():
 
 
 def test_printed_paths_stay_on_one_line(previous_run, tmp_path, capsys):  # noqa: F811
-    from cnnlab.options import print_result
+    from cnnlab.commands.options import print_result
 
     out = tmp_path / "new\nline.pt"
     assert main(_export(previous_run, out)) == 0

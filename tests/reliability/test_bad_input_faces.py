@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from tests.faces.conftest import make_people, tiny_options, write_pairs
 from tests.reliability.conftest import check_bad_input, lock_held_elsewhere
 

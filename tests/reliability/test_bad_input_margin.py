@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from tests.faces.conftest import make_people, tiny_options
 from tests.reliability.conftest import check_bad_input
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.errors import CheckpointError, NonFiniteOutput
 from cnnlab.files import atomic_torch_save, load_checkpoint
 from tests.faces.conftest import _fast_cpu, finished_run  # noqa: F401 -- a finished tiny face run, reused
@@ -60,7 +60,7 @@ def test_safe_sqrt_keeps_nan_and_has_a_finite_gradient_at_zero():
 
 
 def test_a_nan_distance_is_never_the_same_person():
-    from cnnlab.faces.verify import pair_verdict
+    from cnnlab.inference.faces import pair_verdict
 
     r = pair_verdict(torch.stack([torch.full((4,), float("nan")), torch.zeros(4)]), threshold=1.0)
     assert r["same_person"] is False and r["distance"] != r["distance"]  # NaN

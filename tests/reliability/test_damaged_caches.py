@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.run import RunDir
 from tests.conftest import write_cifar_batches
 from tests.faces.conftest import make_people, tiny_options

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnlab.cli import main
+from cnnlab.commands.main import main
 from cnnlab.errors import CnnlabError, UnfinishedRun
 from tests.conftest import StoppedAfterEpoch, train_until, write_cifar_batches
 from tests.faces.conftest import _fast_cpu, finished_run, make_people, tiny_config  # noqa: F401 -- reused fixtures

@@ -96,7 +96,7 @@ def test_a_missing_gallery_folder_stops_the_start(finished_run, tmp_path):
     from cnnlab.errors import CnnlabError
     from cnnlab.serve.app import create_app
 
-    with pytest.raises(CnnlabError, match="--gallery .*nope: no such folder"):
+    with pytest.raises(CnnlabError, match="^gallery .*nope: no such folder"):
         create_app(finished_run, gallery=tmp_path / "nope", device="cpu")
 
 
@@ -169,7 +169,7 @@ def test_a_link_out_of_the_gallery_is_never_served(finished_run, tmp_path):
     (gallery / "Person_A" / "Person_A_0009.jpg").symlink_to(secret)
     with TestClient(create_app(finished_run, gallery=gallery, device="cpu")) as client:
         service = client.app.state.service
-        linked = service.gallery.embedded["files"].index("Person_A/Person_A_0009.jpg")
+        linked = service.gallery.embedded.files.index("Person_A/Person_A_0009.jpg")
         assert client.get(f"/gallery/{linked}/thumbnail").status_code == 403  # there, and not served
         assert client.get(f"/gallery/{linked + 1}/thumbnail").status_code == 200  # its neighbour is served
         r = client.post("/identify?k=13", files={"image": ("p.jpg", secret.read_bytes())}).json()

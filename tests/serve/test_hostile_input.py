@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import pytest
 
-from cnnlab.cli import main
+from cnnlab.commands.main import flag, main
 from cnnlab.errors import CnnlabError
 from cnnlab.serve.server import TOKEN_ENV, resolve_token
 from tests.serve.conftest import faces_of, image_bytes, needs_extra
@@ -186,9 +186,9 @@ def test_the_page_logs_in_with_a_spaced_token_on_a_real_run(finished_run):
 ])
 def test_a_token_for_the_network_must_be_strong_and_sendable(monkeypatch, token, why):
     monkeypatch.delenv(TOKEN_ENV, raising=False)
-    with pytest.raises(CnnlabError, match="token given by --token") as e:
+    with pytest.raises(CnnlabError, match="token given by token ") as e:  # the parameter; the command: --token
         resolve_token("0.0.0.0", token)
-    assert why in str(e.value)
+    assert why in str(e.value) and "token given by --token " in e.value.worded(flag)
     monkeypatch.setenv(TOKEN_ENV, token)
     with pytest.raises(CnnlabError, match=f"token given by {TOKEN_ENV}"):
         resolve_token("192.168.1.20", None)

@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from cnnlab.cli import main
+from cnnlab.commands.main import flag, main
 from cnnlab.errors import CnnlabError
 from cnnlab.serve.server import TOKEN_ENV, is_loopback, resolve_token
 from tests.serve.conftest import faces_of, image_bytes, needs_extra, running_service
@@ -22,9 +22,11 @@ def test_loopback_hosts(host, loopback):
 def test_any_other_address_needs_a_token(monkeypatch):
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     assert resolve_token("127.0.0.1", None) is None
-    with pytest.raises(CnnlabError, match=r"--host 0.0.0.0 lets other machines connect.*--token TOKEN \(or set "
-                                          r"CNNLAB_SERVE_TOKEN\)"):
+    with pytest.raises(CnnlabError, match=r"^host 0.0.0.0 lets other machines connect.*give token TOKEN \(or set "
+                                          r"CNNLAB_SERVE_TOKEN\)") as e:
         resolve_token("0.0.0.0", None)
+    assert e.value.worded(flag).startswith("--host 0.0.0.0 lets other machines connect, so the service needs a "
+                                           "token: give --token TOKEN (or set CNNLAB_SERVE_TOKEN)")
     assert resolve_token("0.0.0.0", "t0ken-of-16-chars") == "t0ken-of-16-chars"
     monkeypatch.setenv(TOKEN_ENV, "from-env-16-chars")
     assert resolve_token("0.0.0.0", None) == resolve_token("127.0.0.1", None) == "from-env-16-chars"

@@ -8,20 +8,6 @@ from cnnlab.viz import cifar as viz
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """The figures the plot functions save, kept for inspection (they are still written)."""
-    figs = []
-    real_save = viz.save
-
-    def keep(fig, path):
-        figs.append(fig)
-        return real_save(fig, path)
-
-    monkeypatch.setattr(viz, "save", keep)
-    return figs
-
-
 def _is_png(path, min_size=(300, 200)):
     with Image.open(path) as im:
         assert im.format == "PNG"

@@ -57,23 +57,6 @@ def test_neighbour_grid_and_val_curves(tmp_path):
 # --- the figure rules, read off the matplotlib objects ---------------------------------------
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """Capture each figure before it is saved and closed: ``drawn[-1]`` is the last one."""
-    import cnnlab.viz.common as common
-
-    figures = []
-    real = common.save
-
-    def keep(fig, path):
-        figures.append(fig)
-        return real(fig, path)
-
-    for module in ("cnnlab.viz.faces", "cnnlab.viz.cifar", "cnnlab.viz.compare"):
-        monkeypatch.setattr(f"{module}.save", keep)
-    return figures
-
-
 def test_histogram_bins_suit_the_number_of_pairs(tmp_path, drawn):
     rng = np.random.default_rng(1)
     few = np.r_[rng.normal(0.6, 0.08, 16), rng.normal(0.7, 0.08, 16)]

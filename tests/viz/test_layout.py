@@ -1,6 +1,5 @@
 """Layout of the figures, read off the drawn matplotlib objects: nothing clipped, cut short or crowded."""
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.font_manager import FontProperties
@@ -13,25 +12,8 @@ LONG_NAMES = ["Leonardo_DiCaprio", "Arnold_Schwarzenegger", "Gloria_Macapagal_Ar
               "Jose_Luis_Rodriguez_Zapatero", "Luiz_Inacio_Lula_da_Silva"]
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """The figures the plot functions would save, drawn on their own canvas instead of written.
-
-    Not written: ``savefig`` at the PNG's dpi leaves each text holding a renderer of that
-    dpi, so extents read after it mix two scales.
-    """
-    figs = []
-
-    def keep(fig, path):
-        fig.canvas.draw()
-        figs.append(fig)
-        return path
-
-    monkeypatch.setattr(faces, "save", keep)
-    monkeypatch.setattr(cifar, "save", keep)
-    yield figs
-    for fig in figs:
-        plt.close(fig)
+# The figures are drawn on their own canvas, not written (see the drawn fixture in conftest.py).
+DRAW_ONLY = True
 
 
 def _points(fig, pixels: float) -> float:

@@ -77,7 +77,8 @@ def evaluate_run(run_dir: str | Path, tsne_samples: int = 2000, feature_image: i
 
 def _evaluate_run(run: RunDir, tsne_samples: int, feature_image: int, device: str, data_dir: str | Path | None,
                   progress: bool, allow_unfinished: bool, data: Cifar10 | None) -> dict:
-    from cnnlab.cifar.train import flipped_eval_transform, load_run_model
+    from cnnlab.cifar.train import flipped_eval_transform
+    from cnnlab.inference.runs import load_cifar_network
 
     cfg = from_dict(CifarTrainConfig, run.read_config(), source=str(run.config_path))
     summary = run.read_summary()
@@ -92,7 +93,7 @@ def _evaluate_run(run: RunDir, tsne_samples: int, feature_image: int, device: st
             precision, channels_last = choice.precision, choice.channels_last
         # A test of an unfinished run describes a best checkpoint that training may still replace: refused
         # unless asked for.
-        model, ckpt = load_run_model(run, "best", dev, allow_unfinished)
+        model, ckpt = load_cifar_network(run, "best", dev, allow_unfinished)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
 

@@ -15,13 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab import engine
-from cnnlab.config import RESUMABLE_FIELDS, CifarTrainConfig, from_dict, to_dict
+from cnnlab.config import RESUMABLE_FIELDS, CifarTrainConfig, to_dict
 from cnnlab.data.augment import CIFAR_AUGMENTS, eval_transform, train_transform
 from cnnlab.data.cifar10 import Cifar10, load_cifar10, stratified_split, subsample
 from cnnlab.engine import (Fitted, Schedule, Session, TimeBudget, batch_indices, cosine_decay, exponential_decay, fit,
                            infer, linear_decay, load_best, one_cycle, ranks_in_sync, session, timing)
-from cnnlab.errors import ConfigError
-from cnnlab.files import load_checkpoint, load_model_state
+from cnnlab.errors import ConfigError, param
 from cnnlab.metrics import accuracy
 from cnnlab.models.basecnn import BaseCNN
 from cnnlab.models.profile import count_parameters
@@ -65,20 +64,6 @@ def build_optimizer(model: nn.Module, cfg: CifarTrainConfig) -> torch.optim.Opti
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return engine.build_optimizer(groups, cfg.optimizer, cfg.lr, cfg.momentum)
-
-
-def load_run_model(run: RunDir, checkpoint: str = "best", device: str | torch.device = "cpu",
-                   allow_unfinished: bool = False) -> tuple[BaseCNN, dict]:
-    """The model of a finished run with the weights of ``checkpoints/<checkpoint>.pt``; an unfinished run
-    only with ``allow_unfinished`` (see :meth:`RunDir.require_finished`)."""
-    run.expect_study(CifarTrainConfig)
-    run.require_finished(allow_unfinished)
-    cfg = from_dict(CifarTrainConfig, run.read_config(), source=str(run.config_path))
-    model = build_model(cfg)
-    path = run.checkpoints / f"{checkpoint}.pt"
-    ckpt = load_checkpoint(path)
-    load_model_state(model, ckpt.get("model"), path, _what(model))
-    return model.to(device), ckpt
 
 
 def _what(model: BaseCNN) -> str:
@@ -264,7 +249,7 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None) -> CifarTr
     cfg = run_resume_config(CifarTrainConfig, run_dir, overrides, RUNTIME_FIELDS)
     saved = RunDir(run_dir).run_config(RUNTIME_FIELDS).get("epochs")
     if cfg.time_budget is not None and cfg.epochs != saved:
-        raise ConfigError(f"--epochs {cfg.epochs}: the run in {run_dir} has a time budget ({cfg.time_budget}), "
+        raise ConfigError(f"{param('epochs')} {cfg.epochs}: the run in {run_dir} has a time budget ({cfg.time_budget}), "
                           f"over which its schedule spans its {saved} epochs; a budgeted run ends on its budget "
                           "and cannot be extended")
     return cfg

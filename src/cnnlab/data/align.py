@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from cnnlab.config import FACE_ALIGNS
 from cnnlab.data.images import BadImage, Skipped, aspect_problem, center_crop_resize, resize_exact
-from cnnlab.errors import CnnlabError, DataError
+from cnnlab.errors import CnnlabError, DataError, param
 
 logger = logging.getLogger(__name__)
 
@@ -384,7 +384,8 @@ class Prepared:
     faces: int = 0  # faces found in the image
 
 
-def check_align(align: str, what: str = "--align") -> str:
+def check_align(align: str, what: str = param("align")) -> str:
+    """``align`` when it is an align mode (auto, detect, center); a :class:`CnnlabError` naming ``what`` otherwise."""
     if align not in ALIGN_CHOICES:
         raise CnnlabError(f"{what}: expected one of {', '.join(ALIGN_CHOICES)}, got {align!r}")
     return align

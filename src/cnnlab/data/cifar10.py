@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from cnnlab.data import cache
 from cnnlab.data.images import list_files, load_many, resize_exact
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import ConfigError, DataError, param
 
 logger = logging.getLogger(__name__)
 
@@ -248,18 +248,18 @@ def detect_layout(data_dir: Path) -> tuple[str, Path]:
     """``("batches", folder)`` or ``("folders", root)``; a :class:`DataError` otherwise (a :class:`NoData`
     where there is nothing yet)."""
     if not data_dir.exists():
-        raise NoData(f"--data-dir {data_dir} does not exist")
+        raise NoData(f"{param('data_dir')} {data_dir} does not exist")
     if not data_dir.is_dir():
-        raise DataError(f"--data-dir {data_dir} is a file, expected a folder")
+        raise DataError(f"{param('data_dir')} {data_dir} is a file, expected a folder")
     for folder in (data_dir / BATCHES_DIR, data_dir):
         if (folder / TRAIN_BATCHES[0]).exists() or (folder / TEST_BATCH).exists():
             return "batches", folder
     if (data_dir / "train").is_dir() and (data_dir / "test").is_dir():
         return "folders", data_dir
     if not any(data_dir.iterdir()):
-        raise NoData(f"--data-dir {data_dir} is empty")
+        raise NoData(f"{param('data_dir')} {data_dir} is empty")
     raise DataError(
-        f"--data-dir {data_dir}: holds neither {BATCHES_DIR}/ (the official python batches) "
+        f"{param('data_dir')} {data_dir}: holds neither {BATCHES_DIR}/ (the official python batches) "
         "nor train/<class>/ and test/<class>/ image folders"
     )
 
@@ -374,7 +374,7 @@ def stratified_split(
         if too_small.any():
             c = int(torch.nonzero(too_small)[0])
             raise ConfigError(
-                f"--val-per-class {val_per_class}: class {c} has only {int(counts[c])} training images"
+                f"{param('val_per_class')} {val_per_class}: class {c} has only {int(counts[c])} training images"
             )
         k = torch.full_like(counts, val_per_class)
     g = torch.Generator().manual_seed(seed)

@@ -34,7 +34,7 @@ from PIL import Image
 from cnnlab.data import cache
 from cnnlab.data.align import ALIGNED_MARKER, NoFace, check_align, is_aligned_folder, prepare, progress
 from cnnlab.data.images import list_files, load_many
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import ConfigError, DataError, param
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _scan(root: Path, skip_bad: bool) -> tuple[list[str], list[list[Path]]]:
     if empty and not skip_bad:
         more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
         raise DataError(
-            f"person folder {empty[0]} holds no image files{more}; remove it or use --skip-bad-images"
+            f"person folder {empty[0]} holds no image files{more}; remove it or use {param('skip_bad_images')}"
         )
     if empty:
         shown = ", ".join(p.name for p in empty[:10])
@@ -324,9 +324,9 @@ def load_faces(
     and the ids of the people after it shift down).
     """
     if not isinstance(image_size, int) or image_size < 8:
-        raise ConfigError(f"--image-size must be an integer of at least 8, got {image_size!r}")
+        raise ConfigError(f"{param('image_size')} must be an integer of at least 8, got {image_size!r}")
     if not 0.0 < float(crop) <= 1.0:
-        raise ConfigError(f"--crop must be a fraction of the image side in (0, 1], got {crop!r}")
+        raise ConfigError(f"{param('crop')} must be a fraction of the image side in (0, 1], got {crop!r}")
     check_align(align)
     listing = root if isinstance(root, FaceListing) else list_faces(root, skip_bad)
     people_root, names, files = listing.root, listing.names, listing.paths
@@ -341,7 +341,7 @@ def load_faces(
         if cached["bad"]:
             first = people_root / cached["bad"][0]
             if not skip_bad:
-                raise DataError(f"{first}: cannot be decoded (use --skip-bad-images to skip such files)")
+                raise DataError(f"{first}: cannot be decoded (use {param('skip_bad_images')} to skip such files)")
             logger.warning("skipped %d bad image file(s), e.g. %s", len(cached["bad"]), first)
         _log_alignment(cached["alignment"], people_root)
         logger.info("loaded %d faces of %d people from the cache %s",

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cnnlab.errors import DataError
+from cnnlab.errors import DataError, param
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +46,20 @@ _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 
 
 class BadImage(DataError):
+    """An image that cannot be used, naming it: ``path``, and ``why`` (``"is not an image file ..."``)."""
+
     def __init__(self, path: str | os.PathLike, why: str):
         self.path = Path(path)
         self.why = why
         super().__init__(f"{self.path}: {why}")
+
+
+class NotAnImage(BadImage):
+    """Data no decoder recognises as an image."""
+
+
+class TooLarge(BadImage):
+    """An image over the pixel limit, refused from its header before its pixels are decoded."""
 
 
 def list_files(folder: str | os.PathLike) -> list[Path]:
@@ -62,7 +72,8 @@ def list_files(folder: str | os.PathLike) -> list[Path]:
     )
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB, whatever its mode (see the module's description)."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         a = np.asarray(img, dtype=np.float64)
@@ -124,17 +135,19 @@ def check_size(size: tuple[int, int], name: str | os.PathLike, min_side: int = M
     w, h = size
     problem = size_problem(w, h, max_pixels)
     if problem:
-        raise BadImage(name, problem)
+        raise (TooLarge if w * h > max_pixels else BadImage)(name, problem)
     if min(w, h) < min_side:
         raise BadImage(name, f"is {w}x{h} pixels, smaller than {min_side}x{min_side}")
 
 
-def decode_rgb(path: str | os.PathLike, min_side: int = MIN_SIDE, file=None) -> Image.Image:
+def decode_rgb(path: str | os.PathLike, min_side: int = MIN_SIDE, file=None,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Open ``path`` and return a fully decoded, upright 8-bit RGB image, or raise :class:`BadImage`.
 
-    An image over the limits of :func:`size_problem` is refused from its header, before its pixels are
-    decoded. ``file``: a binary file already opened (and checked) by the caller, read instead of ``path``,
-    which then only names it in messages.
+    An image over the limits of :func:`size_problem` (at most ``max_pixels``) is refused from its header,
+    before its pixels are decoded (:class:`TooLarge`); data that is no image is a :class:`NotAnImage`.
+    ``file``: a binary file already opened (and checked) by the caller, or one in memory, read instead of
+    ``path``, which then only names it in messages.
     """
     try:
         with warnings.catch_warnings():
@@ -142,17 +155,17 @@ def decode_rgb(path: str | os.PathLike, min_side: int = MIN_SIDE, file=None) -> 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path if file is None else file)
         with img:
-            check_size(img.size, path, min_side=0)
+            check_size(img.size, path, min_side=0, max_pixels=max_pixels)
             img.load()  # decodes now, so a truncated file fails here and not later
             img = upright(img, path)
-            check_size(img.size, path, min_side)
-            return _to_rgb(img)
+            check_size(img.size, path, min_side, max_pixels)
+            return to_rgb(img)
     except BadImage:
         raise
     except Image.DecompressionBombError as e:  # over twice the limit: PIL refuses it before check_size can
-        raise BadImage(path, f"is larger than the limit of {megapixels(MAX_IMAGE_PIXELS)} ({e})") from None
+        raise TooLarge(path, f"is larger than the limit of {megapixels(max_pixels)} ({e})") from None
     except UnidentifiedImageError:
-        raise BadImage(path, "is not an image file PIL can read") from None
+        raise NotAnImage(path, "is not an image file PIL can read") from None
     except Exception as e:  # noqa: BLE001 -- a damaged file: OSError, SyntaxError, struct.error, ...
         raise BadImage(path, f"cannot be decoded ({e})") from None
 
@@ -209,7 +222,7 @@ def load_many(
     bad = [r for r in results if isinstance(r, BadImage)]
     fatal = [r for r in bad if not isinstance(r, Skipped)]
     if fatal and not skip_bad:
-        raise DataError(f"{fatal[0]} (use --skip-bad-images to skip such files)")
+        raise DataError(f"{fatal[0]} (use {param('skip_bad_images')} to skip such files)")
     kept = [i for i, r in enumerate(results) if not isinstance(r, BadImage)]
     if fatal:
         shown = ", ".join(str(b.path) for b in fatal[:10])

@@ -21,7 +21,7 @@ from cnnlab.data.align import ALIGNED_MARKER, DETECTOR, NoFace, detector, progre
 from cnnlab.data.align import align as warp
 from cnnlab.data.faces import find_people_root, list_faces
 from cnnlab.data.images import BadImage, decode_rgb
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, param
 from cnnlab.files import atomic_write_bytes, dumps_json
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def _check_out(src: Path, dst: Path, size: int) -> None:
             before = {}
         if before.get("size") != size or Path(before.get("source", "")) != src.resolve():
             raise CnnlabError(f"DST {dst} holds faces aligned from {before.get('source')} at {before.get('size')} "
-                              f"px; continuing it needs the same SRC and --size (got {src.resolve()}, {size})")
+                              f"px; continuing it needs the same SRC and {param('size')} (got {src.resolve()}, {size})")
 
 
 def _save(img, out: Path) -> None:
@@ -62,7 +62,7 @@ def _save(img, out: Path) -> None:
 def align_folder(src: str | os.PathLike, dst: str | os.PathLike, size: int = 112) -> dict:
     """Align every face under ``src`` into ``dst`` (see the module's docstring); returns the report."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 16:
-        raise CnnlabError(f"--size: expected an integer of at least 16, got {size!r}")
+        raise CnnlabError(f"{param('size')}: expected an integer of at least 16, got {size!r}")
     root = find_people_root(src)
     dst = Path(dst)
     _check_out(root, dst, size)

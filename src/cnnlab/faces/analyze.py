@@ -25,8 +25,9 @@ import torch
 from cnnlab.data.align import NoFace, is_aligned_folder, prepare
 from cnnlab.data.images import BadImage, center_crop_resize, decode_rgb
 from cnnlab.errors import CnnlabError, DataError
-from cnnlab.faces.train import UNTRAINED_BEST, load_run_model, run_config
+from cnnlab.faces.train import UNTRAINED_BEST
 from cnnlab.files import atomic_torch_save, load_checkpoint
+from cnnlab.inference.runs import face_config, load_face_network
 from cnnlab.metrics import (
     equal_error_rate,
     knn,
@@ -53,7 +54,7 @@ def read_test_pairs(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist; it is written at the end of cnnlab faces train "
-                        "(finish the run with --resume, or run cnnlab faces analyze on it)")
+                        "(finish the run with cnnlab faces train --resume, or run cnnlab faces analyze on it)")
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"same", "distance"} <= set(rows[0]):
@@ -85,12 +86,12 @@ def _retest(run: RunDir, device: str, data_dir: str | None) -> None:
     from cnnlab.faces.train import test_run
     from cnnlab.runtime import resolve_device, select_precision
 
-    cfg = run_config(run)
+    cfg = face_config(run)
     if data_dir:
         cfg = replace(cfg, data_dir=str(data_dir))
     dev = resolve_device(device)
     choice = select_precision(dev, cfg.precision, cfg.channels_last)
-    model, _ = load_run_model(run, "best", dev)
+    model, _ = load_face_network(run, "best", dev)
     logger.info("scoring the best checkpoint of %s on its test pairs again", run.path)
     scores = test_run(model, load_study_data(cfg), cfg, run, device=dev, precision=choice.precision,
                       channels_last=choice.channels_last)
@@ -173,7 +174,7 @@ def _warn_if_older(what: str, epoch: object, best: int | None, run: RunDir, rene
 def _redraw_figures(run: RunDir, log_far: bool | None) -> list[Path]:
     from cnnlab.viz import faces as viz
 
-    cfg = run_config(run)  # a face run, or a clear error
+    cfg = face_config(run)  # a face run, or a clear error
     summary = run.read_summary()  # read before any figure is drawn: a bad one changes nothing
     out: list[Path] = []
     name = run.path.name
@@ -231,7 +232,7 @@ def analyze(run_dir: str | Path, device: str = "auto", seed: int = 0, log_far: b
 
 def _analyze(run: RunDir, device: str, seed: int, log_far: bool, data_dir: str | None, queries: int,
              k: int) -> dict:
-    cfg = run_config(run)
+    cfg = face_config(run)
     if run.read_summary().get("status") != "finished":
         raise CnnlabError(f"{run.path} is not a finished run (no summary.json status 'finished'); "
                           f"finish it with cnnlab faces train --resume {run.path}")
@@ -328,7 +329,7 @@ def write_run_report(run: RunDir, cfg=None, summary: dict | None = None,
     from cnnlab.report import METRIC_COLUMNS, Figure, Section, Table, config_table, provenance, seconds, write_report
     from cnnlab.run import command_line
 
-    cfg = cfg if cfg is not None else run_config(run)
+    cfg = cfg if cfg is not None else face_config(run)
     summary = summary if summary is not None else run.read_summary()
     if figures is None:
         figures = [run.figures / n for n in FIGURES if (run.figures / n).is_file()]

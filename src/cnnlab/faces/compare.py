@@ -23,10 +23,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, param
 from cnnlab.faces.analyze import read_test_pairs, roc_of
-from cnnlab.faces.train import run_config
 from cnnlab.files import atomic_write_text
+from cnnlab.inference.runs import face_config
 from cnnlab.run import RunDir
 
 logger = logging.getLogger(__name__)
@@ -58,11 +58,11 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
     runs = [RunDir(p) for p in run_dirs]
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise CnnlabError(f"--out {out} is a file, expected a folder")
+        raise CnnlabError(f"{param('out')} {out} is a file, expected a folder")
     rows, curves, histories = [], [], []
     unresolved = []  # the caveat of each run whose test pairs cannot resolve FAR = 1e-3
     for run, name in zip(runs, _names(runs)):
-        cfg = run_config(run)
+        cfg = face_config(run)
         summary = run.read_summary()
         if summary.get("status") != "finished":
             raise CnnlabError(f"{run.path} is not a finished face run; finish it with "

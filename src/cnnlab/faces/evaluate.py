@@ -27,14 +27,13 @@ import torch
 
 from cnnlab.data.faces import load_faces
 from cnnlab.data.lfw import read_pairs, resolve_pairs
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import ConfigError, DataError, param
 from cnnlab.faces.analyze import pairs_file_name, write_run_report
 from cnnlab.engine import check_finite
-from cnnlab.faces.train import embed
-from cnnlab.metrics import pair_distances
-from cnnlab.faces.train import load_run_model
+from cnnlab.faces.train import infer_embeddings
 from cnnlab.files import atomic_write_text
-from cnnlab.metrics import equal_error_rate, kfold_accuracy, roc_auc
+from cnnlab.inference.runs import load_face_network
+from cnnlab.metrics import equal_error_rate, kfold_accuracy, pair_distances, roc_auc
 from cnnlab.run import FILE_ONLY, RunDir
 from cnnlab.runtime import resolve_device, select_precision
 
@@ -75,7 +74,7 @@ def evaluate_pairs(run_dir: str | os.PathLike, pairs: str | os.PathLike, data_di
 def _evaluate_pairs(run: RunDir, pairs: str | os.PathLike, data_dir: str | None, device: str,
                     progress: bool, align: str | None = None, allow_unfinished: bool = False) -> dict:
     dev = resolve_device(device)
-    model, cfg = load_run_model(run, "best", dev, allow_unfinished)
+    model, cfg = load_face_network(run, "best", dev, allow_unfinished)
     if data_dir:
         cfg = replace(cfg, data_dir=str(data_dir))
     if align and align != cfg.align:
@@ -83,15 +82,16 @@ def _evaluate_pairs(run: RunDir, pairs: str | os.PathLike, data_dir: str | None,
         cfg = replace(cfg, align=align)
     pair_list = read_pairs(pairs)
     if pair_list.num_folds < 2:
-        raise ConfigError(f"--pairs {pairs}: holds a single fold of pairs; View 2 evaluation needs several "
-                          f"(LFW's pairs.txt has 10). pairsDevTest.txt is the test of --protocol lfw-view1")
+        raise ConfigError(f"{param('pairs')} {pairs}: holds a single fold of pairs; View 2 evaluation needs several "
+                          f"(LFW's pairs.txt has 10). pairsDevTest.txt is the test of {param('protocol')} lfw-view1")
     faces = load_faces(cfg.data_dir, image_size=cfg.image_size, crop=cfg.crop, skip_bad=cfg.skip_bad_images,
                            align=cfg.align)
     i, j = resolve_pairs(pair_list, faces)
     used = torch.unique(torch.cat([i, j]))
     choice = select_precision(dev, cfg.precision, cfg.channels_last)
-    emb = embed(model, faces.images[used], device=dev, batch_size=cfg.eval_batch_size, precision=choice.precision,
-                channels_last=choice.channels_last, desc="embedding the pairs' images" if progress else None)
+    emb = infer_embeddings(model, faces.images[used], device=dev, batch_size=cfg.eval_batch_size,
+                           precision=choice.precision, channels_last=choice.channels_last,
+                           desc="embedding the pairs' images" if progress else None)
     check_finite(emb, "embeddings", f"the network of {run.best_checkpoint} ({choice.precision} on {dev})")
     dist = pair_distances(emb, torch.searchsorted(used, i), torch.searchsorted(used, j))
     same = pair_list.same

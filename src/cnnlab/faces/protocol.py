@@ -37,7 +37,7 @@ from cnnlab.data.faces import FaceListing, FaceSet, list_faces, load_faces, spli
 from cnnlab.data.lfw import (PairList, PeopleList, find_protocol_file, read_pairs, read_people, resolve_pairs,
                              select_people)
 from cnnlab.data.samplers import fixed_pairs, sample_triplets
-from cnnlab.errors import DataError
+from cnnlab.errors import DataError, param
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ def positions(sorted_set: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def _pairs_among(faces: FaceSet, images: torch.Tensor, seed: int, what: str, option: str) -> Pairs:
-    """Seeded study pairs among ``images``, checked to be possible, with a message naming the option."""
+    """Seeded study pairs among ``images``, checked to be possible, with a message naming the
+    parameter ``option`` (see :func:`~cnnlab.errors.param`)."""
     labels = faces.labels[images]
     people, counts = torch.unique(labels, return_counts=True)
     if len(people) < 2 or not bool((counts >= 2).any()):
@@ -221,10 +222,10 @@ def _check_listing(listing: FaceListing, view1: _View1 | None) -> None:
 
 def _study(cfg: FaceTrainConfig, faces: FaceSet, plan: _Plan, view1: _View1 | None) -> StudyData:
     """The pairs and triplets of ``plan``'s images, drawn (or, for View 1's test, read) on the decoded ``faces``."""
-    val_pairs = _pairs_among(faces, plan.val, cfg.seed + _VAL_SEED, "validation", "--val-fraction")
+    val_pairs = _pairs_among(faces, plan.val, cfg.seed + _VAL_SEED, "validation", param("val_fraction"))
     val_triplets = _val_triplets(faces, plan.val, cfg.seed + _VAL_TRIPLET_SEED)
     if view1 is None:
-        test_pairs = _pairs_among(faces, plan.test_images, cfg.seed + _TEST_SEED, "test", "--test-fraction")
+        test_pairs = _pairs_among(faces, plan.test_images, cfg.seed + _TEST_SEED, "test", param("test_fraction"))
         return StudyData(faces, plan.train, plan.val, val_pairs, val_triplets, test_pairs, plan.test_images,
                          "none", plan.subset)
     i, j = resolve_pairs(view1.test_pairs, faces)

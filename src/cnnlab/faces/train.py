@@ -48,12 +48,11 @@ import torch
 from torch import nn
 
 from cnnlab import engine
-from cnnlab.config import RESUMABLE_FIELDS, FaceTrainConfig, from_dict, to_dict
+from cnnlab.config import RESUMABLE_FIELDS, FaceTrainConfig, to_dict
 from cnnlab.data.augment import FaceAugment, face_train_transform
 from cnnlab.engine import Fitted, Schedule, Session, fit, infer, load_best, ranks_in_sync, session, shard, step_decay, timing
-from cnnlab.errors import CheckpointError
 from cnnlab.faces.protocol import StudyData, load_study_data, positions
-from cnnlab.files import atomic_torch_save, atomic_write_text, load_checkpoint, load_model_state
+from cnnlab.files import atomic_torch_save, atomic_write_text
 from cnnlab.losses import FaceLoss, Triplets, face_loss_class
 from cnnlab.metrics import (best_threshold, mean_average_precision_at_r, pair_distances, precision_at_1, roc_auc,
                             verification_report)
@@ -102,29 +101,6 @@ def frozen_layers(model: SiameseNet, cfg: FaceTrainConfig, epoch: int) -> list[n
     return layers[: max(0, len(layers) - cfg.trainable_layers)]
 
 
-def run_config(run: RunDir) -> FaceTrainConfig:
-    """The saved configuration of a face run (a :class:`CnnlabError` when the folder is not one)."""
-    run.expect_study(FaceTrainConfig)
-    return from_dict(FaceTrainConfig, run.read_config(), source=str(run.config_path))
-
-
-def load_run_model(run: RunDir, checkpoint: str = "best", device: str | torch.device = "cpu",
-                   allow_unfinished: bool = False) -> tuple[SiameseNet, FaceTrainConfig]:
-    """The network of a finished face run with the weights of ``checkpoints/<checkpoint>.pt``, in eval mode; an
-    unfinished run only with ``allow_unfinished`` (see :meth:`RunDir.require_finished`)."""
-    cfg = run_config(run)
-    run.require_finished(allow_unfinished)
-    path = run.checkpoints / f"{checkpoint}.pt"
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; is {run.path} a finished face run?")
-    ckpt = load_checkpoint(path)
-    if ckpt.get("kind") not in (None, "faces"):
-        raise CheckpointError(f"{path} is a {ckpt.get('kind')} checkpoint, not a face run's")
-    model = build_model(cfg, weights="none")
-    load_model_state(model, ckpt.get("model"), path, "this run's network")
-    return model.to(device).eval(), cfg
-
-
 def build_loss(cfg: FaceTrainConfig, num_classes: int | None = None) -> FaceLoss:
     """The loss ``cfg.loss`` names, with its options from ``cfg`` (see :class:`cnnlab.losses.FaceLoss`);
     ``num_classes``, the number of training people, for a loss that learns a weight per person."""
@@ -155,8 +131,9 @@ def _mean_over_ranks(grad: torch.Tensor) -> torch.Tensor:
     return grad / dist.get_world_size()
 
 
-def embed(model: SiameseNet, images: torch.Tensor, *, device: torch.device, batch_size: int = 256,
-          precision: str = "fp32", channels_last: bool = False, features: bool = False, desc: str | None = None):
+def infer_embeddings(model: SiameseNet, images: torch.Tensor, *, device: torch.device, batch_size: int = 256,
+                     precision: str = "fp32", channels_last: bool = False, features: bool = False,
+                     desc: str | None = None):
     """Embeddings (N, D) float32 on the CPU of uint8 ``images`` (N, 3, S, S), in eval mode, no augmentation;
     with ``features`` also the backbone's pooled features (N, F) from the same pass (:func:`cnnlab.engine.infer`
     with the model's own input normalisation)."""
@@ -209,7 +186,7 @@ class _Spec:
     def validate(self, model: SiameseNet, epoch: int) -> dict[str, float]:
         """Validation loss (the training loss on the fixed validation pairs or triplets) and ROC AUC."""
         d, s = self.d, self.s
-        emb = embed(model, d.faces.images[d.val], device=s.device, batch_size=self.cfg.eval_batch_size,
+        emb = infer_embeddings(model, d.faces.images[d.val], device=s.device, batch_size=self.cfg.eval_batch_size,
                     precision=s.precision.precision, channels_last=s.precision.channels_last,
                     desc=f"epoch {epoch + 1} val" if s.progress and s.is_main else None)
         loss = self.loss_fn.validation_loss(emb, self.val_pairs, self.val_triplets)
@@ -251,9 +228,9 @@ def test_run(model: SiameseNet, d: StudyData, cfg: FaceTrainConfig, run: RunDir,
     """
     kw = dict(device=device, batch_size=cfg.eval_batch_size, precision=precision, channels_last=channels_last,
               features=True)
-    val_emb, val_feat = embed(model, d.faces.images[d.val], desc="validation" if progress else None, **kw)
+    val_emb, val_feat = infer_embeddings(model, d.faces.images[d.val], desc="validation" if progress else None, **kw)
     vi, vj = positions(d.val, d.val_pairs.i), positions(d.val, d.val_pairs.j)
-    test_emb, test_feat = embed(model, d.faces.images[d.test_images], desc="test" if progress else None, **kw)
+    test_emb, test_feat = infer_embeddings(model, d.faces.images[d.test_images], desc="test" if progress else None, **kw)
     ti, tj = positions(d.test_images, d.test_pairs.i), positions(d.test_images, d.test_pairs.j)
     labels = d.faces.labels[d.test_images]
 

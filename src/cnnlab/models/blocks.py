@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, param
 from cnnlab.models.attention import create_attn
 
 _BLOCKS: dict[str, Callable[..., nn.Module]] = {}
@@ -135,7 +135,7 @@ class GroupedBottleneckBlock(_Residual):
         if mid % groups:
             raise ConfigError(
                 f"block E cannot be built for {in_ch}->{out_ch} channels: its {mid} bottleneck "
-                f"channels do not split into {groups} groups; choose another --width"
+                f"channels do not split into {groups} groups; choose another {param('width')}"
             )
         body = nn.Sequential(
             _conv_bn(in_ch, mid, 1),
@@ -157,11 +157,11 @@ def parse_blocks(spec: str) -> tuple[str, ...]:
     refused inside one variant rather than read as a second meaning.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError("--blocks: expected one block name or eight, e.g. 'B' or 'AABBCCDE'")
+        raise ConfigError(f"{param('blocks')}: expected one block name or eight, e.g. 'B' or 'AABBCCDE'")
     if "," in spec:
         n = len([v for v in spec.split(",") if v.strip()])
         raise ConfigError(
-            f"--blocks {spec!r}: a comma separates variants ({n} here), and this takes one variant "
+            f"{param('blocks')} {spec!r}: a comma separates variants ({n} here), and this takes one variant "
             "(one block name, or eight written together or joined by '+', e.g. AABBCCDE); "
             "cnnlab cifar compare --blocks A,E trains and compares several"
         )
@@ -177,13 +177,13 @@ def parse_blocks(spec: str) -> tuple[str, ...]:
         pos = m.end()
     if pos != len(text):
         raise ConfigError(
-            f"--blocks {spec!r}: {text[pos:]!r} is not a block name; known blocks: {', '.join(_BLOCKS)}"
+            f"{param('blocks')} {spec!r}: {text[pos:]!r} is not a block name; known blocks: {', '.join(_BLOCKS)}"
         )
     if len(tokens) == 1:
         return (tokens[0],) * NUM_BLOCKS
     if len(tokens) != NUM_BLOCKS:
         raise ConfigError(
-            f"--blocks {spec!r}: names {len(tokens)} blocks; expected 1 (used for all) or {NUM_BLOCKS}"
+            f"{param('blocks')} {spec!r}: names {len(tokens)} blocks; expected 1 (used for all) or {NUM_BLOCKS}"
         )
     return tuple(tokens)
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from cnnlab.errors import CheckpointError, CnnlabError, ConfigError
+from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, param
 from cnnlab.files import load_checkpoint
 from cnnlab.models.efficientnet_lite import (
     LITE_MEAN,
@@ -164,15 +164,15 @@ def _b0_imagenet_state() -> dict:
         raise CnnlabError(
             f"the ImageNet weights of efficientnet_b0 are not in the torch hub cache and could not be "
             f"downloaded ({reason[:200]}). Either put the file {cached.name} (from {url}) into the folder "
-            f"{cached.parent}, or pass --weights PATH to a local torchvision state-dict file, or use "
-            f"--backbone efficientnet_lite0, whose ImageNet weights are installed with cnnlab and work offline"
+            f"{cached.parent}, or pass {param('weights')} PATH to a local torchvision state-dict file, or use "
+            f"{param('backbone')} efficientnet_lite0, whose ImageNet weights are installed with cnnlab and work offline"
         ) from None
 
 
 def _weights_file(weights: str) -> Path:
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"--weights: {path} is not a file (expected imagenet, none, or a path to a "
+        raise CheckpointError(f"{param('weights')}: {path} is not a file (expected imagenet, none, or a path to a "
                               "state-dict file)")
     return path
 

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from cnnlab.config import DEFAULT_CIFAR_RECIPE, CifarTrainConfig, check_fields, load_yaml
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, param
 
 SUFFIX = ".yaml"
 
@@ -45,7 +45,7 @@ def recipe_text(name: str) -> str:
 
 def _check_name(name: str) -> None:
     if name not in recipe_names():
-        raise ConfigError(f"--recipe: expected a recipe name ({', '.join(recipe_names())}) or a YAML file, "
+        raise ConfigError(f"{param('recipe')}: expected a recipe name ({', '.join(recipe_names())}) or a YAML file, "
                           f"got {name!r}")
 
 
@@ -60,7 +60,7 @@ def load_recipe(value: str) -> Recipe:
     if _is_path(value):
         path = Path(value)
         if not path.exists():
-            raise ConfigError(f"--recipe: expected a recipe name ({', '.join(recipe_names())}) or a YAML file, "
+            raise ConfigError(f"{param('recipe')}: expected a recipe name ({', '.join(recipe_names())}) or a YAML file, "
                               f"got {value!r}, which is neither")
         data, source = load_yaml(path), str(path)
     else:
@@ -90,9 +90,9 @@ def recipe_base(values: dict, sources: dict[str, str]) -> tuple[dict, str]:
         recipe = load_recipe(name)
     except ConfigError as e:
         where = sources.get("recipe", "options")
-        if where == "options" or not str(e).startswith("--recipe: "):
+        if where == "options" or not str(e).startswith("recipe: "):
             raise
-        raise ConfigError(f"{where}: recipe: {str(e).removeprefix('--recipe: ')}") from None
+        raise ConfigError(f"{where}: recipe: {str(e).removeprefix('recipe: ')}") from None
     return {**recipe.options, "recipe": name}, recipe.source
 
 

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cnnlab.data.align import check_align
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, param
 from cnnlab.serve.cifar import CifarService, add_cifar_routes
 from cnnlab.serve.faces import FaceService, add_face_routes, check_gallery
 from cnnlab.serve.service import ENDPOINTS, MB, STUDY_NAMES, Service, finite, run_study, token_problem
@@ -196,7 +196,7 @@ def create_app(run: str | os.PathLike, gallery: str | os.PathLike | None = None,
     if study == "faces" and gallery is not None:
         check_gallery(gallery)
     if study == "faces" and align is not None:
-        check_align(align, "--align")
+        check_align(align)
     limits = dict(max_upload_bytes=max_upload_bytes, max_images=max_images, max_image_pixels=max_image_pixels)
     batching = dict(device=device, max_batch=max_batch, max_wait=batch_wait_ms / 1000)
     if study == "faces":
@@ -205,9 +205,9 @@ def create_app(run: str | os.PathLike, gallery: str | os.PathLike | None = None,
         add_routes = add_face_routes
     else:
         if gallery is not None:
-            raise CnnlabError(f"{run} is a CIFAR run; a gallery is for face runs (leave out --gallery)")
+            raise CnnlabError(f"{run} is a CIFAR run; a gallery is for face runs (leave out {param('gallery')})")
         if align is not None:
-            raise CnnlabError(f"{run} is a CIFAR run; align is for face runs (leave out --align)")
+            raise CnnlabError(f"{run} is a CIFAR run; align is for face runs (leave out {param('align')})")
         service = CifarService(run, allow_unfinished=allow_unfinished, **limits, **batching)
         add_routes = add_cifar_routes
 

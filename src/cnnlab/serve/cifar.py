@@ -1,8 +1,8 @@
 """A CIFAR run served: ``POST /predict``, the top-k classes of one or more images.
 
-Answers come from :class:`cnnlab.api.Classifier`; only its network call is
-shared between concurrent requests, through a
-:class:`~cnnlab.serve.batching.Batcher`.
+Answers come from :class:`cnnlab.inference.cifar.Classifier`; only its
+network call is shared between concurrent requests: the classifier is given a
+network that goes through a :class:`~cnnlab.serve.batching.Batcher`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import FastAPI, File, Query, UploadFile
 
+from cnnlab.inference.cifar import Classifier
 from cnnlab.serve.service import Service, api_errors, finite
 from cnnlab.serve.batching import Batcher
 from cnnlab.serve.uploads import UploadError
@@ -20,16 +21,10 @@ class CifarService(Service):
     study = "cifar"
 
     def __init__(self, run, *, device: str, max_batch: int, max_wait: float, allow_unfinished: bool, **limits):
-        from cnnlab.api import Classifier
-
         super().__init__(run, **limits)
-        clf = self.classifier = Classifier.from_run(run, device=device, allow_unfinished=allow_unfinished)
-        # The batch runs the API's own probabilities on the images it preprocessed, (N, 3, 32, 32) as
-        # (N, 32, 32, 3) arrays, which its preprocessing leaves as they are; predict() then reaches the
-        # batched network through this instance attribute.
-        self.batcher = Batcher(lambda x: Classifier.probabilities(clf, x.permute(0, 2, 3, 1).numpy()),
-                               max_batch=max_batch, max_wait=max_wait, name="cnnlab-cifar")
-        clf.probabilities = lambda images: self.batcher(clf.preprocess(images))
+        own = Classifier.from_run(run, device=device, allow_unfinished=allow_unfinished)
+        self.batcher = Batcher(own.network, max_batch=max_batch, max_wait=max_wait, name="cnnlab-cifar")
+        self.classifier = own.with_network(self.batcher)
 
     def close(self) -> None:
         self.batcher.close()

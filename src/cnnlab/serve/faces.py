@@ -1,11 +1,10 @@
 """A face run served: ``POST /verify``, ``POST /identify``, ``POST /embed`` and the gallery's thumbnails.
 
-Every answer comes from :class:`cnnlab.api.FaceVerifier`, so the service
-decides exactly as ``cnnlab faces verify`` and the Python API do. Only the
-network call is shared: the verifier's opened run is wrapped so that its
-``embed`` goes through a :class:`~cnnlab.serve.batching.Batcher`, whichever
-API method asks for it (that wrapper also sees the crops the network gets,
-which the page shows).
+Every answer comes from :class:`cnnlab.inference.faces.FaceVerifier`, so the
+service decides exactly as ``cnnlab faces verify`` and the Python API do. Only
+the network call is shared: the verifier is given a network that goes through
+a :class:`~cnnlab.serve.batching.Batcher`, whichever of its methods asks for
+it, and that also sees the crops the network gets, which the page shows.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import stat
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Annotated, Any, Iterator
+from typing import Annotated, Iterator
 
 import numpy as np
 import torch
@@ -27,8 +26,10 @@ from fastapi import FastAPI, File, Query, UploadFile
 from fastapi.responses import Response
 from PIL import Image
 
-from cnnlab.errors import CnnlabError
-from cnnlab.faces.verify import check_k, nearest_people
+from cnnlab.data.align import DetectorMissing, NoFace
+from cnnlab.data.images import BadImage, decode_rgb
+from cnnlab.errors import CnnlabError, param
+from cnnlab.inference.faces import FaceVerifier
 from cnnlab.serve.service import Service, api_errors, finite
 from cnnlab.serve.batching import Batcher
 from cnnlab.serve.uploads import UploadError
@@ -39,21 +40,18 @@ THUMBNAIL_SIDE = 128
 THUMBNAIL_CACHE = 1024  # thumbnails kept in memory, the least recently asked for dropped first
 
 
-class _BatchedRun:
-    """A :class:`cnnlab.faces.verify.FaceRun` whose ``embed`` is batched with other requests' and recorded."""
+class RecordedNetwork:
+    """A verifier's network that goes through ``batcher`` and records, per thread, what it is given."""
 
-    def __init__(self, inner, batcher: Batcher):
-        self._inner, self._batcher = inner, batcher
+    def __init__(self, batcher: Batcher):
+        self.batcher = batcher
         self._local = threading.local()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
         seen = getattr(self._local, "seen", None)
         if seen is not None:
             seen.append(images)
-        return self._batcher(images)
+        return self.batcher(images)
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[list[torch.Tensor]]:
@@ -70,7 +68,7 @@ def check_gallery(folder: str | os.PathLike) -> Path:
     path = Path(folder)
     if not path.is_dir():
         what = "not a folder" if path.exists() else "no such folder"
-        raise CnnlabError(f"--gallery {folder}: {what} (one sub-folder of images per person)")
+        raise CnnlabError(f"{param('gallery')} {folder}: {what} (one sub-folder of images per person)")
     return path
 
 
@@ -94,21 +92,17 @@ class Gallery:
     would refuse links that stay inside the gallery, which the service serves.)
     """
 
-    def __init__(self, folder: str | os.PathLike, fv):
-        from cnnlab.faces.verify import _gallery
-
+    def __init__(self, folder: str | os.PathLike, fv: FaceVerifier):
         self.folder = check_gallery(folder)
-        r = fv._run
-        # What FaceVerifier.identify embeds and caches on every call, kept in memory: reading a large
+        # What FaceVerifier.identify embeds (and caches) when given a folder, kept in memory: reading a large
         # gallery's cache for each request would cost more than the request.
-        self.embedded = _gallery(r.run, r.model, r.cfg, self.folder, r.device, r.precision, r.channels_last,
-                                 r.align)
-        root, self.inside = Path(self.embedded["root"]), self.folder.resolve()
-        self.names: list[str] = list(self.embedded["files"])
+        self.embedded = fv.gallery(self.folder)
+        root, self.inside = self.embedded.root, self.folder.resolve()
+        self.names: list[str] = list(self.embedded.files)
         self.files = [root / f for f in self.names]
         self.ids = {f: i for i, f in enumerate(self.names) if self._within(self.files[i].resolve())}
         self.servable = set(self.ids.values())
-        self.people = len(self.embedded["names"])
+        self.people = self.embedded.people
         self._thumbnails: OrderedDict[tuple, bytes] = OrderedDict()  # (index, file identity) -> JPEG
         self._lock = threading.Lock()
 
@@ -173,8 +167,6 @@ class Gallery:
         return f
 
     def _jpeg(self, i: int, f, what: str) -> bytes:
-        from cnnlab.data.images import BadImage, decode_rgb
-
         try:
             img = decode_rgb(self.files[i], file=f)
         except BadImage as e:
@@ -196,8 +188,6 @@ def png_data_url(image: torch.Tensor) -> str:
 def _centre_crop_advice():
     """A face that is not found, or a detector that is not installed, advised as a client (or whoever
     runs the service) can act on it: the client chooses the photo; the operator chooses --align."""
-    from cnnlab.data.align import DetectorMissing, NoFace
-
     try:
         yield
     except NoFace as e:
@@ -212,12 +202,11 @@ class FaceService(Service):
 
     def __init__(self, run, gallery, *, device: str, max_batch: int, max_wait: float, allow_unfinished: bool,
                  align: str | None = None, **limits):
-        from cnnlab.api import FaceVerifier
-
         super().__init__(run, **limits)
-        self.fv = FaceVerifier.from_run(run, device=device, align=align, allow_unfinished=allow_unfinished)
-        self.batcher = Batcher(self.fv._run.embed, max_batch=max_batch, max_wait=max_wait, name="cnnlab-faces")
-        self.fv._run = self.batched = _BatchedRun(self.fv._run, self.batcher)
+        own = FaceVerifier.from_run(run, device=device, align=align, allow_unfinished=allow_unfinished)
+        self.batcher = Batcher(own.network, max_batch=max_batch, max_wait=max_wait, name="cnnlab-faces")
+        self.network = RecordedNetwork(self.batcher)
+        self.fv = own.with_network(self.network)
         with _centre_crop_advice():
             self.gallery = Gallery(gallery, self.fv) if gallery is not None else None
         if self.gallery is not None:
@@ -227,7 +216,7 @@ class FaceService(Service):
         self.batcher.close()
 
     def info(self) -> dict:
-        cfg = self.fv._run.cfg
+        cfg = self.fv.cfg
         model = {"backbone": cfg.backbone, "embedding_dim": cfg.embedding_dim, "image_size": cfg.image_size,
                  "crop": cfg.crop, "align": self.fv.align, "normalize_embeddings": cfg.normalize_embeddings, "loss": cfg.loss,
                  "margin": cfg.margin, "parameters": sum(p.numel() for p in self.fv.model.parameters()),
@@ -239,7 +228,7 @@ class FaceService(Service):
     def verify(self, a, b, crops: bool) -> dict:
         with self.batcher.expect():
             images = [self.read(a, "a"), self.read(b, "b")]
-            with self.batched.recording() as seen, api_errors(("a", "b")), _centre_crop_advice():
+            with self.network.recording() as seen, api_errors(("a", "b")), _centre_crop_advice():
                 r = self.fv.verify(*images)
         faces = r.get("faces") or [None, None]  # boxes and landmarks where the run detects faces
         out = {"distance": r["distance"], "threshold": r["threshold"], "same_person": bool(r["same_person"]),
@@ -261,9 +250,8 @@ class FaceService(Service):
                                    "cnnlab serve RUN --gallery DIR (one sub-folder of images per person)")
         with self.batcher.expect():
             probe = self.read(image, "image")
-            with self.batched.recording() as seen, api_errors(("image",)), _centre_crop_advice():
-                check_k(k)  # as FaceVerifier.identify does, on the gallery embedded at start
-                rows = nearest_people(self.fv.embed(probe), self.gallery.embedded, k, self.fv.threshold)
+            with self.network.recording() as seen, api_errors(("image",)), _centre_crop_advice():
+                rows = self.fv.identify(probe, self.gallery.embedded, k)  # the gallery embedded at start
         for row in rows:
             row["id"], row["thumbnail"] = self.gallery.url(row["image"])
         out = {"threshold": self.fv.threshold, "k": k, "matches": rows}
@@ -277,7 +265,7 @@ class FaceService(Service):
             with api_errors(("image",)), _centre_crop_advice():
                 e = self.fv.embed(img)[0]
         return finite({"embedding": e.tolist(), "dim": len(e),
-                       "normalized": bool(self.fv._run.cfg.normalize_embeddings)})
+                       "normalized": bool(self.fv.cfg.normalize_embeddings)})
 
 
 ImageFile = Annotated[UploadFile, File(description="an image file (any format PIL reads)")]

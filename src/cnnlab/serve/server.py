@@ -11,7 +11,7 @@ import socket
 import sys
 from typing import Sequence
 
-from cnnlab.errors import CnnlabError, shown_path
+from cnnlab.errors import CnnlabError, param, shown_path
 from cnnlab.serve.service import MB, MIN_NETWORK_TOKEN, run_study, token_problem
 
 logger = logging.getLogger(__name__)
@@ -44,22 +44,22 @@ def resolve_token(host: str, token: str | None) -> str | None:
     loopback and there is none or a weak one (under :data:`MIN_NETWORK_TOKEN` characters other than
     whitespace), since anyone who reaches that address could then use the run, and for a token no HTTP
     header can carry."""
-    given = "--token" if token else TOKEN_ENV
+    given = param("token") if token else TOKEN_ENV
     token = token or os.environ.get(TOKEN_ENV) or None
     if token is None:
         if not is_loopback(host):
-            raise CnnlabError(f"--host {host} lets other machines connect, so the service needs a token: give "
-                              f"--token TOKEN (or set {TOKEN_ENV}); clients then send 'Authorization: Bearer "
-                              "TOKEN'. Without a token, keep the default --host 127.0.0.1")
+            raise CnnlabError(f"{param('host')} {host} lets other machines connect, so the service needs a token: give "
+                              f"{param('token')} TOKEN (or set {TOKEN_ENV}); clients then send 'Authorization: Bearer "
+                              f"TOKEN'. Without a token, keep the default {param('host')} 127.0.0.1")
         return None
     problem = token_problem(token)
     if problem:
         raise CnnlabError(f"the token given by {given} {problem}; give one without")
     strength = len("".join(token.split()))
     if strength < MIN_NETWORK_TOKEN and not is_loopback(host):
-        raise CnnlabError(f"--host {host} lets other machines connect, so the token given by {given} needs at least "
-                          f"{MIN_NETWORK_TOKEN} characters other than whitespace, and it has {strength}: make one "
-                          f"with e.g. openssl rand -hex 16")
+        raise CnnlabError(f"{param('host')} {host} lets other machines connect, so the token given by {given} needs "
+                          f"at least {MIN_NETWORK_TOKEN} characters other than whitespace, and it has {strength}: make "
+                          "one with e.g. openssl rand -hex 16")
     return token
 
 
@@ -73,23 +73,23 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
     except OSError as e:
         sock.close()
-        raise CnnlabError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port, or "
-                          "--port 0 for any free one") from None
+        raise CnnlabError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another {param('port')}, or "
+                          f"{param('port')} 0 for any free one") from None
     sock.listen(2048)
     return sock
 
 
 def check_options(port: int, max_upload_mb: float, max_images: int, max_batch: int, batch_wait_ms: float) -> None:
-    """A :class:`CnnlabError` naming the first option whose value the service cannot take."""
+    """A :class:`CnnlabError` naming the first parameter whose value the service cannot take."""
     if not 0 <= port <= 65535:
-        raise CnnlabError(f"--port: expected a port number from 0 to 65535 (0: any free one), got {port}")
+        raise CnnlabError(f"{param('port')}: expected a port number from 0 to 65535 (0: any free one), got {port}")
     if not 0 < max_upload_mb < math.inf:
-        raise CnnlabError(f"--max-upload-mb: expected a positive number of MiB, got {max_upload_mb}")
-    for option, value in (("--max-images", max_images), ("--max-batch", max_batch)):
+        raise CnnlabError(f"{param('max_upload_mb')}: expected a positive number of MiB, got {max_upload_mb}")
+    for option, value in (("max_images", max_images), ("max_batch", max_batch)):
         if value < 1:
-            raise CnnlabError(f"{option}: expected a positive integer, got {value}")
+            raise CnnlabError(f"{param(option)}: expected a positive integer, got {value}")
     if not 0 <= batch_wait_ms < math.inf:
-        raise CnnlabError(f"--batch-wait-ms: expected milliseconds, 0 or more, got {batch_wait_ms}")
+        raise CnnlabError(f"{param('batch_wait_ms')}: expected milliseconds, 0 or more, got {batch_wait_ms}")
 
 
 def serve(run: str | os.PathLike, gallery: str | os.PathLike | None = None, host: str = "127.0.0.1",

@@ -7,10 +7,10 @@ import contextlib
 import math
 from pathlib import Path
 
-from cnnlab import checks
+from cnnlab.commands import checks
 from cnnlab.config import AUGMENTS, DEFAULT_CIFAR_RECIPE, POOLINGS, CifarTrainConfig
 from cnnlab.errors import ConfigError, DataError, shown_path
-from cnnlab.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
+from cnnlab.commands.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
                             add_figures_command, arg, build_config, config_options, data_dir, export_file,
                             offline_advice, print_result, report_files, run_dir, train_args, train_command)
 
@@ -177,7 +177,7 @@ def _predict(args: argparse.Namespace) -> int:
     for image in args.images:
         checks.input_file(image, "image")
     checks.positive(args.k, "-k")
-    from cnnlab.api import Classifier
+    from cnnlab.inference.cifar import Classifier
     from cnnlab.files import dumps_json
 
     clf = Classifier.from_run(args.run_dir, device=args.device, allow_unfinished=args.allow_unfinished)

@@ -4,9 +4,10 @@ Options of ``train``-like subcommands are generated from the config dataclasses
 (their defaults and help texts), so ``--help`` and the saved ``config.yaml``
 always agree. Precedence: dataclass defaults < ``--config FILE.yaml`` < options.
 
-A study's ``cli`` module declares each subcommand with :func:`add_command` and a
-list of :func:`arg` specs; the root ``cnnlab.cli`` only composes the studies.
-This module imports neither, so the studies never import their composer.
+A command module (:mod:`cnnlab.commands.cifar`, ...) declares each subcommand with
+:func:`add_command` and a list of :func:`arg` specs; the root
+:mod:`cnnlab.commands.main` only composes them. This module imports neither, so
+the command modules never import their composer.
 """
 
 from __future__ import annotations

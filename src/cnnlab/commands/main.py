@@ -1,8 +1,8 @@
 """The ``cnnlab`` command line. Thin: it parses, then calls one function per subcommand.
 
-This module only composes the studies: ``cnnlab.cifar.cli`` and ``cnnlab.faces.cli``
-declare their subcommands with the shared helpers of ``cnnlab.options``; neither
-imports this module.
+This module only composes the commands: :mod:`cnnlab.commands.cifar`, :mod:`cnnlab.commands.faces`
+and :mod:`cnnlab.commands.serve` declare their subcommands with the shared helpers of
+:mod:`cnnlab.commands.options`; none imports this module.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 from cnnlab import __version__
-from cnnlab.cifar.cli import add_cifar
+from cnnlab.commands.cifar import add_cifar
+from cnnlab.commands.faces import add_faces
+from cnnlab.commands.serve import add_serve
 from cnnlab.errors import CnnlabError, OutOfMemory, Terminated, UnfinishedRun, shown_path
-from cnnlab.faces.cli import add_faces
-from cnnlab.serve.cli import add_serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except CnnlabError as e:
         if args.debug:
             raise
-        print(f"cnnlab: error: {e}{_hint(e, args, argv)}", file=sys.stderr)
+        print(f"cnnlab: error: {e.worded(flag)}{_hint(e, args, argv)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # whoever read the output has gone (cnnlab ... | head): stop quietly
         if args.debug:
@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         command = continue_command(args, argv)
         print(f"cnnlab: interrupted by {how}" + (f"; continue with: {command}" if command else ""), file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+
+
+def flag(name: str) -> str:
+    """The command line's flag for the parameter or config field ``name``: ``-k``, ``--image-size``."""
+    return ("-" if len(name) == 1 else "--") + name.replace("_", "-")
 
 
 # The status of a command whose output nobody reads any more: what a shell reports for a Unix tool that

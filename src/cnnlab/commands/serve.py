@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.commands.options import ALLOW_UNFINISHED, DEVICE, add_command, arg
 from cnnlab.config import FACE_ALIGNS
-from cnnlab.options import ALLOW_UNFINISHED, DEVICE, add_command, arg
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -8,10 +8,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from cnnlab import checks
+from cnnlab.commands import checks
 from cnnlab.config import FACE_ALIGNS, FaceSearchConfig, FaceTrainConfig, from_dict
 from cnnlab.errors import ConfigError, DataError, shown_path
-from cnnlab.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
+from cnnlab.commands.options import (ALLOW_UNFINISHED, DEVICE, EXPORT_FILE, RESUME_NOTES, TRAINING_OPTIONS_FILE, add_command,
                             add_figures_command, arg, build_config, config_options, config_overrides, data_dir,
                             export_file, offline_advice, print_result, report_files, run_dir, train_args, train_command)
 from cnnlab.search import RANKING
@@ -148,7 +148,7 @@ def _verify(args: argparse.Namespace) -> int:
     checks.run_folder(args.run_dir, FaceTrainConfig)
     checks.input_file(args.image_a, "image")
     checks.input_file(args.image_b, "image")
-    from cnnlab.api import FaceVerifier
+    from cnnlab.inference.faces import FaceVerifier
     from cnnlab.files import dumps_json
 
     fv = FaceVerifier.from_run(args.run_dir, device=args.device, align=args.align,
@@ -181,7 +181,7 @@ def _identify(args: argparse.Namespace) -> int:
     checks.input_file(args.probe, "image")
     checks.input_folder(args.gallery, "--gallery")
     checks.positive(args.k, "-k")
-    from cnnlab.api import FaceVerifier
+    from cnnlab.inference.faces import FaceVerifier
     from cnnlab.files import dumps_json
 
     fv = FaceVerifier.from_run(args.run_dir, device=args.device, align=args.align,
