@@ -54,8 +54,6 @@ def test_the_api_names_the_parameter_and_the_command_its_flag(tmp_path, capsys):
 # The layers whose messages reach a user of the Python API: everything below the services (the HTTP service
 # speaks to its clients and to whoever started it with cnnlab serve; the commands speak to the command line).
 LIBRARY = max(i for i, (name, _) in enumerate(LAYERS) if name == "study analysis")
-# Not yet worded by value; their checks move to parameters as their modules are next reworked.
-NOT_YET = {"cnnlab.cifar.compare", "cnnlab.cifar.evaluate"}
 FLAG = re.compile(r"(?<![\w}-])--[a-z][\w-]*")
 # A whole command line to run ("cnnlab faces train --resume RUN", "pip install --force-reinstall ...") is
 # advice a user of either can follow: its flags belong to that command.
@@ -101,9 +99,6 @@ def test_the_checker_finds_a_flag_but_not_a_command_to_run(tmp_path):
 @pytest.mark.parametrize("module", sorted(m for m in package_modules() if layer_of(m) <= LIBRARY))
 def test_library_messages_name_no_flags(module):
     found = flags_in_messages(package_modules()[module])
-    if module in NOT_YET:
-        assert found, f"{module} names no flag any more: drop it from NOT_YET"
-        return
     assert not found, f"{module} raises messages naming flags (name the parameter with param()):\n  " + \
         "\n  ".join(found)
 

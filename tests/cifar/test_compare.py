@@ -92,8 +92,9 @@ def test_bad_variant_lists(text, message):
 
 def test_seed_lists():
     assert parse_seeds("0,1,2", 5) == [0, 1, 2] and parse_seeds(None, 5) == [5]
-    with pytest.raises(ConfigError, match="--seeds"):
+    with pytest.raises(ConfigError, match="^seeds 'a,b'") as e:  # the library names the parameter
         parse_seeds("a,b", 0)
+    assert e.value.worded(lambda name: f"--{name}").startswith("--seeds 'a,b'")  # the command line, its flag
 
 
 def test_compare_prints_its_table_with_integer_counts_and_where_it_wrote(study, capsys):

@@ -206,7 +206,7 @@ def test_a_damaged_data_file_is_named(evaluated, tmp_path):
 
 
 def test_evaluate_checks_its_options(run_copy, trained, capsys):
-    with pytest.raises(ConfigError, match="--tsne-samples"):
+    with pytest.raises(ConfigError, match="^tsne_samples: expected 0"):
         evaluate_run(run_copy, tsne_samples=-1)
     rc = main(["cifar", "evaluate", str(run_copy), "--feature-image", "40", "--device", "cpu"])
     assert rc == 2

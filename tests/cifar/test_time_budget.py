@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import cnnlab.cifar.train as cifar_train
-from cnnlab.cifar.train import load_run_model, resume_config, train
+from cnnlab.cifar.train import resume_config, train
+from cnnlab.inference.runs import load_cifar_network
 from cnnlab.commands.main import main
 from cnnlab.config import CifarTrainConfig
 from cnnlab.data.augment import eval_transform
@@ -142,7 +143,7 @@ def test_flip_tta_is_reported_beside_the_plain_test_accuracy(cifar_batches, tmp_
                  "--precision", "fp32", "--data-dir", str(cifar_batches), "--out", str(out)]) == 0
     assert "test_accuracy_tta" in capsys.readouterr().out
     s = RunDir(out).read_summary()
-    model, _ = load_run_model(RunDir(out))
+    model, _ = load_cifar_network(RunDir(out))
     data = load_cifar10(str(cifar_batches))
     plain = infer(model, data.test_images, eval_transform, device=torch.device("cpu"), batch_size=1000)
     mirrored = infer(model, data.test_images, lambda x: eval_transform(x).flip(3), device=torch.device("cpu"),

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from cnnlab.config import FACE_MARGIN_LOSSES
 from cnnlab.errors import CheckpointError
-from cnnlab.faces.train import build_loss, build_model, build_optimizer, load_run_model, resume_config, train
+from cnnlab.faces.train import build_loss, build_model, build_optimizer, resume_config, train
+from cnnlab.inference.runs import load_face_network
 from cnnlab.faces.protocol import load_study_data
 from cnnlab.files import load_checkpoint
 from cnnlab.run import RunDir
@@ -46,7 +47,7 @@ def test_a_margin_loss_trains_end_to_end_with_its_weights_beside_the_network(fac
     # best.pt is the network alone: everything that loads a run reads it as before.
     best = load_checkpoint(out / "checkpoints" / "best.pt")
     assert set(best["model"]) == set(build_model(cfg, weights="none").state_dict())
-    model, _ = load_run_model(RunDir(out))
+    model, _ = load_face_network(RunDir(out))
     assert not model.training
 
 
@@ -119,7 +120,7 @@ def test_bnneck_and_flip_tta_reach_the_network_that_loads_the_run(face_dir, tmp_
     out = tmp_path / "run"
     cfg = tiny_config(face_dir, loss="arcface", head="bnneck", flip_tta=True, epochs=1, precision="fp32")
     train(cfg, out, progress=False)
-    model, saved = load_run_model(RunDir(out))
+    model, saved = load_face_network(RunDir(out))
     assert (saved.head, saved.flip_tta) == ("bnneck", True)
     assert isinstance(model.head[1], torch.nn.BatchNorm1d) and model.flip_tta
     # The test embeddings the run saved are those of each image and its mirror, averaged, then normalised.

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cnnlab.cifar.train import RUNTIME_FIELDS, describe_recipe, train
 from cnnlab.config import CifarTrainConfig, to_dict
-from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.errors import CnnlabError, ConfigError, param
 from cnnlab.files import atomic_write_text
 from cnnlab.models.basecnn import BaseCNN
 from cnnlab.models.blocks import format_blocks, parse_blocks
@@ -70,9 +70,9 @@ def parse_variants(text: str | list[str]) -> list[str]:
     items = text.split(",") if isinstance(text, str) else list(text)
     variants = [format_blocks(parse_blocks(v.strip())) for v in items if v.strip()]
     if not variants:
-        raise ConfigError("--blocks: give a comma-separated list of variants, e.g. A,B,C,D,D-sep,E")
+        raise ConfigError(f"{param('blocks')}: give a comma-separated list of variants, e.g. A,B,C,D,D-sep,E")
     if len(set(variants)) != len(variants):
-        raise ConfigError(f"--blocks {text!r}: a variant is listed twice")
+        raise ConfigError(f"{param('blocks')} {text!r}: a variant is listed twice")
     return variants
 
 
@@ -82,9 +82,9 @@ def parse_seeds(text: str | list[int] | None, default: int) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",")] if isinstance(text, str) else [int(s) for s in text]
     except ValueError:
-        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+        raise ConfigError(f"{param('seeds')} {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
     if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds {text!r}: a seed is listed twice")
+        raise ConfigError(f"{param('seeds')} {text!r}: a seed is listed twice")
     return seeds
 
 

@@ -27,7 +27,7 @@ from cnnlab.data.augment import (CIFAR_AUGMENTS, AugmentConfig, affine_matrices,
                                  eval_transform, random_affine)
 from cnnlab.data.cifar10 import Cifar10, load_cifar10, stratified_split
 from cnnlab.engine import check_finite, infer
-from cnnlab.errors import CnnlabError, ConfigError, DataError
+from cnnlab.errors import CnnlabError, ConfigError, DataError, param
 from cnnlab.files import atomic_open
 from cnnlab.metrics import accuracy, confusion_matrix, per_class_accuracy
 from cnnlab.run import FILE_ONLY, RunDir, log_to_file
@@ -66,9 +66,11 @@ def evaluate_run(run_dir: str | Path, tsne_samples: int = 2000, feature_image: i
     plain one (``test_accuracy_tta``).
     """
     if not isinstance(tsne_samples, int) or tsne_samples < 0:
-        raise ConfigError(f"--tsne-samples: expected 0 (all test images) or a positive number, got {tsne_samples!r}")
+        raise ConfigError(f"{param('tsne_samples')}: expected 0 (all test images) or a positive number, "
+                          f"got {tsne_samples!r}")
     if not isinstance(feature_image, int) or feature_image < 0:
-        raise ConfigError(f"--feature-image: expected the index of a test image (0 or more), got {feature_image!r}")
+        raise ConfigError(f"{param('feature_image')}: expected the index of a test image (0 or more), "
+                          f"got {feature_image!r}")
     run = RunDir(run_dir)
     run.expect_study(CifarTrainConfig)
     with run.lock("cifar evaluate"):
@@ -101,7 +103,7 @@ def _evaluate_run(run: RunDir, tsne_samples: int, feature_image: int, device: st
             data = load_cifar10(data_dir if data_dir is not None else cfg.data_dir, False, cfg.skip_bad_images)
         n_test = len(data.test_labels)
         if feature_image >= n_test:
-            raise ConfigError(f"--feature-image {feature_image}: the test set has {n_test} images "
+            raise ConfigError(f"{param('feature_image')} {feature_image}: the test set has {n_test} images "
                               f"(indices 0..{n_test - 1})")
         classes = list(data.classes)
         logger.info("evaluating %s (best epoch %s) on %d test images on %s, %s", run.path, ckpt.get("epoch", "?"),
@@ -412,12 +414,12 @@ def data_figures(data_dir: str | Path, out: str | Path, seed: int = 0, val_per_c
     from cnnlab.viz import cifar as viz
 
     if val_per_class is not None and val_per_class < 1:
-        raise ConfigError(f"--val-per-class: expected a positive integer, got {val_per_class}")
+        raise ConfigError(f"{param('val_per_class')}: expected a positive integer, got {val_per_class}")
     if augment not in CIFAR_AUGMENTS:
-        raise ConfigError(f"--augment: expected {', '.join(CIFAR_AUGMENTS)}, got {augment!r}")
+        raise ConfigError(f"{param('augment')}: expected {', '.join(CIFAR_AUGMENTS)}, got {augment!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise CnnlabError(f"--out {out} is a file, expected a folder")
+        raise CnnlabError(f"{param('out')} {out} is a file, expected a folder")
     data = data if data is not None else load_cifar10(data_dir, False, skip_bad_images)
     classes = list(data.classes)
     train_idx, val_idx = stratified_split(data.train_labels, val_per_class, seed)
