@@ -13,6 +13,7 @@ def test_a_study_loads_its_data_once_and_each_best_checkpoint_once_per_use(cifar
     import cnnlab.cifar.train
     import cnnlab.data.cifar10
     import cnnlab.engine
+    import cnnlab.inference.runs
     import cnnlab.run
 
     loads, checkpoints, tsne = Counter(), Counter(), []
@@ -24,7 +25,7 @@ def test_a_study_loads_its_data_once_and_each_best_checkpoint_once_per_use(cifar
 
     for module in (cnnlab.data.cifar10, cnnlab.cifar.train, ev):
         monkeypatch.setattr(module, "load_cifar10", counted_data)
-    for module in (cnnlab.run, cnnlab.engine, cnnlab.cifar.train):
+    for module in (cnnlab.run, cnnlab.engine, cnnlab.inference.runs):
         def counted_checkpoint(path, *args, _real=module.load_checkpoint, **kw):
             checkpoints[Path(path).name] += 1
             return _real(path, *args, **kw)
