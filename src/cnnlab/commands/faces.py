@@ -286,7 +286,8 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
 
     add_command(
         fsub, "train", _train, help="train a Siamese network into a run folder",
-        description="Train backbone + embedding head with the contrastive or triplet loss. The run folder gets "
+        description="Train backbone + embedding head with a pair, triplet or margin (CosFace, ArcFace) loss "
+                    "(--loss). The run folder gets "
                     "config.yaml, metrics.csv, summary.json, checkpoints/{best,last}.pt, test_pairs.csv, "
                     "test_embeddings.pt and train.log; --resume continues it. --epochs 0 scores the untrained "
                     "(ImageNet) network.",
