@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -32,18 +31,12 @@ _OFFLINE_DOWNLOAD = (f"fetch {_LFW_FILES} elsewhere and give the folder holding 
                      "file:///path/to/that/folder/; or train with --data-dir at a copy of LFW already on disk")
 
 
-@contextlib.contextmanager
 def _centre_crop_advice(option: str = "give --align center"):
     """A face not found, or a detector not installed, advised with the command's own option."""
-    from cnnlab.data.align import DetectorMissing, NoFace
+    from cnnlab.data.align import centre_crop_advice
 
-    try:
-        yield
-    except NoFace as e:
-        raise e.advising(f"use a photo in which the face is visible, or {option} to take the centre crop "
-                         "instead") from None
-    except DetectorMissing as e:
-        raise e.advising(f"or {option} to take the centre crop instead") from None
+    return centre_crop_advice(f"use a photo in which the face is visible, or {option} to take the centre crop instead",
+                              f"or {option} to take the centre crop instead")
 
 
 def _checked_train(cfg: FaceTrainConfig, out, **kwargs) -> dict:

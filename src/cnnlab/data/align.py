@@ -35,6 +35,8 @@ is aligned already: its images are only resized, whatever ``--align`` says.
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib.util
 import logging
 import threading
@@ -109,6 +111,19 @@ class DetectorMissing(CnnlabError):
 
     def advising(self, advice: str) -> "DetectorMissing":
         return DetectorMissing(advice)
+
+
+@contextlib.contextmanager
+def centre_crop_advice(no_face: str, no_detector: str) -> Iterator[None]:
+    """A :class:`NoFace` or :class:`DetectorMissing` raised inside, advised in the words of whoever called:
+    ``no_face`` and ``no_detector`` name what that caller offers (a command's option, an API's parameter,
+    what a service's client can send)."""
+    try:
+        yield
+    except NoFace as e:
+        raise e.advising(no_face) from None
+    except DetectorMissing as e:
+        raise e.advising(no_detector) from None
 
 
 @dataclass(frozen=True)
@@ -427,5 +442,5 @@ def is_aligned_folder(root: str | Path) -> bool:
 
 
 __all__ = ["ALIGN_CHOICES", "ALIGNED_MARKER", "DETECT_SIDE", "DetectorMissing", "Face", "FaceDetector", "NoFace",
-           "Prepared", "PROGRESS_SECONDS", "TEMPLATE_112", "align", "check_align", "detector", "duration",
+           "Prepared", "PROGRESS_SECONDS", "TEMPLATE_112", "align", "centre_crop_advice", "check_align", "detector", "duration",
            "is_aligned_folder", "prepare", "progress", "similarity", "template"]

@@ -6,13 +6,12 @@ identify --json`` print, which are built on it, as ``cnnlab serve`` is.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 
 import torch
 
-from cnnlab.data.align import DetectorMissing, NoFace, Prepared
+from cnnlab.data.align import Prepared, centre_crop_advice
 from cnnlab.errors import CnnlabError, param
 from cnnlab.inference.gallery import Gallery
 from cnnlab.inference.images import face_dict, prepare_faces, stack
@@ -25,16 +24,10 @@ Network = Callable[[torch.Tensor], torch.Tensor]
 _CENTRE = 'FaceVerifier.from_run(..., align="center")'  # how a user of this class asks for the centre crop
 
 
-@contextlib.contextmanager
 def _centre_crop_advice():
     """A face that is not found, or a detector that is not installed, advised with this class's parameter."""
-    try:
-        yield
-    except NoFace as e:
-        raise e.advising(f"use a photo in which the face is visible, or open the run with {_CENTRE} to take "
-                         "the centre crop instead") from None
-    except DetectorMissing as e:
-        raise e.advising(f"or open the run with {_CENTRE} to take the centre crop instead") from None
+    return centre_crop_advice(f"use a photo in which the face is visible, or open the run with {_CENTRE} to take "
+                              "the centre crop instead", f"or open the run with {_CENTRE} to take the centre crop instead")
 
 
 def check_k(k) -> None:

@@ -26,7 +26,7 @@ from fastapi import FastAPI, File, Query, UploadFile
 from fastapi.responses import Response
 from PIL import Image
 
-from cnnlab.data.align import DetectorMissing, NoFace
+from cnnlab.data.align import centre_crop_advice
 from cnnlab.data.images import BadImage, decode_rgb
 from cnnlab.errors import CnnlabError, param
 from cnnlab.inference.faces import FaceVerifier
@@ -184,17 +184,12 @@ def png_data_url(image: torch.Tensor) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-@contextlib.contextmanager
 def _centre_crop_advice():
     """A face that is not found, or a detector that is not installed, advised as a client (or whoever
     runs the service) can act on it: the client chooses the photo; the operator chooses --align."""
-    try:
-        yield
-    except NoFace as e:
-        raise e.advising("send a photo in which the face is visible (this service looks for the face in each "
-                         "image; started with --align center it would take the centre crop instead)") from None
-    except DetectorMissing as e:
-        raise e.advising("or start the service with --align center to take the centre crop instead") from None
+    return centre_crop_advice("send a photo in which the face is visible (this service looks for the face in each "
+                              "image; started with --align center it would take the centre crop instead)",
+                              "or start the service with --align center to take the centre crop instead")
 
 
 class FaceService(Service):
