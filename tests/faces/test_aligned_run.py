@@ -80,7 +80,7 @@ def test_an_input_without_a_face_is_exit_2_naming_it(aligned_run, face, tmp_path
                  "--align", "center"]) == 0
 
 
-def test_several_faces_the_largest_with_a_warning_naming_the_file(aligned_run, face, tmp_path, caplog):
+def test_several_faces_the_sharp_larger_one_with_a_warning_naming_the_file(aligned_run, face, tmp_path, caplog):
     two = tmp_path / "two.jpg"
     canvas = Image.new("RGB", (520, 300), (20, 120, 60))
     canvas.paste(face, (10, 20))
@@ -89,7 +89,7 @@ def test_several_faces_the_largest_with_a_warning_naming_the_file(aligned_run, f
     fv = FaceVerifier.from_run(aligned_run, device="cpu")
     with caplog.at_level(logging.WARNING):
         prepared = fv.prepare([two])
-    assert f"{two}: 2 faces found; using the largest" in caplog.text
+    assert f"{two}: 2 faces found; using the one the photo is of" in caplog.text
     assert prepared[0].faces == 2 and prepared[0].face.box[0] < 200
 
 

@@ -31,6 +31,14 @@ Three choices of ``--align``:
 
 A folder written by ``cnnlab faces align`` (it holds :data:`ALIGNED_MARKER`)
 is aligned already: its images are only resized, whatever ``--align`` says.
+
+A photo may hold several faces: the subject, and a poster, a screen or a
+person nearer the camera, often larger and out of focus. :func:`ranked`
+orders them the way a user means the photo: by the detector's confidence,
+the face's sharpness and its size together (:func:`quality`), so a sharp
+subject wins over a larger blurred face, and a large sharp face over a small
+one in the background. Training folders keep the first face of each image;
+``verify`` compares up to :data:`MAX_COMPARED` faces of each of its two images.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ import logging
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -74,6 +82,12 @@ downscaled, so one image costs a bounded amount of memory and time whatever its 
 picture takes MTCNN about half a second on the 2-core AMD EPYC of the README's timings). In a 4000-pixel
 phone photo, faces from about 63 pixels across (``MIN_FACE`` in the downscaled copy) are still found."""
 _PAD = 0.35  # the border, as a fraction of the side, a tight crop is looked at again inside
+SHARPNESS_SIDE = 64
+"""The side, in pixels, of the aligned face whose fine detail :func:`sharpness` measures: every face at the same
+scale, so a large face is not sharper for being large, nor a small one for being small."""
+MAX_COMPARED = 5
+"""The most faces of one image that :func:`prepare_each` makes ready (the first :data:`MAX_COMPARED` of
+:func:`ranked`): what ``verify`` compares, and what bounds its cost on a crowd."""
 
 PROGRESS_SECONDS = 30.0
 """How often work over many images (decoding, finding faces) logs how far it is when no progress bar is drawn:
@@ -133,6 +147,8 @@ class Face:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1
     landmarks: np.ndarray  # (5, 2) x, y in the order of TEMPLATE_112
     score: float
+    sharpness: float | None = None  # see sharpness(); set by ranked() when an image holds several faces
+    quality: float | None = None  # see quality(); likewise
 
     @property
     def area(self) -> float:
@@ -140,9 +156,12 @@ class Face:
         return max(0.0, x1 - x0) * max(0.0, y1 - y0)
 
     def to_dict(self) -> dict:
-        return {"box": [round(float(v), 1) for v in self.box],
-                "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
-                "score": round(float(self.score), 4)}
+        d = {"box": [round(float(v), 1) for v in self.box],
+             "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
+             "score": round(float(self.score), 4)}
+        if self.quality is not None:
+            d["sharpness"], d["quality"] = round(float(self.sharpness), 4), round(float(self.quality), 4)
+        return d
 
 
 # --------------------------------------------------------------------------- detection
@@ -406,6 +425,74 @@ def check_align(align: str, what: str = param("align")) -> str:
     return align
 
 
+# --------------------------------------------------------------------------- which face a photo is of
+
+
+def sharpness(img: Image.Image, face: Face) -> float:
+    """How much fine detail ``face`` of ``img`` holds: the variance of the Laplacian of the face aligned at
+    :data:`SHARPNESS_SIDE` pixels, over the variance of its grey levels (so contrast and lighting cancel out).
+
+    Measured on the face itself, inside the template's eyes-to-chin box, not on
+    the background around it. An out-of-focus face scores a fraction of a sharp
+    one; 0 for landmarks that do not define a face.
+    """
+    import cv2
+
+    try:
+        a = np.asarray(align(img, face.landmarks, SHARPNESS_SIDE).convert("L"), dtype=np.float64)
+    except DataError:  # degenerate landmarks
+        return 0.0
+    lap = cv2.Laplacian(a, cv2.CV_64F, ksize=3)
+    k = SHARPNESS_SIDE / 112.0  # the face in the 112-pixel template: x 25..87, y 25..105
+    inner = (slice(int(25 * k), int(105 * k)), slice(int(25 * k), int(87 * k)))
+    return float(lap[inner].var() / (a[inner].var() + 1.0))
+
+
+def quality(faces: list[Face], sharp: list[float]) -> list[float]:
+    """How likely each of ``faces`` (of one image, with their :func:`sharpness`) is the face the photo is of.
+
+    The product of the detector's confidence, the sharpness relative to the
+    sharpest face and the square root of the side relative to the largest: a
+    face half as wide as another but sharp beats it once the other has less
+    than 0.7 of its sharpness, as a blurred poster or a face out of focus has.
+    """
+    top_sharp = max(max(sharp), 1e-12)
+    top_side = max(max(np.sqrt(f.area) for f in faces), 1e-12)
+    return [float(f.score) * (s / top_sharp) * float(np.sqrt(np.sqrt(f.area) / top_side))
+            for f, s in zip(faces, sharp)]
+
+
+def ranked(img: Image.Image, faces: list[Face]) -> list[Face]:
+    """``faces`` of ``img``, the face the photo is of first (:func:`quality`), each with its sharpness and
+    quality; one face (or none) as it is."""
+    if len(faces) <= 1:
+        return list(faces)
+    sharp = [sharpness(img, f) for f in faces]
+    scored = [replace(f, sharpness=s, quality=q) for f, s, q in zip(faces, sharp, quality(faces, sharp))]
+    return sorted(scored, key=lambda f: f.quality, reverse=True)
+
+
+def prepare_each(img: Image.Image, size: int, crop: float, mode: str, name: str = "image",
+                 aligned_folder: bool = False, det: FaceDetector | None = None,
+                 limit: int = MAX_COMPARED) -> list[Prepared]:
+    """:func:`prepare` for each of the first ``limit`` faces of ``img`` in :func:`ranked` order (one
+    :class:`Prepared` when nothing is detected: the centre crop or an aligned folder's image)."""
+    check_align(mode)
+    problem = aspect_problem(*img.size)
+    if problem:
+        raise BadImage(name, problem)
+    if aligned_folder:
+        return [Prepared(resize_exact(img, size), "as-is")]
+    if mode == "center":
+        return [Prepared(center_crop_resize(img, size, crop), "center")]
+    faces = ranked(img, (det or detector()).find(img))
+    if not faces:
+        if mode == "detect":
+            raise NoFace(name)
+        return [Prepared(center_crop_resize(img, size, crop), "center")]
+    return [Prepared(align(img, f.landmarks, size), "aligned", f, len(faces)) for f in faces[:max(1, limit)]]
+
+
 def prepare(img: Image.Image, size: int, crop: float, mode: str, name: str = "image",
             aligned_folder: bool = False, det: FaceDetector | None = None) -> Prepared:
     """``img`` (upright RGB) as the network sees it: aligned, centre-cropped or resized, ``size`` x ``size``.
@@ -414,26 +501,14 @@ def prepare(img: Image.Image, size: int, crop: float, mode: str, name: str = "im
     one, :func:`detector`, unless given).
 
     ``detect`` raises :class:`NoFace` naming ``name`` when no face is found;
-    ``auto`` then falls back to the centre crop. Several faces: the largest is
-    used and :attr:`Prepared.faces` says how many there were. An image longer
-    than :data:`~cnnlab.data.images.MAX_ASPECT` times its width (or the other
-    way round) is a :class:`~cnnlab.data.images.BadImage` naming ``name``,
-    as it is when a file is decoded.
+    ``auto`` then falls back to the centre crop. Several faces: the first of
+    :func:`ranked` (confidence, sharpness and size together) is used and
+    :attr:`Prepared.faces` says how many there were. An image longer than
+    :data:`~cnnlab.data.images.MAX_ASPECT` times its width (or the other way
+    round) is a :class:`~cnnlab.data.images.BadImage` naming ``name``, as it
+    is when a file is decoded.
     """
-    check_align(mode)
-    problem = aspect_problem(*img.size)
-    if problem:
-        raise BadImage(name, problem)
-    if aligned_folder:
-        return Prepared(resize_exact(img, size), "as-is")
-    if mode == "center":
-        return Prepared(center_crop_resize(img, size, crop), "center")
-    faces = (det or detector()).find(img)
-    if not faces:
-        if mode == "detect":
-            raise NoFace(name)
-        return Prepared(center_crop_resize(img, size, crop), "center")
-    return Prepared(align(img, faces[0].landmarks, size), "aligned", faces[0], len(faces))
+    return prepare_each(img, size, crop, mode, name, aligned_folder, det, limit=1)[0]
 
 
 def is_aligned_folder(root: str | Path) -> bool:
@@ -441,6 +516,7 @@ def is_aligned_folder(root: str | Path) -> bool:
     return (Path(root) / ALIGNED_MARKER).is_file()
 
 
-__all__ = ["ALIGN_CHOICES", "ALIGNED_MARKER", "DETECT_SIDE", "DetectorMissing", "Face", "FaceDetector", "NoFace",
-           "Prepared", "PROGRESS_SECONDS", "TEMPLATE_112", "align", "centre_crop_advice", "check_align", "detector", "duration",
-           "is_aligned_folder", "prepare", "progress", "similarity", "template"]
+__all__ = ["ALIGN_CHOICES", "ALIGNED_MARKER", "DETECT_SIDE", "DetectorMissing", "Face", "FaceDetector",
+           "MAX_COMPARED", "NoFace", "Prepared", "PROGRESS_SECONDS", "SHARPNESS_SIDE", "TEMPLATE_112", "align",
+           "centre_crop_advice", "check_align", "detector", "duration", "is_aligned_folder", "prepare",
+           "prepare_each", "progress", "quality", "ranked", "sharpness", "similarity", "template"]

@@ -49,7 +49,9 @@ while at 0.7 and above the shoulders and background take a third of the
 picture and the face gets fewer of the 112 pixels.
 """
 
-_CACHE_VERSION = 2  # 2: images are decoded upright (EXIF orientation applied); older caches hold them as stored
+_CACHE_VERSION = 3
+# 2: images are decoded upright (EXIF orientation applied); older caches hold them as stored.
+# 3: of several faces, the one the photo is of (confidence, sharpness and size) is kept, not the largest.
 _IGNORED_DIRS = {"__MACOSX"}  # left behind by zip archives made on macOS
 _SHOWN = 5  # file names a log line lists before "and N more"
 
@@ -442,7 +444,8 @@ def _log_alignment(a: dict, root: Path) -> None:
         logger.warning("skipped %d image(s) in which no face was found (--align detect): %s%s",
                        a["no_face"], shown, " ..." if a["no_face"] > _SHOWN else "")
     if a.get("several"):
-        logger.info("%d image(s) hold several faces; the largest of each was used", a["several"])
+        logger.info("%d image(s) hold several faces; of each, the one the photo is of (by the detector's "
+                    "confidence, sharpness and size together) was used", a["several"])
 
 
 # --------------------------------------------------------------------------- splits

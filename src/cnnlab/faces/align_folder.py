@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cnnlab import __version__
-from cnnlab.data.align import ALIGNED_MARKER, DETECTOR, NoFace, detector, progress, template
+from cnnlab.data.align import ALIGNED_MARKER, DETECTOR, NoFace, detector, progress, ranked, template
 from cnnlab.data.align import align as warp
 from cnnlab.data.faces import find_people_root, list_faces
 from cnnlab.data.images import BadImage, decode_rgb
@@ -85,7 +85,7 @@ def align_folder(src: str | os.PathLike, dst: str | os.PathLike, size: int = 112
             return
         try:
             img = decode_rgb(path)
-            faces = det.find(img)
+            faces = ranked(img, det.find(img))  # the face the photo is of first
             if not faces:
                 raise NoFace(path)
             _save(warp(img, faces[0].landmarks, size), out)
@@ -126,4 +126,5 @@ def _log(r: dict, dst: Path) -> None:
             more = f" and {len(r[key]) - _SHOWN} more" if len(r[key]) > _SHOWN else ""
             logger.warning("skipped %d image(s), %s: %s%s", len(r[key]), what, ", ".join(r[key][:_SHOWN]), more)
     if r["several_faces"]:
-        logger.info("%d image(s) hold several faces; the largest of each was aligned", len(r["several_faces"]))
+        logger.info("%d image(s) hold several faces; of each, the one the photo is of (by the detector's confidence, "
+                    "sharpness and size) was aligned", len(r["several_faces"]))

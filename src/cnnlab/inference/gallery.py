@@ -22,7 +22,7 @@ from cnnlab.losses import LpDistance
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: the gallery's faces are found as the run's align mode says
+CACHE_VERSION = 3  # 2: the gallery's faces are found as the run's align mode says; 3: and chosen as data.align.ranked
 
 
 @dataclass(frozen=True, eq=False)
