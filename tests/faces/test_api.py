@@ -90,7 +90,7 @@ def test_verify_and_identify_give_what_their_commands_print_as_json(verifier, fi
     _as_printed(verifier.verify(a, b), json.loads(capsys.readouterr().out))
     assert main(["faces", "identify", str(finished_run), str(a), "--gallery", str(faces), "-k", "3", "--json",
                  "--device", "cpu"]) == 0
-    _as_printed(verifier.identify(a, faces, k=3), json.loads(capsys.readouterr().out))
+    _as_printed(verifier.identify_faces(a, faces, k=3), json.loads(capsys.readouterr().out))
 
 
 def test_identify_finds_the_probes_own_person(verifier, finished_run):

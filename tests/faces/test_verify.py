@@ -25,7 +25,7 @@ def test_verify_json_on_two_images(finished_run, capsys):
     b = _faces(finished_run) / "Person_B" / "Person_B_0002.jpg"
     assert main(["faces", "verify", str(finished_run), str(a), str(b), "--json", "--device", "cpu"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert set(r) == {"distance", "threshold", "same_person", "faces"}
+    assert set(r) == {"distance", "threshold", "same_person", "faces", "compared"}
     assert r["faces"] == [None, None]  # the run centre-crops: no face was detected
     summary = json.loads((finished_run / "summary.json").read_text())
     assert r["threshold"] == summary["threshold"]
@@ -85,7 +85,8 @@ def test_identify_lists_the_nearest_people_and_caches_the_gallery(finished_run, 
                  "-k", "2", "--json"]) == 0
     assert calls == [1]
     out = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in out] == [r["name"] for r in rows[:2]]
+    assert len(out) == 1 and out[0]["face"] is None  # one answer, for the one (centre-cropped) face
+    assert [r["name"] for r in out[0]["matches"]] == [r["name"] for r in rows[:2]]
 
 
 def test_identify_refuses_a_bad_k(finished_run, capsys):

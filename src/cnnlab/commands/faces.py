@@ -150,10 +150,22 @@ def _verify(args: argparse.Namespace) -> int:
         r = fv.verify(args.image_a, args.image_b)
     if args.json:
         print(dumps_json(r))
-    else:
-        verdict = "same person" if r["same_person"] else "different people"
-        print(f"distance {r['distance']:.4f}  threshold {r['threshold']:.4f}  {verdict}")
+        return 0
+    verdict = "same person" if r["same_person"] else "different people"
+    print(f"distance {r['distance']:.4f}  threshold {r['threshold']:.4f}  {verdict}")
+    counts = [len(c) for c in r["compared"]]
+    if max(counts) > 1:  # say which faces the answer is for
+        for name, face, n in zip((args.image_a, args.image_b), r["faces"], counts):
+            print(f"  {shown_path(name)}: {n} face(s) compared; the closest pair's is at {_box(face)}")
     return 0
+
+
+def _box(face: dict | None) -> str:
+    """A face's box as a reader wants it: x0,y0 - x1,y1 in whole pixels (or that there is none)."""
+    if face is None:
+        return "the centre crop"
+    x0, y0, x1, y1 = (round(v) for v in face["box"])
+    return f"({x0}, {y0}) - ({x1}, {y1})"
 
 
 def _align(args: argparse.Namespace) -> int:
@@ -180,15 +192,19 @@ def _identify(args: argparse.Namespace) -> int:
     fv = FaceVerifier.from_run(args.run_dir, device=args.device, align=args.align,
                                allow_unfinished=args.allow_unfinished)
     with _centre_crop_advice():
-        rows = fv.identify(args.probe, args.gallery, k=args.k)
+        each = fv.identify_faces(args.probe, args.gallery, k=args.k)
     if args.json:
-        print(dumps_json(rows))
+        print(dumps_json(each))
         return 0
-    width = max(len(r["name"]) for r in rows)
-    print(f"{'rank':>4}  {'name':<{width}}  {'distance':>8}  match  nearest image")
-    for r in rows:
-        print(f"{r['rank']:>4}  {r['name']:<{width}}  {r['distance']:>8.4f}  {'yes' if r['same_person'] else 'no':<5}  "
-              f"{r['image']}")
+    for n, answer in enumerate(each, 1):
+        if len(each) > 1:
+            print(f"face {n} of {len(each)}, at {_box(answer['face'])}" + (" (the one the photo is of)" if n == 1 else ""))
+        rows = answer["matches"]
+        width = max(len(r["name"]) for r in rows)
+        print(f"{'rank':>4}  {'name':<{width}}  {'distance':>8}  match  nearest image")
+        for r in rows:
+            print(f"{r['rank']:>4}  {r['name']:<{width}}  {r['distance']:>8.4f}  "
+                  f"{'yes' if r['same_person'] else 'no':<5}  {r['image']}")
     return 0
 
 
@@ -362,13 +378,17 @@ def _add_use_commands(fsub: argparse._SubParsersAction) -> None:
         fsub, "verify", _verify, help="are two face images the same person?",
         description="Print the distance of two images' embeddings, the run's threshold (chosen on its validation "
                     "pairs) and the verdict. Each image's face is found as in training (--align of the run); an "
-                    "image without a face is an error naming it, one with several uses the largest, with a warning.",
+                    "image without a face is an error naming it. Where an image holds several faces (a warning "
+                    "says so), up to 5 of each are compared, the one the photo is of first (by the detector's "
+                    "confidence, sharpness and size), and the answer is for the closest pair: is the person of "
+                    "one photo in the other. The faces of that pair and every face compared are printed.",
         examples=["cnnlab faces verify runs/view1 a.jpg b.jpg --json"],
         args=[_FINISHED_RUN,
               arg("image_a", metavar="A", help="first image file"),
               arg("image_b", metavar="B", help="second image file"),
               arg("--json", action="store_true",
-                  help='print {"distance": .., "threshold": .., "same_person": true|false, "faces": [..]}'),
+                  help='print {"distance": .., "threshold": .., "same_person": true|false, "faces": [the '
+                       'pair\'s box, landmarks, score], "compared": [[every face of A], [every face of B]]}'),
               _ALIGN,
               DEVICE,
               ALLOW_UNFINISHED])
@@ -376,13 +396,17 @@ def _add_use_commands(fsub: argparse._SubParsersAction) -> None:
     add_command(
         fsub, "identify", _identify, help="the nearest people to a face in a gallery",
         description="Embed the gallery (one sub-folder per person; cached per run and gallery) and list the k "
-                    "people nearest to the probe image, each with their nearest image.",
+                    "people nearest to the face in the probe image, each with their nearest image. A probe with "
+                    "several faces gets a list for each (up to 5), the one the photo is of first (by the "
+                    "detector's confidence, sharpness and size).",
         examples=["cnnlab faces identify runs/view1 probe.jpg --gallery data/office -k 5"],
         args=[_FINISHED_RUN,
               arg("probe", metavar="PROBE", help="image file of the face to identify"),
               arg("--gallery", required=True, metavar="DIR", help="folder with one sub-folder per person"),
               arg("-k", type=int, default=10, help="people to list (default: 10)"),
-              arg("--json", action="store_true", help="print a JSON list"),
+              arg("--json", action="store_true",
+                  help='print [{"face": {box, landmarks, score} or null, "matches": [{"rank", "name", "distance", '
+                       '"same_person", "image"}, ..]}, ..]: one entry per face of the probe'),
               _ALIGN,
               DEVICE,
               ALLOW_UNFINISHED])

@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 import torch
 
-from cnnlab.data.align import Prepared, centre_crop_advice
+from cnnlab.data.align import MAX_COMPARED, Prepared, centre_crop_advice
 from cnnlab.errors import CnnlabError, param
 from cnnlab.inference.gallery import Gallery
-from cnnlab.inference.images import face_dict, prepare_faces, stack
+from cnnlab.inference.images import face_candidates, face_dict, prepare_faces, stack
 from cnnlab.inference.runs import FaceRun, open_face_run
 from cnnlab.losses import LpDistance
 
@@ -40,6 +40,14 @@ def pair_verdict(e: torch.Tensor, threshold: float) -> dict:
     """``{"distance", "threshold", "same_person"}`` of two embeddings ``e`` (2, D)."""
     distance = float(LpDistance().paired(e[:1], e[1:])[0])
     return {"distance": distance, "threshold": threshold, "same_person": distance <= threshold}
+
+
+def closest_pair(ea: torch.Tensor, eb: torch.Tensor) -> tuple[int, int]:
+    """The rows (i, j) of the nearest pair between the embeddings ``ea`` (M, D) and ``eb`` (N, D); a NaN
+    distance wins, so that a network that gives NaN is never answered for by a finite pair."""
+    d = LpDistance().pairwise(ea, eb)  # (M, N)
+    k = int(torch.argmax(d.isnan().flatten().to(torch.uint8))) if bool(d.isnan().any()) else int(torch.argmin(d))
+    return divmod(k, d.shape[1])
 
 
 class FaceVerifier:
@@ -91,6 +99,12 @@ class FaceVerifier:
         with _centre_crop_advice():
             return prepare_faces(images, self.cfg, self.align)
 
+    def candidates(self, images, limit: int = MAX_COMPARED) -> list[list[Prepared]]:
+        """For each image, its faces made ready for the network (as :meth:`prepare` gives one), the one the
+        photo is of first, at most ``limit``: what :meth:`verify` compares and :meth:`identify_faces` answers for."""
+        with _centre_crop_advice():
+            return face_candidates(images, self.cfg, self.align, limit)
+
     def preprocess(self, images) -> torch.Tensor:
         """uint8 (N, 3, S, S): each image decoded, its face aligned (or centre-cropped) and resized as in training."""
         return stack(self.prepare(images))
@@ -100,15 +114,23 @@ class FaceVerifier:
         return self.network(self.preprocess(images))
 
     def verify(self, a, b) -> dict:
-        """``{"distance", "threshold", "same_person", "faces"}`` for two face images.
+        """``{"distance", "threshold", "same_person", "faces", "compared"}`` for two face images.
 
-        ``faces``: for each image the face used, ``{"box": [x0, y0, x1, y1],
-        "landmarks": [[x, y] x 5], "score"}`` in its pixels, or None when the
-        run centre-crops.
+        Where an image holds several faces, up to
+        :data:`~cnnlab.data.align.MAX_COMPARED` of each (the one the photo is
+        of first) are compared and the answer is for the closest pair: is the
+        person of one photo in the other. ``faces``: for each image the face
+        of that pair, ``{"box": [x0, y0, x1, y1], "landmarks": [[x, y] x 5],
+        "score"}`` in its pixels (with ``sharpness`` and ``quality`` where the
+        image held several), or None when the run centre-crops. ``compared``:
+        for each image, every face compared, in that order.
         """
-        prepared = self.prepare([a, b])
-        return {**pair_verdict(self.network(stack(prepared)), self.threshold),
-                "faces": [face_dict(p) for p in prepared]}
+        ca, cb = self.candidates([a, b])
+        e = self.network(stack(ca + cb))
+        i, j = closest_pair(e[:len(ca)], e[len(ca):])
+        return {**pair_verdict(torch.stack([e[i], e[len(ca) + j]]), self.threshold),
+                "faces": [face_dict(ca[i]), face_dict(cb[j])],
+                "compared": [[face_dict(p) for p in ca], [face_dict(p) for p in cb]]}
 
     def gallery(self, folder: str | os.PathLike) -> Gallery:
         """The people of ``folder`` (one sub-folder each) embedded by this run, cached per run and gallery."""
@@ -116,13 +138,23 @@ class FaceVerifier:
             return Gallery.embedded(self.opened, folder)
 
     def identify(self, probe, gallery: str | os.PathLike | Gallery, k: int = 10) -> list[dict]:
-        """The ``k`` people of ``gallery`` nearest to ``probe``, nearest first.
+        """The ``k`` people of ``gallery`` nearest to the face ``probe`` is of, nearest first (:meth:`identify_faces`
+        answers for each face of a photo).
 
         ``gallery``: a folder (one sub-folder per person; see :meth:`gallery`)
         or a :class:`Gallery` it gave. Each entry: ``rank``, ``name``,
         ``distance`` (to the person's nearest image), ``image`` (that image,
         relative to the gallery) and ``same_person``.
         """
+        return self.identify_faces(probe, gallery, k, limit=1)[0]["matches"]
+
+    def identify_faces(self, probe, gallery: str | os.PathLike | Gallery, k: int = 10,
+                       limit: int = MAX_COMPARED) -> list[dict]:
+        """:meth:`identify` for each face of ``probe`` (at most ``limit``, the one the photo is of first):
+        ``[{"face": {"box", "landmarks", "score", ...} or None, "matches": [...]}, ...]``."""
         check_k(k)
         g = gallery if isinstance(gallery, Gallery) else self.gallery(gallery)
-        return g.search(self.embed(probe), k, self.threshold)
+        (each,) = self.candidates([probe], limit)
+        e = self.network(stack(each))
+        return [{"face": face_dict(p), "matches": g.search(e[i:i + 1], k, self.threshold)}
+                for i, p in enumerate(each)]

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from cnnlab.config import FaceTrainConfig
-from cnnlab.data.align import NoFace, Prepared, prepare
+from cnnlab.data.align import MAX_COMPARED, NoFace, Prepared, prepare_each
 from cnnlab.data.cifar10 import IMAGE_SIZE
 from cnnlab.data.images import check_size, decode_rgb, resize_exact, to_rgb, upright
 from cnnlab.errors import DataError
@@ -88,39 +88,44 @@ def stack(prepared: Sequence[Prepared]) -> torch.Tensor:
 # --------------------------------------------------------------------------- faces
 
 
-def prepare_face(img: Image.Image, name: str, cfg: FaceTrainConfig, align: str) -> Prepared:
-    """One input image (upright RGB PIL) as the network of the face run ``cfg`` sees it.
+def _candidates(img: Image.Image, name: str, cfg: FaceTrainConfig, align: str, limit: int) -> list[Prepared]:
+    """The faces of one input image (upright RGB PIL) as the network of the face run ``cfg`` sees them, the
+    one the photo is of first (:func:`cnnlab.data.align.ranked`), at most ``limit`` of them.
 
     With ``auto`` or ``detect``, an image without a face is a :class:`NoFace`
-    naming ``name``; several faces: the largest, with a warning naming ``name``.
+    naming ``name``; several faces are logged, naming ``name``.
     """
     try:  # auto's fallback is for the images of a folder; a single input must hold a face
-        p = prepare(img, cfg.image_size, cfg.crop, "detect" if align == "auto" else align, name)
+        each = prepare_each(img, cfg.image_size, cfg.crop, "detect" if align == "auto" else align, name,
+                            limit=limit)
     except NoFace:
         raise NoFace(name, "use a photo in which the face is visible, or take the centre crop of the image "
                            "instead of looking for a face") from None
-    if p.faces > 1:
-        logger.warning("%s: %d faces found; using the largest", name, p.faces)
-    return p
+    if each[0].faces > 1:
+        logger.warning("%s: %d faces found; %s", name, each[0].faces,
+                    "using the one the photo is of (by confidence, sharpness and size)" if limit == 1
+                    else f"comparing the first {len(each)} (by confidence, sharpness and size)")
+    return each
 
 
-def load_face(path: str | os.PathLike, cfg: FaceTrainConfig, align: str | None = None) -> Prepared:
-    """One image file decoded and its face made ready (see :func:`prepare_face`); ``align``: the run's align
-    mode unless given."""
-    path = Path(path)
-    problem = not_a_regular_file(path)
-    if problem:
-        raise DataError(f"image {path} {problem}")
-    return prepare_face(decode_rgb(path), str(path), cfg, align or cfg.align)
+def face_candidates(images, cfg: FaceTrainConfig, align: str | None = None,
+                    limit: int = MAX_COMPARED) -> list[list[Prepared]]:
+    """For each of ``images`` (one or a list: paths, PIL images, arrays), its faces made ready for the network
+    of the face run ``cfg``, the one the photo is of first, at most ``limit``; ``align``: the run's align mode
+    unless given. A centre-cropping run gives one (the centre crop) per image."""
+    align = align or cfg.align
+    return [_candidates(as_rgb(im, image_name(im, i)), image_name(im, i), cfg, align, limit)
+            for i, im in enumerate(as_batch(images))]
 
 
 def prepare_faces(images, cfg: FaceTrainConfig, align: str | None = None) -> list[Prepared]:
-    """Each of ``images`` (one or a list: paths, PIL images, arrays) decoded and its face made ready (see
-    :func:`prepare_face`); ``align``: the run's align mode unless given."""
-    align = align or cfg.align
-    return [load_face(im, cfg, align) if isinstance(im, (str, os.PathLike))
-            else prepare_face(as_rgb(im, image_name(im, i)), image_name(im, i), cfg, align)
-            for i, im in enumerate(as_batch(images))]
+    """Each of ``images`` decoded and the face it is of made ready (see :func:`face_candidates`)."""
+    return [each[0] for each in face_candidates(images, cfg, align, limit=1)]
+
+
+def load_face(path: str | os.PathLike, cfg: FaceTrainConfig, align: str | None = None) -> Prepared:
+    """One image file decoded and the face it is of made ready; ``align``: the run's align mode unless given."""
+    return prepare_faces([Path(path)], cfg, align)[0]
 
 
 def face_dict(p: Prepared) -> dict | None:

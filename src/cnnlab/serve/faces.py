@@ -30,6 +30,7 @@ from cnnlab.data.align import centre_crop_advice
 from cnnlab.data.images import BadImage, decode_rgb
 from cnnlab.errors import CnnlabError, param
 from cnnlab.inference.faces import FaceVerifier
+from cnnlab.inference.images import stack
 from cnnlab.serve.service import Service, api_errors, finite
 from cnnlab.serve.batching import Batcher
 from cnnlab.serve.uploads import UploadError
@@ -227,10 +228,23 @@ class FaceService(Service):
                 r = self.fv.verify(*images)
         faces = r.get("faces") or [None, None]  # boxes and landmarks where the run detects faces
         out = {"distance": r["distance"], "threshold": r["threshold"], "same_person": bool(r["same_person"]),
-               "faces": faces}
+               "faces": faces, "compared": r.get("compared") or [[f] for f in faces]}
         if crops:
-            out["crops"] = [png_data_url(t) for t in self._crops(seen, images, ("a", "b"))]
+            out["crops"] = [png_data_url(t) for t in self._pair_crops(seen, images, out)]
         return finite(out)
+
+    def _pair_crops(self, seen: list[torch.Tensor], images: list, r: dict) -> torch.Tensor:
+        """The two crops of the pair ``r`` answers for, among every face compared (recorded on their way to the
+        network, in the order of ``r["compared"]``)."""
+        ca, cb = r["compared"]
+        if len(ca) == len(cb) == 1:
+            return self._crops(seen, images, ("a", "b"))
+        rows = torch.cat(seen) if seen else torch.empty(0)
+        if len(rows) != len(ca) + len(cb):  # not recorded: the pair made ready again
+            with api_errors(("a", "b")), _centre_crop_advice():
+                each = self.fv.candidates(images)
+            rows = stack(each[0] + each[1])
+        return rows[[ca.index(r["faces"][0]), len(ca) + cb.index(r["faces"][1])]]
 
     def _crops(self, seen: list[torch.Tensor], images: list, fields: tuple[str, ...]) -> torch.Tensor:
         """The crops the network saw: recorded on their way to it, else made again by the API's preprocess."""
@@ -246,10 +260,13 @@ class FaceService(Service):
         with self.batcher.expect():
             probe = self.read(image, "image")
             with self.network.recording() as seen, api_errors(("image",)), _centre_crop_advice():
-                rows = self.fv.identify(probe, self.gallery.embedded, k)  # the gallery embedded at start
-        for row in rows:
-            row["id"], row["thumbnail"] = self.gallery.url(row["image"])
-        out = {"threshold": self.fv.threshold, "k": k, "matches": rows}
+                each = self.fv.identify_faces(probe, self.gallery.embedded, k)  # the gallery embedded at start
+        for answer in each:
+            for row in answer["matches"]:
+                row["id"], row["thumbnail"] = self.gallery.url(row["image"])
+        # matches: for the face the photo is of (the first); faces: for each face found, that one included
+        out = {"threshold": self.fv.threshold, "k": k, "matches": each[0]["matches"], "face": each[0]["face"],
+               "faces": each}
         if crops:
             out["crop"] = png_data_url(self._crops(seen, [probe], ("image",))[0])
         return finite(out)

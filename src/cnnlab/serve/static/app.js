@@ -85,6 +85,10 @@ async function compare() {
     $("distance").textContent = `distance ${fmt(r.distance)} ${same ? "≤" : ">"} threshold ${fmt(r.threshold)}` +
       " (the bar is the distance, the mark the threshold the run chose on its validation pairs)";
     (r.faces || []).forEach((face, i) => drawBox(i ? "b" : "a", face));
+    // Several faces in a photo: the answer is for the closest pair, whose boxes are drawn.
+    const counts = (r.compared || []).map((c) => c.length);
+    $("compared").textContent = Math.max(0, ...counts) > 1
+      ? `Faces compared: ${counts[0]} in A, ${counts[1]} in B; the answer is for the closest pair (boxed).` : "";
     $("verify-result").hidden = false;
   } catch (e) {
     showError(e.message);
@@ -103,27 +107,41 @@ async function identify() {
   try {
     const r = await call(`/identify?k=${$("k").value}`, form);
     showError(null);
-    for (const m of r.matches) {
-      const li = document.createElement("li");
-      if (m.thumbnail) {
-        const img = document.createElement("img");
-        img.src = m.thumbnail;
-        img.alt = m.name;
-        li.append(img);
+    const faces = r.faces || [{ face: r.face, matches: r.matches }];
+    faces.forEach((answer, n) => {
+      if (faces.length > 1) {
+        const head = document.createElement("li");
+        head.className = "muted face-head";
+        head.textContent = `Face ${n + 1} of ${faces.length}` + (answer.face
+          ? ` at (${answer.face.box.map(Math.round).join(", ")})` : "") + (n ? "" : ", the one the photo is of");
+        list.append(head);
       }
-      const text = document.createElement("div");
-      const name = document.createElement("div");
-      name.textContent = `${m.rank}. ${m.name.replaceAll("_", " ")}`;
-      if (m.same_person) name.className = "same";
-      const d = document.createElement("div");
-      d.className = "muted";
-      d.textContent = `distance ${fmt(m.distance)}${m.same_person ? " (within the threshold)" : ""}`;
-      text.append(name, d);
-      li.append(text);
-      list.append(li);
-    }
+      showMatches(list, answer.matches);
+    });
   } catch (e) {
     showError(e.message);
+  }
+}
+
+function showMatches(list, matches) {
+  for (const m of matches) {
+    const li = document.createElement("li");
+    if (m.thumbnail) {
+      const img = document.createElement("img");
+      img.src = m.thumbnail;
+      img.alt = m.name;
+      li.append(img);
+    }
+    const text = document.createElement("div");
+    const name = document.createElement("div");
+    name.textContent = `${m.rank}. ${m.name.replaceAll("_", " ")}`;
+    if (m.same_person) name.className = "same";
+    const d = document.createElement("div");
+    d.className = "muted";
+    d.textContent = `distance ${fmt(m.distance)}${m.same_person ? " (within the threshold)" : ""}`;
+    text.append(name, d);
+    li.append(text);
+    list.append(li);
   }
 }
 
