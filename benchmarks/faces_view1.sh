@@ -18,6 +18,8 @@
 #   abl-*         the ablations, shorter: contrastive margin 1 and margin 2 for 1 epoch, triplet for
 #                 2 epochs (a triplet epoch shows each image once, a contrastive epoch twice: the
 #                 same number of images)
+#   cosface       CosFace (margin 0.35, scale 30), BN-neck head, flip TTA, 8 epochs (StepLR 6 + 2)
+#   arcface       ArcFace (margin 0.5, scale 30), the same otherwise
 #   compare       all of them side by side (compare/report.html)
 # With DIAGNOSTICS=1 also three 1-epoch runs behind the defaults' docstring (cnnlab.faces.train):
 # backbone at the head's learning rate, BatchNorm in train mode, and the original notebook's settings.
@@ -53,20 +55,22 @@ run triplet --loss triplet --miner batch-hard --margin 0.2 --epochs 8 --step-siz
 run abl-margin1 --epochs 1 --margin 1.0
 run abl-margin2 --epochs 1 --margin 2.0
 run abl-triplet --epochs 2 --loss triplet --miner batch-hard --margin 0.2
+run cosface --loss cosface --head bnneck --flip-tta --epochs 8 --step-size 6
+run arcface --loss arcface --head bnneck --flip-tta --epochs 8 --step-size 6
 if [[ "${DIAGNOSTICS:-0}" == 1 ]]; then
   run x-backbone-lr --epochs 1 --backbone-lr-mult 1.0
   run x-bn-train --epochs 1 --no-freeze-bn
   run x-notebook --epochs 1 --no-normalize-embeddings --backbone-lr-mult 1.0 --no-freeze-bn
 fi
 
-for r in imagenet contrastive triplet abl-margin1 abl-margin2 abl-triplet; do
+for r in imagenet contrastive triplet abl-margin1 abl-margin2 abl-triplet cosface arcface; do
   cnnlab faces analyze "$out/$r" --log-far
 done
-for r in contrastive triplet; do
+for r in contrastive triplet cosface arcface; do
   cnnlab faces evaluate "$out/$r" --pairs "$data/pairs.txt"
 done
 cnnlab faces compare "$out/imagenet" "$out/contrastive" "$out/triplet" "$out/abl-margin1" "$out/abl-margin2" \
-  "$out/abl-triplet" --out "$out/compare"
+  "$out/abl-triplet" "$out/cosface" "$out/arcface" --out "$out/compare"
 echo "load after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 python - "$out" <<'PY'
@@ -79,7 +83,7 @@ for run in sorted(p for p in out.iterdir() if (p / "summary.json").is_file()):
     ips = s.get("train_images_per_second") or 0
     print(f"{run.name:<14}" + "".join(f"{s.get(c) if s.get(c) is not None else float('nan'):>18.4f}" for c in cols)
           + f"{ips:>8.1f}")
-for name in ("contrastive", "triplet"):
+for name in ("contrastive", "triplet", "cosface", "arcface"):
     s = json.loads((out / name / "summary.json").read_text())
     print(f"{name}: View 2 (pairs.txt, 10 folds) {s['lfw_accuracy_mean']:.4f} ± {s['lfw_accuracy_std']:.4f}"
           f" ({s['lfw_pairs_with_training_people']} of {s['lfw_num_pairs']} pairs hold a training person)")

@@ -347,6 +347,43 @@ def test_photos_are_larger_cluttered_canvases_stored_upright_or_with_exif(photos
     assert np.array_equal(a, np.asarray(decode_rgb(tmp_path / "again" / files[0])))
 
 
+def test_distractor_photos_put_a_larger_blurred_face_of_another_person_behind_the_subject(photos, tmp_path):
+    from PIL import Image
+
+    from cnnlab.data.images import decode_rgb
+
+    root = tmp_path / "people"
+    rng = np.random.default_rng(0)
+    files = []
+    for name in ("Ann_Lee", "Bo_Chen"):
+        (root / name).mkdir(parents=True)
+        for k in (1, 2):
+            face = rng.integers(0, 256, (250, 250, 3), dtype=np.uint8)  # all fine detail, nothing flat
+            Image.fromarray(face).save(root / name / f"{name}_{k:04d}.png")
+            files.append(f"{name}/{name}_{k:04d}.png")
+    assert photos.make_photos(root, files, tmp_path / "d", distractors=True) == 4
+    for rel in files:
+        img = decode_rgb((tmp_path / "d" / rel).with_suffix(".jpg"))
+        assert 720 <= img.width <= 960 and img.height >= 0.6 * 720 - 1
+    # The same image among the same other people gives the same photo, distractor included.
+    a = np.asarray(decode_rgb(tmp_path / "d" / "Ann_Lee" / "Ann_Lee_0001.jpg"))
+    photos.make_photos(root, files[:1] + files[2:], tmp_path / "again", distractors=True)
+    assert np.array_equal(a, np.asarray(decode_rgb(tmp_path / "again" / "Ann_Lee" / "Ann_Lee_0001.jpg")))
+
+
+def test_the_largest_face_reference_chooses_by_size_and_puts_cnnlab_s_choice_back(photos):
+    from cnnlab.data import align
+
+    real = align.ranked
+    small, large = (align.Face((0.0, 0.0, s, s), np.zeros((5, 2), np.float32), 0.9) for s in (10.0, 50.0))
+    with photos.choosing("largest") as cache:
+        assert cache is not None and cache.is_dir()
+        assert align.ranked(None, [small, large]) == [large, small]
+    assert align.ranked is real
+    with photos.choosing("ranked") as cache:
+        assert cache is None and align.ranked is real
+
+
 # Every script under benchmarks/ says how long it takes, and those that could run long stop in time.
 
 _SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.*"))
