@@ -20,6 +20,17 @@ ACROSS_PATHS = 1e-4
 NEAR_ZERO_DISTANCE = 1e-3
 
 
+def _study_recipe() -> dict:
+    from cnnlab.recipes import load_recipe
+
+    return {**load_recipe("study").options, "recipe": "study"}
+
+
+STUDY = _study_recipe()
+"""The study recipe's training choices (exponential schedule, the study's augmentation, no label smoothing), for
+tests whose reference is that training: ``CifarTrainConfig(**{**STUDY, ...})``."""
+
+
 # Real-data samples live beside a checkout in some setups (../shared/datasets);
 # CNNLAB_DATASETS points elsewhere. Tests that use them skip when absent.
 _SHARED = Path(os.environ.get("CNNLAB_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))

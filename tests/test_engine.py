@@ -28,7 +28,7 @@ from cnnlab.metrics import pair_distances, roc_auc
 from cnnlab.models.basecnn import BaseCNN
 from cnnlab.models.siamese import set_train_mode, set_trainable
 from cnnlab.run import RunDir
-from tests.conftest import train_until, write_cifar_batches
+from tests.conftest import STUDY, train_until, write_cifar_batches
 from tests.faces.conftest import make_people, tiny_config
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cnnlab"
@@ -104,8 +104,9 @@ def test_cifar_metrics_are_those_of_a_plain_training_loop(blocks, tmp_path):
     """The engine (schedule per step, non-finite checks, checkpoints, batched validation) trains exactly what a
     plain loop trains."""
     data = write_cifar_batches(tmp_path / "c").parent
-    cfg = CifarTrainConfig(data_dir=str(data), blocks=blocks, width=0.125, batch_size=32, eval_batch_size=64,
-                           epochs=2, lr=0.02, device="cpu", precision="fp32", channels_last=False)
+    cfg = CifarTrainConfig(**{**STUDY, "data_dir": str(data), "blocks": blocks, "width": 0.125, "batch_size": 32,
+                              "eval_batch_size": 64, "epochs": 2, "lr": 0.02, "device": "cpu", "precision": "fp32",
+                              "channels_last": False})
     cifar_train(cfg, tmp_path / "run", progress=False)
     _assert_same_rows(RunDir(tmp_path / "run").read_metrics(), _plain_cifar_rows(cfg),
                       counts=("train_accuracy", "val_accuracy"))
@@ -185,8 +186,8 @@ def test_faces_metrics_are_those_of_a_plain_training_loop(loss, tmp_path):
 def test_a_checkpoint_of_the_epoch_scheduler_resumes_to_the_same_run(tmp_path, denormals_flushed):
     """cnnlab 0.1 saved an ExponentialLR (stepped per epoch) in last.pt; such a run still resumes exactly."""
     data = write_cifar_batches(tmp_path / "c").parent
-    cfg = CifarTrainConfig(data_dir=str(data), width=0.125, batch_size=32, eval_batch_size=64, epochs=3, lr=0.02,
-                           device="cpu", precision="fp32", channels_last=False)
+    cfg = CifarTrainConfig(**{**STUDY, "data_dir": str(data), "width": 0.125, "batch_size": 32, "eval_batch_size": 64,
+                              "epochs": 3, "lr": 0.02, "device": "cpu", "precision": "fp32", "channels_last": False})
     cifar_train(cfg, tmp_path / "full", progress=False)
     train_until(cifar_train, cfg, tmp_path / "part", epoch=1)
     last = tmp_path / "part" / "checkpoints" / "last.pt"

@@ -29,9 +29,12 @@ POOLINGS = ("intended", "original")
 AUGMENTS = ("study", "crop-flip", "none")
 SCHEDULES = ("exponential", "linear", "cosine", "onecycle")
 TTAS = ("none", "flip")
-DEFAULT_CIFAR_RECIPE = "study"
+DEFAULT_CIFAR_RECIPE = "fast"
 """The recipe ``cnnlab cifar train`` and ``compare`` start from when none is named (``--recipe``, or
-``recipe:`` in a ``--config`` file). The dataclass defaults below are the ``study`` recipe's values."""
+``recipe:`` in a ``--config`` file): the best one measured, by validation accuracy (README: *Recipes and time
+budgets*). The dataclass defaults below are its values."""
+DEFAULT_WARMUP = (2.0, 30)
+"""The default warm-up, the fast recipe's: 2 epochs of 30, and the same share of a run of fewer epochs."""
 MAX_LR = 10.0
 """The largest learning rate taken. The studies train at 0.05 (SGD) and 1e-3 (Adam); a rate above 10 is a
 typo (``1e3`` for ``1e-3``) that diverges at once, and above float32's range torch cannot even apply it."""
@@ -119,10 +122,11 @@ fields that say where its data is found."""
 # study's fields first and the runtime ones last.
 @dataclass
 class _CifarFields:
-    recipe: str | None = opt("study", "the preset the other options start from: a name (cnnlab cifar recipes "
-                                      "lists them) or a YAML file of options; --config and the options given "
+    recipe: str | None = opt(DEFAULT_CIFAR_RECIPE, "the preset the other options start from: a name (cnnlab cifar "
+                                                   "recipes lists them) or a YAML file of options; --config and the "
+                                                   "options given "
                                       f"override it (default: {DEFAULT_CIFAR_RECIPE}; the defaults shown below "
-                                      "are the study recipe's)", metavar="NAME")
+                                      "are the fast recipe's)", metavar="NAME")
     # model
     blocks: str = opt("A", "one variant: one of A, B, C, D, D-sep, E for all eight blocks, or eight names "
                            "written together or joined by '+', e.g. AABBCCDE (a comma separates variants, "
@@ -139,7 +143,7 @@ class _CifarFields:
                                           "on smaller sets)")
     max_train_samples: int | None = opt(None, "train on a seeded subset of this many images")
     skip_bad_images: bool = opt(False, "skip image files that cannot be decoded instead of stopping")
-    augment: str | bool = opt("study", "training augmentation: study (the study's color jitter, random affine "
+    augment: str | bool = opt("crop-flip", "training augmentation: study (the study's color jitter, random affine "
                                        "and horizontal flip), crop-flip (random 32x32 crop of the image padded "
                                        "by 4 reflected pixels, and horizontal flip) or none", choices=AUGMENTS)
     # optimisation
@@ -150,23 +154,24 @@ class _CifarFields:
                                                 "run ends at the schedule's floor when the budget is spent, or "
                                                 "after --epochs epochs if those end first (default: none, "
                                                 "--epochs alone)", metavar="DURATION")
-    batch_size: int = opt(128, "training batch size (per process)")
+    batch_size: int = opt(256, "training batch size (per process)")
     optimizer: str = opt("sgd", "sgd (Nesterov momentum), adamw or adam", choices=OPTIMIZERS)
-    lr: float = opt(0.05, "peak learning rate lr_0")
+    lr: float = opt(0.1, "peak learning rate lr_0")
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(5e-4, "L2 weight decay (not applied to BatchNorm and biases)")
-    schedule: str = opt("exponential", "learning-rate schedule after the warm-up: exponential (the study's "
+    schedule: str = opt("linear", "learning-rate schedule after the warm-up: exponential (the study's "
                                        "ExponentialLR, lr_t = lr_0 * gamma^t per epoch), linear or cosine "
                                        "(per step, to zero at the end), onecycle (OneCycleLR's shape: a cosine "
                                        "rise from lr_0/25 over the warm-up, then a cosine fall to about zero)",
                         choices=SCHEDULES)
     gamma: float = opt(0.85, "ExponentialLR decay per epoch: lr_t = lr_0 * gamma^t")
-    warmup_epochs: float = opt(1.0, "linear warm-up of the learning rate over the first steps "
-                                    "(in epochs; 0 = none)")
-    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss")
+    warmup_epochs: float | None = opt(None, "linear warm-up of the learning rate over the first steps (in "
+                                           "epochs; 0 = none; default: 2 epochs of 30, the same share of a "
+                                           "shorter run)")
+    label_smoothing: float = opt(0.1, "label smoothing of the cross-entropy loss")
     ema: float = opt(0.0, "decay of an exponential moving average of the weights, e.g. 0.999 (0 = off); when on, "
                           "validation, best.pt and the test use the averaged weights")
-    tta: str = opt("none", "test-time augmentation: flip also scores the test set as the mean of each image's "
+    tta: str = opt("flip", "test-time augmentation: flip also scores the test set as the mean of each image's "
                            "and its mirror image's logits (test_accuracy_tta, beside test_accuracy)",
                    choices=TTAS)
 
@@ -200,6 +205,8 @@ class CifarTrainConfig(RuntimeConfig, _CifarFields):
         _require(0 <= self.momentum < 1, "momentum", "a value in [0, 1)", self.momentum)
         _require(self.schedule in SCHEDULES, "schedule", ", ".join(SCHEDULES[:-1]) + " or " + SCHEDULES[-1],
                  self.schedule)
+        if self.warmup_epochs is None:  # the default: a share of the run, so that a short run can warm up too
+            self.warmup_epochs = DEFAULT_WARMUP[0] * min(1.0, self.epochs / DEFAULT_WARMUP[1])
         _require(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", f"a value in [0, {param('epochs')}]",
                  self.warmup_epochs)
         # A decay of 1 never moves the average from the initial weights.

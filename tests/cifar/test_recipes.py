@@ -39,10 +39,10 @@ def test_the_recipes_command_lists_each_recipe_on_one_line_and_prints_one(capsys
     assert "expected a recipe name (fast, original, study)" in capsys.readouterr().err
 
 
-def test_the_study_recipe_is_the_configs_defaults_and_every_recipe_sets_every_training_choice():
+def test_the_default_recipe_is_the_configs_defaults_and_every_recipe_sets_every_training_choice():
     defaults = to_dict(CifarTrainConfig())
-    study = load_recipe("study").options
-    assert study and all(defaults[k] == v for k, v in study.items())
+    default = load_recipe(DEFAULT_CIFAR_RECIPE).options
+    assert default and all(defaults[k] == v for k, v in default.items())
     keys = {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_epochs",
             "label_smoothing", "augment", "ema", "tta", "precision"}
     for name in recipe_names():  # a recipe does not depend on the defaults of the day
@@ -71,6 +71,15 @@ def test_a_run_starts_from_its_recipe_options_override_it_and_everything_records
     report = (out / "report.md").read_text()
     assert "| recipe | fast |" in report and "recipe fast: batch 32, sgd lr 0.03" in report
     assert "| test accuracy with flip TTA |" in report and "| pooling | intended" in report
+
+
+def test_a_short_run_warms_up_for_the_recipes_share_of_its_epochs(cifar_batches, tmp_path):
+    out = tmp_path / "run"
+    assert _train(cifar_batches, out) == 0  # 1 epoch of the fast recipe's 30, which warm up for 2
+    assert yaml.safe_load((out / "config.yaml").read_text())["warmup_epochs"] == pytest.approx(2 / 30)
+    assert CifarTrainConfig(epochs=3).warmup_epochs == pytest.approx(0.2)
+    assert CifarTrainConfig().warmup_epochs == 2.0 and CifarTrainConfig(epochs=60).warmup_epochs == 2.0
+    assert CifarTrainConfig(epochs=3, warmup_epochs=0.5).warmup_epochs == 0.5
 
 
 def test_without_a_recipe_a_run_records_the_default_one(cifar_batches, tmp_path):
@@ -188,9 +197,12 @@ BAD = {
     "time budget of nothing": _new_run("--time-budget", "0s", culprit="--time-budget: expected a positive duration"),
     "weight average that never moves": _new_run("--ema", "1", culprit="--ema: expected a decay in [0, 1) (0 = off), "
                                                                      "got 1.0"),
-    "recipe whose warm-up outlasts the epochs": _new_run("--recipe", "fast", culprit="recipe fast (fast.yaml): "
-                                                         "warmup_epochs: expected a value in [0, --epochs], got 2.0"),
-    "resume with another recipe": _resume_with("--recipe", "fast", culprit="cannot change --recipe"),
+    "warm-up that outlasts the epochs": _new_run("--warmup-epochs", "2", culprit="--warmup-epochs: expected a "
+                                                 "value in [0, --epochs], got 2.0"),
+    "recipe whose warm-up outlasts its epochs": _new_run("--recipe", "TMP/r.yaml", "--epochs", "3",
+                                                         files={"r.yaml": "epochs: 2\nwarmup_epochs: 4\n"},
+                                                         culprit="warmup_epochs: expected a value in [0, --epochs]"),
+    "resume with another recipe": _resume_with("--recipe", "study", culprit="cannot change --recipe"),
     "resume with a time budget": _resume_with("--time-budget", "5m", culprit="cannot change --time-budget"),
 }
 

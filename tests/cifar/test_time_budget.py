@@ -81,7 +81,8 @@ def test_the_rate_follows_the_spent_fraction_and_the_run_stops_on_time_at_its_fl
 
 def test_the_exponential_schedule_under_a_budget_ends_at_gamma_to_the_epochs(cifar_batches, tmp_path, fake_clock):
     out = tmp_path / "run"
-    train(_cfg(cifar_batches, epochs=4, gamma=0.5, warmup_epochs=0.0, time_budget=8.0), out, progress=False)
+    train(_cfg(cifar_batches, epochs=4, schedule="exponential", gamma=0.5, warmup_epochs=0.0, time_budget=8.0), out,
+          progress=False)
     # The budget stands for 4 epochs: 2 seconds each, the rate halving every 2 steps.
     assert fake_clock == pytest.approx([0.02, 0.02, 0.01, 0.01, 0.005, 0.005, 0.0025, 0.0025])
     last = load_checkpoint(out / "checkpoints" / "last.pt")

@@ -25,7 +25,7 @@ def _cfg(data_dir, **kw):
 def test_cli_run_writes_every_file(cifar_batches, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["cifar", "train", "--blocks", "B", "--width", "0.125", "--epochs", "2", "--batch-size", "32",
-               "--data-dir", str(cifar_batches), "--out", str(out)])
+               "--recipe", "study", "--data-dir", str(cifar_batches), "--out", str(out)])
     assert rc == 0
     run = RunDir(out)
     for f in ("config.yaml", "metrics.csv", "summary.json", "train.log", "checkpoints/best.pt", "checkpoints/last.pt"):
@@ -179,8 +179,9 @@ def test_real_sample_short_run(shared_datasets, tmp_path):
 
 def test_a_finished_run_extended_from_2_to_4_epochs_equals_a_4_epoch_run(cifar_batches, tmp_path, capsys):
     full, ext = tmp_path / "full", tmp_path / "ext"
-    train(_cfg(cifar_batches, epochs=4, warmup_epochs=1.5), full, progress=False)
-    train(_cfg(cifar_batches, epochs=2, warmup_epochs=1.5), ext, progress=False)
+    # The exponential schedule: its rate at an epoch does not depend on how many epochs follow it.
+    train(_cfg(cifar_batches, epochs=4, schedule="exponential", warmup_epochs=1.5), full, progress=False)
+    train(_cfg(cifar_batches, epochs=2, schedule="exponential", warmup_epochs=1.5), ext, progress=False)
     RunDir(ext).update_summary(confusion_matrix=[[1]], evaluated_epoch=1)  # as cifar evaluate leaves it
     assert main(["cifar", "train", "--resume", str(ext), "--epochs", "4"]) == 0
     a, b = RunDir(full).read_metrics(), RunDir(ext).read_metrics()
