@@ -77,7 +77,7 @@ def test_the_sharp_subject_comes_before_a_larger_blurred_face():
     subject, poster = _face(*SUBJECT[:3]), _face(*POSTER[:3])
     order = ranked(img, [poster, subject])  # largest first, as the detector lists them
     assert [f.box for f in order] == [subject.box, poster.box]
-    assert order[0].quality == pytest.approx(order[0].score * np.sqrt(0.5), rel=1e-6)  # sharpest, half as wide
+    assert order[0].quality == pytest.approx(order[0].score ** align.CONFIDENCE_POWER * np.sqrt(0.5), rel=1e-6)
     assert 0 < order[1].quality < order[0].quality and order[1].sharpness < order[0].sharpness
 
 
@@ -87,11 +87,14 @@ def test_when_both_are_in_focus_the_larger_comes_first():
     assert order[0].box[0] == 180
 
 
-def test_confidence_counts_as_much_as_sharpness():
-    faces = [_face(0, 0, 100, score=0.5), _face(200, 0, 100, score=0.9)]
+def test_a_face_the_detector_doubts_counts_for_little():
+    faces = [_face(0, 0, 100, score=0.95), _face(200, 0, 100, score=0.999)]
     q = quality(faces, [1.0, 1.0])
-    assert q == pytest.approx([0.5, 0.9])
-    assert quality(faces, [1.0, 0.25]) == pytest.approx([0.5, 0.225])
+    assert q == pytest.approx([0.95 ** 64, 0.999 ** 64]) and q[1] > 20 * q[0]
+    # a sharper, larger detection the detector doubts loses to a face it is sure of
+    doubted, sure = _face(0, 0, 160, score=0.95), _face(200, 0, 80, score=0.999)
+    assert quality([doubted, sure], [1.0, 0.5]) == pytest.approx([0.95 ** 64, 0.999 ** 64 * 0.5 * np.sqrt(0.5)])
+    assert quality([doubted, sure], [1.0, 0.5])[1] > quality([doubted, sure], [1.0, 0.5])[0]
 
 
 def test_one_face_is_left_as_it_is():
