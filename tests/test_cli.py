@@ -184,4 +184,4 @@ def test_search_help_groups_are_named_for_what_they_hold():
 def test_a_default_the_help_text_states_is_not_repeated():
     text = _commands()["cifar train"][0].format_help()
     assert "20% of each class on smaller sets) (default" not in text.replace("\n", " ").replace("  ", "")
-    assert text.count("(default: 0.05)") == 1  # --lr: the default appended once
+    assert text.count("(default: 0.85)") == 1  # --gamma: the default appended once
