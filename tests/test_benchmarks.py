@@ -497,3 +497,18 @@ def test_recipes_benchmark_refuses_a_bad_budget_before_training(cifar_batches, t
     with pytest.raises(ConfigError, match="expected a positive duration such as 90s, 20m or 1.5h"):
         recipes.main(["--toy", "--data-dir", str(cifar_batches), "--budgets", "1s,soon", "--out", str(tmp_path / "b")])
     assert not (tmp_path / "b").exists()
+
+
+# benchmarks/face_throughput.py: cnnlab's face pipeline against a per-image torchvision loop.
+
+
+def test_face_throughput_times_the_plain_loop_and_cnnlab_and_stops_starting_at_max_seconds(tmp_path):
+    bench = load_benchmark("face_throughput")
+    out = tmp_path / "t.json"
+    r = bench.main(["--toy", "--device", "cpu", "--batch-sizes", "16,32", "--json", str(out)])
+    assert [(row["path"].split(" (")[0], row["batch"]) for row in r["rows"]] == \
+        [("plain fp32", 64), ("cnnlab", 16), ("cnnlab", 32)]
+    assert all(row["images/s"] > 0 and row["first step s"] > 0 for row in r["rows"])
+    assert json.loads(out.read_text())["rows"][1]["precision"].split(" ")[0] in ("fp32", "bf16", "fp16")
+    short = bench.main(["--toy", "--device", "cpu", "--batch-sizes", "16,32", "--max-seconds", "1e-9"])
+    assert len(short["rows"]) == 1 and short["left_out"] == ["cnnlab batch 16", "cnnlab batch 32"]
