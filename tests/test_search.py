@@ -10,9 +10,9 @@ import yaml
 from optuna.trial import TrialState
 
 from cnnlab.commands.main import flag, main
-from cnnlab.config import FaceSearchConfig
+from cnnlab.config import FACE_DEFAULT_MARGIN, FACE_LOSSES, FaceSearchConfig
 from cnnlab.errors import ConfigError, Terminated
-from cnnlab.search import DEFAULT_SPACE, read_space, search
+from cnnlab.search import DEFAULT_SPACE, check_space, read_space, search
 
 from tests.faces.conftest import _fast_cpu, face_dir, tiny_config, tiny_options  # noqa: F401 (fixtures)
 
@@ -102,6 +102,32 @@ def test_the_default_space_holds_the_study_best():
     assert space["margin"]["low"] <= 1.0 <= space["margin"]["high"]
     assert space["step_size"]["low"] <= 10 <= space["step_size"]["high"]
     assert 0.1 in space["gamma"]["choices"] and 20 in space["epochs"]["choices"]
+
+
+@pytest.mark.parametrize("loss", FACE_LOSSES)
+def test_the_default_space_fits_the_loss_it_searches(face_dir, loss):
+    base = tiny_config(face_dir, loss=loss)
+    space = read_space(None, loss)
+    check_space(base, space, "the default space")  # every bound accepted by the training options
+    assert space["margin"]["low"] <= FACE_DEFAULT_MARGIN[loss] <= space["margin"]["high"]
+    assert ("scale" in space) == (loss in ("cosface", "arcface", "subcenter-arcface"))
+    if "scale" in space:
+        assert space["scale"]["low"] <= 30 <= space["scale"]["high"]
+    assert {k: v for k, v in space.items() if k not in ("margin", "scale")} == \
+        {k: v for k, v in DEFAULT_SPACE.items() if k != "margin"}
+
+
+def test_a_cosface_search_without_a_space_draws_cosine_margins_and_scales(face_dir, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="margin: the high 2.0 is refused"):  # why the space depends on the loss
+        check_space(tiny_config(face_dir, loss="cosface"), DEFAULT_SPACE, "the contrastive space")
+    monkeypatch.setitem(DEFAULT_SPACE, "epochs", {"type": "categorical", "choices": [1]})  # seconds, not hours
+    result = search(tiny_config(face_dir, loss="cosface"), FaceSearchConfig(trials=1), tmp_path / "s",
+                    progress=False)
+    assert result["complete"] == 1
+    (row,) = _rows(tmp_path / "s")
+    assert 0.1 <= float(row["margin"]) <= 0.5 and 8 <= float(row["scale"]) <= 64
+    cfg = yaml.safe_load((tmp_path / "s" / row["run_dir"] / "config.yaml").read_text())
+    assert cfg["loss"] == "cosface" and cfg["scale"] == pytest.approx(float(row["scale"])) and cfg["epochs"] == 1
 
 
 @pytest.mark.parametrize("content, message", [

@@ -561,7 +561,8 @@ class FaceSearchConfig:
     storage: str | None = opt(None, "Optuna storage URL (default: sqlite:///OUT/search.db); "
                                     "postgresql://... or mysql://... for workers on several machines")
     space: str | None = opt(None, "YAML file of the search space (default: lr, margin, step_size, gamma, epochs "
-                                  "around the study's best)")
+                                  "around the study's best, the margin's range fitted to --loss, and for "
+                                  "cosface and arcface also scale)")
     search_seed: int = opt(0, "seed of the random sampler (trial n draws from seed and n only)")
     prune: bool = opt(False, "stop unpromising trials early (Optuna's median pruner on validation ROC AUC)")
 

@@ -60,6 +60,27 @@ DEFAULT_SPACE: dict[str, dict] = {
     "gamma": {"type": "categorical", "choices": [0.1, 0.3, 0.5]},
     "epochs": {"type": "categorical", "choices": [10, 20, 30]},
 }
+"""The default space of the contrastive loss (the study's); :func:`default_space` fits it to the others."""
+
+LOSS_SPACES: dict[str, dict[str, dict]] = {
+    # Each margin range holds the loss's default (FaceNet's 0.2; CosFace's 0.35; ArcFace's 0.5 rad) inside what
+    # the training options accept; the margin softmaxes also draw their scale s around the default 30, down to
+    # the 8-16 that CosFace's bound asks of a few thousand people.
+    "triplet": {"margin": {"type": "float", "low": 0.05, "high": 0.5}},
+    "cosface": {"margin": {"type": "float", "low": 0.1, "high": 0.5},
+                "scale": {"type": "float", "low": 8.0, "high": 64.0, "log": True}},
+    "arcface": {"margin": {"type": "float", "low": 0.2, "high": 0.7},
+                "scale": {"type": "float", "low": 8.0, "high": 64.0, "log": True}},
+}
+LOSS_SPACES["subcenter-arcface"] = LOSS_SPACES["arcface"]
+
+
+def default_space(loss: str = "contrastive") -> dict[str, dict]:
+    """The space a search draws from without ``--space``: ``DEFAULT_SPACE`` with the margin (and for the margin
+    softmaxes the scale) of ``loss``; a contrastive margin of 2 would be refused by CosFace."""
+    space = {k: dict(v) for k, v in DEFAULT_SPACE.items()}
+    space.update({k: dict(v) for k, v in LOSS_SPACES.get(loss, {}).items()})
+    return space
 
 HEARTBEAT_S = 60
 GRACE_S = 180
@@ -71,8 +92,8 @@ BEST_RUN = "best_run.txt"
 # --------------------------------------------------------------------------- the space
 
 
-def read_space(path: str | os.PathLike | None) -> dict[str, dict]:
-    """The search space: ``DEFAULT_SPACE``, or a YAML file of the same shape, checked.
+def read_space(path: str | os.PathLike | None, loss: str = "contrastive") -> dict[str, dict]:
+    """The search space: :func:`default_space` of ``loss``, or a YAML file of the same shape, checked.
 
     Each key is a ``cnnlab faces train`` option (underscores, e.g.
     ``step_size``); each value one of::
@@ -85,7 +106,7 @@ def read_space(path: str | os.PathLike | None) -> dict[str, dict]:
     ``lr`` is a number, of ``loss`` a string), as in ``--config`` files.
     """
     if path is None:
-        return {k: dict(v) for k, v in DEFAULT_SPACE.items()}
+        return default_space(loss)
     data = load_yaml(path)
     where = f"{param('space')} {path}"
     if not isinstance(data, dict) or not data:
@@ -326,8 +347,9 @@ def search(base: FaceTrainConfig, cfg: FaceSearchConfig, out: str | os.PathLike,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CnnlabError(f"{param('out')} {out} is a file, expected a folder")
-    space = read_space(cfg.space)  # before the folder exists: a bad space leaves nothing behind
-    check_space(base, space, f"{param('space')} {cfg.space}" if cfg.space else "the default search space")
+    space = read_space(cfg.space, base.loss)  # before the folder exists: a bad space leaves nothing behind
+    check_space(base, space, f"{param('space')} {cfg.space}" if cfg.space
+                else f"the default search space of the {base.loss} loss")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

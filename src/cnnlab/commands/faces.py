@@ -353,8 +353,9 @@ def add_faces(sub: argparse._SubParsersAction) -> None:
 
     search = add_command(
         fsub, "search", _search, help="random search over training options (Optuna)",
-        description="Random search (Optuna RandomSampler) over lr, margin, step size, gamma and epochs, or the "
-                    "options of --space. Each trial is a run folder OUT/trial-NNNN; " + RANKING + ". Writes "
+        description="Random search (Optuna RandomSampler) over lr, margin, step size, gamma and epochs (the "
+                    "margin's range fitted to --loss; cosface and arcface also draw --scale), or the options of "
+                    "--space. Each trial is a run folder OUT/trial-NNNN; " + RANKING + ". Writes "
                     "trials.csv, best_params.yaml and "
                     "best_run.txt. Running it again continues the study. Workers on several machines share a study "
                     "through --storage postgresql://... or mysql://... (with the SQLAlchemy driver installed).",
