@@ -20,6 +20,11 @@
 #                 same number of images)
 #   cosface       CosFace (margin 0.35, scale 30), BN-neck head, flip TTA, 8 epochs (StepLR 6 + 2)
 #   arcface       ArcFace (margin 0.5, scale 30), the same otherwise
+#   subcenter     sub-center ArcFace (3 weights per person), the same otherwise
+#   triplet-bnneck  the triplet run with --head bnneck --flip-tta
+#   lite1, lite2  triplet-bnneck on the deeper EfficientNet-Lite1 and Lite2 (still 112 px; their weights are
+#                 the extras cnnlab[lite1] and cnnlab[lite2])
+#   unfreeze      triplet-bnneck with the head alone for its first epoch (--freeze-epochs 1)
 #   compare       all of them side by side (compare/report.html)
 # With DIAGNOSTICS=1 also three 1-epoch runs behind the defaults' docstring (cnnlab.faces.train):
 # backbone at the head's learning rate, BatchNorm in train mode, and the original notebook's settings.
@@ -57,33 +62,40 @@ run abl-margin2 --epochs 1 --margin 2.0
 run abl-triplet --epochs 2 --loss triplet --miner batch-hard --margin 0.2
 run cosface --loss cosface --head bnneck --flip-tta --epochs 8 --step-size 6
 run arcface --loss arcface --head bnneck --flip-tta --epochs 8 --step-size 6
+run subcenter --loss subcenter-arcface --head bnneck --flip-tta --epochs 8 --step-size 6
+tb=(--loss triplet --miner batch-hard --margin 0.2 --head bnneck --flip-tta --epochs 8 --step-size 6)
+run triplet-bnneck "${tb[@]}"
+run lite1 "${tb[@]}" --backbone efficientnet_lite1
+run lite2 "${tb[@]}" --backbone efficientnet_lite2
+run unfreeze "${tb[@]}" --freeze-epochs 1
 if [[ "${DIAGNOSTICS:-0}" == 1 ]]; then
   run x-backbone-lr --epochs 1 --backbone-lr-mult 1.0
   run x-bn-train --epochs 1 --no-freeze-bn
   run x-notebook --epochs 1 --no-normalize-embeddings --backbone-lr-mult 1.0 --no-freeze-bn
 fi
 
-for r in imagenet contrastive triplet abl-margin1 abl-margin2 abl-triplet cosface arcface; do
+view2=(contrastive triplet cosface arcface subcenter triplet-bnneck lite1 lite2 unfreeze)
+all=(imagenet abl-margin1 abl-margin2 abl-triplet "${view2[@]}")
+for r in "${all[@]}"; do
   cnnlab faces analyze "$out/$r" --log-far
 done
-for r in contrastive triplet cosface arcface; do
+for r in "${view2[@]}"; do
   cnnlab faces evaluate "$out/$r" --pairs "$data/pairs.txt"
 done
-cnnlab faces compare "$out/imagenet" "$out/contrastive" "$out/triplet" "$out/abl-margin1" "$out/abl-margin2" \
-  "$out/abl-triplet" "$out/cosface" "$out/arcface" --out "$out/compare"
+cnnlab faces compare "${all[@]/#/$out/}" --out "$out/compare"
 echo "load after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-python - "$out" <<'PY'
+python - "$out" "${view2[@]}" <<'PY'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1])
 cols = ("roc_auc", "eer", "accuracy", "backbone_roc_auc", "precision_at_1", "train_seconds")
-print(f"\n{'run':<14}" + "".join(f"{c:>18}" for c in cols) + f"{'img/s':>8}")
+print(f"\n{'run':<16}" + "".join(f"{c:>18}" for c in cols) + f"{'img/s':>8}")
 for run in sorted(p for p in out.iterdir() if (p / "summary.json").is_file()):
     s = json.loads((run / "summary.json").read_text())
     ips = s.get("train_images_per_second") or 0
-    print(f"{run.name:<14}" + "".join(f"{s.get(c) if s.get(c) is not None else float('nan'):>18.4f}" for c in cols)
+    print(f"{run.name:<16}" + "".join(f"{s.get(c) if s.get(c) is not None else float('nan'):>18.4f}" for c in cols)
           + f"{ips:>8.1f}")
-for name in ("contrastive", "triplet", "cosface", "arcface"):
+for name in sys.argv[2:]:
     s = json.loads((out / name / "summary.json").read_text())
     print(f"{name}: View 2 (pairs.txt, 10 folds) {s['lfw_accuracy_mean']:.4f} ± {s['lfw_accuracy_std']:.4f}"
           f" ({s['lfw_pairs_with_training_people']} of {s['lfw_num_pairs']} pairs hold a training person)")

@@ -31,11 +31,19 @@ def _cifar_args(data, out):
             "--batch-size", "16", "--data-dir", str(data), "--device", "cpu", "--out", str(out)]
 
 
-def _faces_args(data, out):
+def _faces_args(data, out, *extra):
     from tests.faces.conftest import tiny_options
 
     return [sys.executable, "-m", "cnnlab", "faces", "train", *tiny_options(data, epochs=4, **{"batch-size": 8}),
-            "--out", str(out)]
+            *extra, "--out", str(out)]
+
+
+def _cosface_args(data, out):
+    """A margin loss: its per-person weights and their optimizer state live in last.pt beside the network."""
+    return _faces_args(data, out, "--loss", "cosface", "--head", "bnneck")
+
+
+ARGS = {"cifar": _cifar_args, "faces": _faces_args, "faces-cosface": _cosface_args}
 
 
 def _data(study, tmp_path):
@@ -70,11 +78,11 @@ def _kill_when(proc, out: Path, deadline: float, nth_write: int | None) -> str:
     return "too late: the run had finished"
 
 
-@pytest.mark.parametrize("study", ["cifar", "faces"])
+@pytest.mark.parametrize("study", list(ARGS))
 def test_sigkill_then_resume_equals_the_uninterrupted_run(study, tmp_path, request):
     env = _env(tmp_path)
     data = _data(study, tmp_path)
-    train_args = _cifar_args if study == "cifar" else _faces_args
+    train_args = ARGS[study]
     ref = tmp_path / "reference"
     t0 = time.monotonic()
     _run_to_end(train_args(data, ref), env)
