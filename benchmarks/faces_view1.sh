@@ -25,6 +25,7 @@
 #   lite1, lite2  triplet-bnneck on the deeper EfficientNet-Lite1 and Lite2 (still 112 px; their weights are
 #                 the extras cnnlab[lite1] and cnnlab[lite2])
 #   unfreeze      triplet-bnneck with the head alone for its first epoch (--freeze-epochs 1)
+#   triplet-160   triplet-bnneck at --image-size 160: the best row (View 1 0.962, View 2 0.932)
 #   compare       all of them side by side (compare/report.html)
 # With DIAGNOSTICS=1 also three 1-epoch runs behind the defaults' docstring (cnnlab.faces.train):
 # backbone at the head's learning rate, BatchNorm in train mode, and the original notebook's settings.
@@ -33,8 +34,9 @@
 # than one thread (threads wait for each other at every layer); the measured report ran each job
 # with OMP_NUM_THREADS=1, two jobs side by side on a 2-core CPU.
 #
-# Time: about 1 to 1.5 hours on 2 idle cores with AVX512-BF16 (the contrastive run alone took 16
-# minutes, and --align auto detects every face once, about 10 minutes, cached afterwards); about
+# Time: about 4 to 5 hours on 2 idle cores with AVX512-BF16 (the contrastive run alone took 16
+# minutes, each 8-epoch run at 112 px 15 to 20 minutes, Lite1 and Lite2 about 1.3x that, the 160 px run
+# about 2x; --align auto detects every face once, about 10 minutes, cached afterwards); about
 # 1.4x that on a CPU that trains in fp32, and more on a machine other jobs share. Every run has a
 # fixed number of epochs, so nothing grows past that; the script can be stopped at any time and run
 # again with the same OUT_DIR: finished runs are kept, an unfinished one resumes.
@@ -68,13 +70,14 @@ run triplet-bnneck "${tb[@]}"
 run lite1 "${tb[@]}" --backbone efficientnet_lite1
 run lite2 "${tb[@]}" --backbone efficientnet_lite2
 run unfreeze "${tb[@]}" --freeze-epochs 1
+run triplet-160 "${tb[@]}" --image-size 160
 if [[ "${DIAGNOSTICS:-0}" == 1 ]]; then
   run x-backbone-lr --epochs 1 --backbone-lr-mult 1.0
   run x-bn-train --epochs 1 --no-freeze-bn
   run x-notebook --epochs 1 --no-normalize-embeddings --backbone-lr-mult 1.0 --no-freeze-bn
 fi
 
-view2=(contrastive triplet cosface arcface subcenter triplet-bnneck lite1 lite2 unfreeze)
+view2=(contrastive triplet cosface arcface subcenter triplet-bnneck lite1 lite2 unfreeze triplet-160)
 all=(imagenet abl-margin1 abl-margin2 abl-triplet "${view2[@]}")
 for r in "${all[@]}"; do
   cnnlab faces analyze "$out/$r" --log-far
